@@ -1,0 +1,16 @@
+"""resnet-backbones: paper-faithful, fast ResNet backbones and a Faster R-CNN C4 pipeline."""
+from .config import get_cfg
+from .data import DatasetCatalog, MetadataCatalog
+from .modeling import build_model, create_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "get_cfg",
+    "DatasetCatalog",
+    "MetadataCatalog",
+    "build_model",
+    "create_model",
+    "list_models",
+    "register_model",
+]

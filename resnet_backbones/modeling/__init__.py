@@ -1,0 +1,14 @@
+"""Networks: backbones (modeling/backbone) and detectors (modeling/meta_arch, ...)."""
+from .backbone import BACKBONE_REGISTRY, Backbone, build_backbone, create_model, list_models, register_model
+from .meta_arch import META_ARCH_REGISTRY, build_model
+
+__all__ = [
+    "BACKBONE_REGISTRY",
+    "Backbone",
+    "build_backbone",
+    "create_model",
+    "list_models",
+    "register_model",
+    "META_ARCH_REGISTRY",
+    "build_model",
+]

@@ -1,0 +1,14 @@
+"""ResNet backbones: blocks, stages, the network, and registries to find them by name."""
+from .backbone import Backbone
+from .build import BACKBONE_REGISTRY, build_backbone
+from .registry import MODEL_REGISTRY, create_model, list_models, register_model
+
+__all__ = [
+    "Backbone",
+    "BACKBONE_REGISTRY",
+    "build_backbone",
+    "MODEL_REGISTRY",
+    "create_model",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,42 @@
+"""Models by name, timm style: one decorator to register, ``list_models`` and ``create_model``."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any, Callable, TypeVar
+
+from fvcore.common.registry import Registry
+from torch import nn
+
+MODEL_REGISTRY = Registry("MODELS")
+MODEL_REGISTRY.__doc__ = """
+Named network builders (``resnet50``, ``resnet56_cifar``, ``preact_resnet164_cifar``, ...).
+Each is a function ``(**kwargs) -> nn.Module``; register one with ``@register_model``.
+"""
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(fn: F) -> F:
+    """Register a model builder under its function name."""
+    MODEL_REGISTRY.register(fn)
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered models matching the shell-style ``pattern``."""
+    return sorted(name for name, _ in MODEL_REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def get_model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name``; an unknown name fails with the closest names."""
+    if name not in MODEL_REGISTRY:
+        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise KeyError(f"unknown model '{name}'{hint} (resnet_backbones.list_models() lists all)")
+    return MODEL_REGISTRY.get(name)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; ``kwargs`` override its defaults (num_classes, ...)."""
+    return get_model_builder(name)(**kwargs)
