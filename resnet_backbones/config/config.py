@@ -87,6 +87,7 @@ class CfgNode(_FvcoreCfgNode):
         for key in list(data):
             full_key = prefix + str(key)
             if key not in node:
+                full_key = _first_leaf(data[key], full_key)
                 raise ConfigError(f"{source}: unknown config key '{full_key}'{self._suggest(full_key)}")
             default = node[key]
             if isinstance(default, CfgNode):
@@ -134,6 +135,14 @@ def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
             f"{source}: config key '{full_key}' expects {type(default).__name__} "
             f"(default {default!r}), got {type(value).__name__} {value!r}"
         ) from None
+
+
+def _first_leaf(value: Any, full_key: str) -> str:
+    """The dotted path of the first leaf under ``value`` (for naming an unknown group's key)."""
+    while isinstance(value, dict) and value:
+        key, value = next(iter(value.items()))
+        full_key = f"{full_key}.{key}"
+    return full_key
 
 
 def _flatten_keys(node: CfgNode, prefix: str) -> Iterable[str]:
