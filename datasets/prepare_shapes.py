@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
-from resnet_backbones.data.shapes import SHAPES_CLASSES, RenderParams, generate_shapes_dataset
+from resnet_backbones.data.shapes import RenderParams, format_shapes_summary, generate_shapes_dataset
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "shapes"
 
@@ -47,24 +47,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def format_summary(summary: Dict[str, Any], output: Path) -> str:
-    """A short human-readable report of a generation summary."""
-    lines = [f"shapes dataset written to {output} in {summary['seconds']:.2f} s (seed {summary['params']['seed']})"]
-    for split, s in summary["detection"].items():
-        per_class = ", ".join(f"{c} {s['instances_per_class'][c]}" for c in SHAPES_CLASSES)
-        lines.append(
-            f"  detection {split:5s}: {s['images']} images, {s['instances']} instances ({per_class}); "
-            f"image h {s['image_height'][0]}-{s['image_height'][1]}, w {s['image_width'][0]}-{s['image_width'][1]}; "
-            f"box min side {s['box_min_side'][0]:.0f}-{s['box_min_side'][1]:.0f}; "
-            "small/medium/large {}/{}/{}".format(*s["small_medium_large"])
-        )
-    for split, counts in summary["classification"].items():
-        per_class = ", ".join(f"{c} {counts[c]}" for c in SHAPES_CLASSES)
-        lines.append(f"  classification {split:5s}: {sum(counts.values())} images ({per_class}), "
-                     f"{summary['params']['cls_image_size']}x{summary['params']['cls_image_size']}")
-    return "\n".join(lines)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -80,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileExistsError, NotADirectoryError) as exc:
         print(f"prepare_shapes: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary, args.output))
+    print(json.dumps(summary, indent=2) if args.json else format_shapes_summary(summary, args.output))
     return 0
 
 

@@ -569,3 +569,25 @@ def ensure_shapes_dataset(output_dir: Union[str, os.PathLike], **kwargs: Any) ->
     if existing is not None and existing.get("format_version") == FORMAT_VERSION and existing.get("params") == wanted:
         return existing
     return generate_shapes_dataset(output_dir, render_params=render, force=force, **merged)
+
+
+def format_shapes_summary(summary: Dict[str, Any], output: Union[str, Path]) -> str:
+    """A short human-readable report of a generation summary."""
+    seed = summary["params"]["seed"]
+    if "seconds" in summary:
+        lines = [f"shapes dataset written to {output} in {summary['seconds']:.2f} s (seed {seed})"]
+    else:
+        lines = [f"shapes dataset already in {output}, same parameters (seed {seed}); reused"]
+    for split, s in summary["detection"].items():
+        per_class = ", ".join(f"{c} {s['instances_per_class'][c]}" for c in SHAPES_CLASSES)
+        lines.append(
+            f"  detection {split:5s}: {s['images']} images, {s['instances']} instances ({per_class}); "
+            f"image h {s['image_height'][0]}-{s['image_height'][1]}, w {s['image_width'][0]}-{s['image_width'][1]}; "
+            f"box min side {s['box_min_side'][0]:.0f}-{s['box_min_side'][1]:.0f}; "
+            "small/medium/large {}/{}/{}".format(*s["small_medium_large"])
+        )
+    for split, counts in summary["classification"].items():
+        per_class = ", ".join(f"{c} {counts[c]}" for c in SHAPES_CLASSES)
+        lines.append(f"  classification {split:5s}: {sum(counts.values())} images ({per_class}), "
+                     f"{summary['params']['cls_image_size']}x{summary['params']['cls_image_size']}")
+    return "\n".join(lines)
