@@ -2,6 +2,7 @@
 from .config import get_cfg
 from .data import DatasetCatalog, MetadataCatalog
 from .modeling import build_model, create_model, list_models, register_model
+from .modeling.backbone import create_backbone
 
 __version__ = "0.1.0"
 
@@ -10,6 +11,7 @@ __all__ = [
     "DatasetCatalog",
     "MetadataCatalog",
     "build_model",
+    "create_backbone",
     "create_model",
     "list_models",
     "register_model",

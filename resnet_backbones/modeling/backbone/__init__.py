@@ -2,6 +2,21 @@
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
 from .registry import MODEL_REGISTRY, create_model, list_models, register_model
+from .resnet import (
+    BasicBlock,
+    BasicStem,
+    BottleneckBlock,
+    CifarStem,
+    PadShortcut,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    ResNet,
+    ResNetBlockBase,
+    build_resnet,
+    build_resnet_backbone,
+    create_backbone,
+    make_stage,
+)
 
 __all__ = [
     "Backbone",
@@ -11,4 +26,17 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "BasicBlock",
+    "BasicStem",
+    "BottleneckBlock",
+    "CifarStem",
+    "PadShortcut",
+    "PreActBasicBlock",
+    "PreActBottleneckBlock",
+    "ResNet",
+    "ResNetBlockBase",
+    "build_resnet",
+    "build_resnet_backbone",
+    "create_backbone",
+    "make_stage",
 ]
