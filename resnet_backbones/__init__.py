@@ -3,6 +3,7 @@ from .config import get_cfg
 from .data import DatasetCatalog, MetadataCatalog
 from .modeling import build_model, create_model, list_models, register_model
 from .modeling.backbone import create_backbone
+from .engine import DefaultPredictor
 
 __version__ = "0.1.0"
 
@@ -11,6 +12,7 @@ __all__ = [
     "DatasetCatalog",
     "MetadataCatalog",
     "build_model",
+    "DefaultPredictor",
     "create_backbone",
     "create_model",
     "list_models",

@@ -1,0 +1,65 @@
+"""``DefaultPredictor``: one image in, detections out, as detectron2's ``DefaultPredictor``.
+
+    predictor = DefaultPredictor(cfg)          # builds the model, loads cfg.MODEL.WEIGHTS
+    outputs = predictor(cv2.imread("x.jpg"))   # HxWx3 uint8, BGR (OpenCV's order)
+    outputs["instances"]                       # pred_boxes, scores, pred_classes, in x.jpg's pixels
+
+The image is resized so that its short side is ``INPUT.MIN_SIZE_TEST`` and its long side at most
+``INPUT.MAX_SIZE_TEST`` (``data.transforms.ResizeShortestEdge``: bilinear, through PIL as in
+detectron2, so pixels match), converted to ``INPUT.FORMAT`` and fed to the model; detections are
+mapped back to the original image size.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from ..checkpoint.detection_checkpoint import DetectionCheckpointer
+from ..data import MetadataCatalog
+from ..data.transforms import ResizeShortestEdge
+from ..modeling import build_model
+
+__all__ = ["DefaultPredictor", "ResizeShortestEdge"]
+
+
+class DefaultPredictor:
+    """Build the model of ``cfg``, load ``cfg.MODEL.WEIGHTS``, and run it on single images.
+
+    ``predictor(image)`` takes an ``HxWx3`` uint8 numpy array in **BGR** order (``cv2.imread``)
+    and returns ``{"instances": Instances}`` with ``pred_boxes`` (XYXY, original-image pixels),
+    ``scores`` and ``pred_classes``, on ``cfg.MODEL.DEVICE``. For batches or other inputs, call
+    ``predictor.model`` directly.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
+        self.checkpointer = DetectionCheckpointer(self.model)
+        self.checkpointer.load(cfg.MODEL.WEIGHTS)
+        self.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+
+    def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
+        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
+            shape = getattr(original_image, "shape", None)
+            raise ValueError(
+                f"DefaultPredictor takes an HxWx3 BGR uint8 numpy image, got "
+                f"{type(original_image).__name__} {shape}"
+            )
+        if original_image.dtype != np.uint8:
+            raise ValueError(f"DefaultPredictor takes a uint8 image (0-255), got dtype {original_image.dtype}")
+        with torch.no_grad():
+            if self.input_format == "RGB":
+                original_image = original_image[:, :, ::-1]
+            height, width = original_image.shape[:2]
+            original_image = np.ascontiguousarray(original_image)
+            image = self.aug.get_transform(original_image).apply_image(original_image)
+            tensor = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+            inputs = {"image": tensor, "height": height, "width": width}
+            return self.model([inputs])[0]

@@ -1,0 +1,267 @@
+"""RoI heads: proposal sampling for training and the C4 box head (``Res5ROIHeads``).
+
+In the C4 design (He et al. 2016, Sec. A; detectron2's ``Res5ROIHeads``) the backbone stops at
+res4 and the res5 stage runs once per RoI: RoIAlign (14x14, stride-16 features) -> res5 (stride 2:
+7x7, 2048 channels for R50) -> global average pooling -> the Fast R-CNN predictor.
+
+Training samples ``BATCH_SIZE_PER_IMAGE`` proposals per image (ground-truth boxes appended to the
+proposals first), at most ``POSITIVE_FRACTION`` of them foreground (IoU >= 0.5 with a ground
+truth); the rest is background (class index K).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from fvcore.common.registry import Registry
+from torch import nn
+
+from ...layers import ShapeSpec
+from ...structures import Boxes, ImageList, Instances, pairwise_iou
+from ...utils.events import get_event_storage, has_event_storage
+from ..backbone.resnet import BottleneckBlock, ResNet
+from ..matcher import Matcher
+from ..poolers import ROIPooler
+from ..sampling import subsample_labels
+from .fast_rcnn import FastRCNNOutputLayers
+
+__all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "Res5ROIHeads", "add_ground_truth_to_proposals", "build_roi_heads"]
+
+ROI_HEADS_REGISTRY = Registry("ROI_HEADS")
+ROI_HEADS_REGISTRY.__doc__ = """
+RoI heads ``(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module``, chosen by MODEL.ROI_HEADS.NAME.
+"""
+
+# Objectness logit given to ground-truth boxes appended to the proposals: sigmoid(logit) ~ 1.
+_GT_PROPOSAL_LOGIT = math.log((1.0 - 1e-10) / (1 - (1.0 - 1e-10)))
+
+
+def add_ground_truth_to_proposals(targets: List[Instances], proposals: List[Instances]) -> List[Instances]:
+    """Append each image's ground-truth boxes (after its proposals) as extra proposals."""
+    if len(targets) != len(proposals):
+        raise ValueError(f"{len(targets)} target lists for {len(proposals)} proposal lists")
+    out = []
+    for gt, props in zip(targets, proposals):
+        gt_boxes = gt.gt_boxes.to(props.proposal_boxes.device)
+        logits = torch.full(
+            (len(gt_boxes),), _GT_PROPOSAL_LOGIT, dtype=props.objectness_logits.dtype,
+            device=props.objectness_logits.device,
+        ) if props.has("objectness_logits") else None
+        extra = Instances(props.image_size)
+        extra.proposal_boxes = gt_boxes
+        if logits is not None:
+            extra.objectness_logits = logits
+        out.append(Instances.cat([props, extra]))
+    return out
+
+
+class ROIHeads(nn.Module):
+    """Shared training logic of RoI heads: match proposals to ground truth and sample them.
+
+    Args:
+        num_classes: foreground classes K (background is index K).
+        batch_size_per_image: RoIs sampled per image.
+        positive_fraction: maximum foreground fraction of the sample.
+        proposal_matcher: IoU matcher (0.5; no low-quality matches).
+        proposal_append_gt: add the ground-truth boxes to the proposals before sampling.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        proposal_matcher: Matcher,
+        proposal_append_gt: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.positive_fraction = float(positive_fraction)
+        self.proposal_matcher = proposal_matcher
+        self.proposal_append_gt = bool(proposal_append_gt)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Dict[str, Any]:
+        r = cfg.MODEL.ROI_HEADS
+        return {
+            "num_classes": r.NUM_CLASSES,
+            "batch_size_per_image": r.BATCH_SIZE_PER_IMAGE,
+            "positive_fraction": r.POSITIVE_FRACTION,
+            "proposal_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=False),
+            "proposal_append_gt": r.PROPOSAL_APPEND_GT,
+        }
+
+    def _sample_proposals(
+        self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sampled proposal indices (foreground first) and their classes (K = background)."""
+        if gt_classes.numel() > 0:
+            classes = gt_classes[matched_idxs]
+            classes[matched_labels == 0] = self.num_classes
+            classes[matched_labels == -1] = -1
+        else:
+            classes = torch.full_like(matched_idxs, self.num_classes)
+        fg_idx, bg_idx = subsample_labels(classes, self.batch_size_per_image, self.positive_fraction, self.num_classes)
+        sampled = torch.cat([fg_idx, bg_idx], dim=0)
+        return sampled, classes[sampled]
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+        """Sampled proposals with ``gt_classes`` and, where the image has ground truth, every
+        ``gt_*`` field of the matched target (``gt_boxes``, ...)."""
+        if self.proposal_append_gt:
+            proposals = add_ground_truth_to_proposals(targets, proposals)
+        out = []
+        num_fg = num_bg = 0
+        for props, gt in zip(proposals, targets):
+            iou = pairwise_iou(gt.gt_boxes, props.proposal_boxes)
+            matched_idxs, matched_labels = self.proposal_matcher(iou)
+            sampled, classes = self._sample_proposals(matched_idxs, matched_labels, gt.gt_classes)
+            props = props[sampled]
+            props.gt_classes = classes
+            if len(gt) > 0:
+                sampled_targets = matched_idxs[sampled]
+                for name, value in gt.get_fields().items():
+                    if name.startswith("gt_") and not props.has(name):
+                        props.set(name, value[sampled_targets])
+            if has_event_storage():
+                num_bg += int((classes == self.num_classes).sum().item())
+                num_fg += int(((classes >= 0) & (classes < self.num_classes)).sum().item())
+            out.append(props)
+        if has_event_storage():  # detectron2's training metrics (mean per image)
+            storage = get_event_storage()
+            storage.put_scalar("roi_head/num_fg_samples", num_fg / max(len(out), 1))
+            storage.put_scalar("roi_head/num_bg_samples", num_bg / max(len(out), 1))
+        return out
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
+    """The res5 stage used as the per-RoI head: 3 bottleneck blocks, the first with stride 2.
+
+    As in detectron2, it is built from ``MODEL.RESNETS`` (widths, groups, norm, stride-in-1x1)
+    and is always a bottleneck stage, whatever the backbone depth.
+    """
+    r = cfg.MODEL.RESNETS
+    if r.DEFORM_ON_PER_STAGE[-1]:
+        raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]=True: deformable convolutions are not supported")
+    if r.PREACT:
+        raise ValueError("MODEL.RESNETS.PREACT=True: Res5ROIHeads builds a post-activation res5 head only")
+    factor = 2 ** 3  # res5 is three stages after res2
+    out_channels = r.RES2_OUT_CHANNELS * factor
+    blocks = ResNet.make_stage(
+        BottleneckBlock,
+        3,
+        stride_per_block=[2, 1, 1],
+        in_channels=out_channels // 2,
+        bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
+        out_channels=out_channels,
+        num_groups=r.NUM_GROUPS,
+        norm=r.NORM,
+        stride_in_1x1=r.STRIDE_IN_1X1,
+        shortcut=r.SHORTCUT,
+    )
+    return nn.Sequential(*blocks), out_channels
+
+
+@ROI_HEADS_REGISTRY.register()
+class Res5ROIHeads(ROIHeads):
+    """The C4 box head: RoIAlign on one feature map, then res5, average pooling and the predictor."""
+
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str],
+        pooler: ROIPooler,
+        res5: nn.Module,
+        box_predictor: nn.Module,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.in_features = list(in_features)
+        self.pooler = pooler
+        self.res5 = res5
+        self.box_predictor = box_predictor
+
+    @classmethod
+    def from_config(cls, cfg: Any, input_shape: Dict[str, ShapeSpec]) -> Dict[str, Any]:  # type: ignore[override]
+        """Every key the C4 head uses, read here only."""
+        ret = super().from_config(cfg)
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        if len(in_features) != 1:
+            raise ValueError(f"Res5ROIHeads pools from one feature map, MODEL.ROI_HEADS.IN_FEATURES={in_features}")
+        if in_features[0] not in input_shape:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.IN_FEATURES {in_features} is not a backbone output {sorted(input_shape)}"
+            )
+        if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+            raise ValueError("MODEL.MASK_ON / KEYPOINT_ON: only box detection is supported")
+        h = cfg.MODEL.ROI_BOX_HEAD
+        pooler = ROIPooler(
+            output_size=h.POOLER_RESOLUTION,
+            scales=(1.0 / input_shape[in_features[0]].stride,),
+            sampling_ratio=h.POOLER_SAMPLING_RATIO,
+            pooler_type=h.POOLER_TYPE,
+        )
+        res5, out_channels = _build_res5_head(cfg)
+        predictor_shape = ShapeSpec(channels=out_channels, height=1, width=1)
+        ret.update(
+            in_features=in_features,
+            pooler=pooler,
+            res5=res5,
+            box_predictor=FastRCNNOutputLayers(**FastRCNNOutputLayers.from_config(cfg, predictor_shape)),
+        )
+        return ret
+
+    def _shared_roi_transform(self, features: List[torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
+        return self.res5(self.pooler(features, boxes))
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        """Training: ``([], {"loss_cls", "loss_box_reg"})``; inference: ``(detections, {})``."""
+        if self.training:
+            if targets is None:
+                raise ValueError("Res5ROIHeads needs targets in training mode")
+            proposals = self.label_and_sample_proposals(proposals, targets)
+        box_features = self._shared_roi_transform(
+            [features[f] for f in self.in_features], [p.proposal_boxes for p in proposals]
+        )
+        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+        if self.training:
+            return [], self.box_predictor.losses(predictions, proposals)
+        detections, _ = self.box_predictor.inference(predictions, proposals)
+        return self.forward_with_given_boxes(features, detections), {}
+
+    def forward_with_given_boxes(
+        self, features: Dict[str, torch.Tensor], instances: List[Instances]
+    ) -> List[Instances]:
+        """Box-only model: detections are final (mask/keypoint heads would run here)."""
+        if self.training:
+            raise RuntimeError("forward_with_given_boxes is for inference")
+        return instances
+
+
+def build_roi_heads(cfg: Any, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """The RoI heads named by ``cfg.MODEL.ROI_HEADS.NAME``."""
+    name = cfg.MODEL.ROI_HEADS.NAME
+    if name not in ROI_HEADS_REGISTRY:
+        known = sorted(n for n, _ in ROI_HEADS_REGISTRY)
+        raise KeyError(f"MODEL.ROI_HEADS.NAME: unknown RoI heads '{name}'; registered: {known}")
+    cls = ROI_HEADS_REGISTRY.get(name)
+    return cls(**cls.from_config(cfg, input_shape))

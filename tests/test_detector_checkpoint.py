@@ -1,0 +1,151 @@
+"""``DetectionCheckpointer``: our checkpoints, detectron2 checkpoints and ImageNet backbones
+(ours, torchvision names, MSRA/Caffe2 ``.pkl``) load into a detector by name."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from resnet_backbones import build_model, get_cfg
+from resnet_backbones.checkpoint import ours_to_msra, ours_to_torchvision
+from resnet_backbones.checkpoint.detection_checkpoint import DetectionCheckpointer, resolve_weights_path
+from resnet_backbones.modeling.backbone.resnet import build_resnet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_detector(norm="FrozenBN"):
+    cfg = get_cfg()
+    cfg.merge_from_file(TINY)
+    cfg.MODEL.RESNETS.NORM = norm
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
+    return build_model(cfg)
+
+
+def tiny_classifier(norm="FrozenBN"):
+    """An ImageNet-style classifier with the tiny detector's widths, with non-trivial BN values."""
+    torch.manual_seed(1)
+    net = build_resnet(50, num_classes=10, norm=norm, stride_in_1x1=True, stem_out_channels=16,
+                       res2_out_channels=32, width_per_group=8)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith(("norm.weight", "norm.bias")):
+                t.uniform_(0.5, 1.5)
+    return net
+
+
+def _randomized(model):
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.normal_()
+    return model
+
+
+def _same(a, b, keys=None):
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in keys or sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+
+
+def test_save_and_load_our_checkpoint(tmp_path):
+    src = _randomized(tiny_detector())
+    DetectionCheckpointer(src, save_dir=str(tmp_path), save_to_disk=True).save("model_final", iteration=7)
+    dst = tiny_detector()
+    ckpt = DetectionCheckpointer(dst)
+    extra = ckpt.load(str(tmp_path / "model_final.pth"))
+    assert extra.get("iteration") == 7
+    assert ckpt.last_report.ok and len(ckpt.last_report.matched) == len(src.state_dict())
+    _same(src, dst)
+
+
+def test_detectron2_model_zoo_pkl(tmp_path):
+    """detectron2's model zoo format: a pickle of numpy arrays under "model" with an author."""
+    src = _randomized(tiny_detector())
+    path = tmp_path / "model_final_abc.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in src.state_dict().items()},
+                     "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}, f)
+    dst = tiny_detector()
+    DetectionCheckpointer(dst).load(str(path))
+    _same(src, dst)
+
+
+@pytest.mark.parametrize("layout", ["ours", "torchvision", "msra-pkl"])
+def test_imagenet_backbone_initializes_backbone_and_res5_head(tmp_path, layout):
+    net = tiny_classifier()
+    sd = net.state_dict()
+    if layout == "ours":
+        path = tmp_path / "r50.pth"
+        torch.save(sd, path)
+    elif layout == "torchvision":
+        path = tmp_path / "resnet50.pth"
+        torch.save(ours_to_torchvision(sd).state_dict, path)
+    else:
+        path = tmp_path / "R-50.pkl"
+        with open(path, "wb") as f:  # Caffe2 layout: folded BN, blobs as numpy arrays
+            pickle.dump({"blobs": {k: v.numpy() for k, v in ours_to_msra(sd).state_dict.items()}}, f)
+    det = tiny_detector()
+    ckpt = DetectionCheckpointer(det)
+    ckpt.load(str(path))
+    report = ckpt.last_report
+    dsd = det.state_dict()
+    # stem/res2-4 -> backbone.*, res5 -> roi_heads.res5.*; only the new heads stay uninitialized
+    assert sorted(report.missing) == sorted(
+        k for k in dsd if k.startswith(("proposal_generator.", "roi_heads.box_predictor."))
+    )
+    assert not report.unexpected and not report.shape_mismatch
+    assert any("linear" in name or "fc1000" in name or name.startswith("fc.") for name, _ in report.dropped)
+    torch.testing.assert_close(dsd["backbone.stem.conv1.weight"], sd["stem.conv1.weight"])
+    torch.testing.assert_close(dsd["backbone.res4.5.conv3.weight"], sd["res4.5.conv3.weight"])
+    torch.testing.assert_close(dsd["roi_heads.res5.0.shortcut.weight"], sd["res5.0.shortcut.weight"])
+    torch.testing.assert_close(dsd["roi_heads.res5.2.conv2.weight"], sd["res5.2.conv2.weight"])
+    # FrozenBN: the same function, whether statistics were kept or folded (Caffe2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(det.backbone(x)["res4"], _res4(net, x), rtol=1e-4, atol=1e-4)
+
+
+def _res4(net, x):
+    x = net.stem(x)
+    for name in ("res2", "res3", "res4"):
+        x = getattr(net, name)(x)
+    return x
+
+
+def test_missing_weights_file_names_the_fix(tmp_path):
+    ckpt = DetectionCheckpointer(tiny_detector())
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
+        ckpt.load(str(tmp_path / "R-50.pkl"))
+    assert ckpt.load("") == {}  # empty: random initialization, nothing loaded
+    assert resolve_weights_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl") == (
+        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    )
+
+
+def test_unrelated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.foo.weight": torch.zeros(3)}}, path)
+    with pytest.raises(RuntimeError, match="no tensor"):
+        DetectionCheckpointer(tiny_detector()).load(str(path))
+
+
+def test_warns_when_weights_expect_other_conventions(tmp_path, caplog):
+    """torchvision weights: RGB, ImageNet mean/std, stride in the 3x3 - the C4 config has none."""
+    net = tiny_classifier()
+    path = tmp_path / "resnet50.pth"
+    torch.save(ours_to_torchvision(net.state_dict()).state_dict, path)
+    det = tiny_detector()  # BGR, MSRA statistics... and STRIDE_IN_1X1 True
+    with caplog.at_level("WARNING"):
+        DetectionCheckpointer(det).load(str(path))
+    text = caplog.text
+    assert "INPUT.FORMAT is BGR" in text and "STRIDE_IN_1X1 False" in text and "PIXEL_MEAN" in text
