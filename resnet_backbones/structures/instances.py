@@ -30,9 +30,12 @@ class Instances:
             self.set(name, val)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_fields" or name not in self._fields:
-            raise AttributeError(f"Cannot find field '{name}' in the given Instances (fields: {list(self._fields)})")
-        return self._fields[name]
+        # Reached only when normal lookup fails; read _fields through __dict__ so that an instance
+        # being unpickled (no _fields yet) raises AttributeError instead of recursing.
+        fields = self.__dict__.get("_fields", {})
+        if name.startswith("__") or name not in fields:
+            raise AttributeError(f"Cannot find field '{name}' in the given Instances (fields: {list(fields)})")
+        return fields[name]
 
     def set(self, name: str, value: Any) -> None:
         n = len(value)
