@@ -58,6 +58,9 @@ _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 _C.DATALOADER.REPEAT_SQRT = True
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# A bad single annotation (empty box, box outside the image, unknown category, malformed record):
+# "skip" drops it and warns once per file with the counts; "error" stops, naming the file and value.
+_C.DATALOADER.ON_BAD_ANNOTATION = "skip"
 
 # ---------------------------------------------------------------------------- #
 # Backbone

@@ -1,0 +1,66 @@
+"""``DatasetMapper``: one dataset dict -> the dict the model takes (detectron2's default mapper).
+
+Reads the image in INPUT.FORMAT, checks its size against the dict, resizes (and at training time
+flips) it, moves the boxes the same way and packs them as ``instances`` (crowd boxes dropped).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import detection_utils as utils
+from .transforms import Augmentation, apply_augmentations
+
+__all__ = ["DatasetMapper"]
+
+
+class DatasetMapper:
+    """Callable mapping a dataset dict to ``{"image": CxHxW uint8 tensor, "instances": ..., ...}``.
+
+    Build it from a config, ``DatasetMapper(cfg, is_train)``, or explicitly with
+    ``DatasetMapper(is_train=..., augmentations=[...], image_format="BGR")``.
+    """
+
+    def __init__(
+        self,
+        cfg: Any = None,
+        is_train: bool = True,
+        *,
+        augmentations: Optional[Sequence[Augmentation]] = None,
+        image_format: Optional[str] = None,
+    ) -> None:
+        if cfg is None and (augmentations is None or image_format is None):
+            raise ValueError("DatasetMapper needs either cfg or both augmentations= and image_format=")
+        self.is_train = is_train
+        self.augmentations: List[Augmentation] = (
+            list(augmentations) if augmentations is not None else utils.build_augmentation(cfg, is_train)
+        )
+        self.image_format: str = image_format if image_format is not None else cfg.INPUT.FORMAT
+        if self.image_format not in utils.IMAGE_FORMATS:
+            raise ValueError(f"INPUT.FORMAT must be one of {utils.IMAGE_FORMATS}, got {self.image_format!r}")
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused across epochs
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        image, transforms = apply_augmentations(self.augmentations, image)
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            annos = [
+                utils.transform_instance_annotations(obj, transforms, image_shape)
+                for obj in dataset_dict.pop("annotations")
+                if obj.get("iscrowd", 0) == 0
+            ]
+            instances = utils.annotations_to_instances(annos, image_shape)
+            dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict
+
+    def __repr__(self) -> str:
+        return f"DatasetMapper(is_train={self.is_train}, image_format={self.image_format!r}, augmentations={self.augmentations})"

@@ -1,0 +1,94 @@
+"""What the loaders do with one bad annotation (empty box, box outside the image, unknown class, a
+malformed record): skip it and count it ("skip", the default), or stop with an error naming the file
+and the value ("error"). The choice comes from ``DATALOADER.ON_BAD_ANNOTATION``; since detectron2's
+registered loaders take no arguments, ``get_detection_dataset_dicts`` passes it down with
+:func:`bad_annotation_policy`, and a direct ``load_*`` call may pass it explicitly.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections import Counter
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("skip", "error")
+# How far (pixels) a box may reach past the image border before it counts as "outside the image".
+# Real COCO/VOC boxes touch the border with float round-off; they are clipped later, as in detectron2.
+OUTSIDE_TOLERANCE = 1.0
+
+_policy: contextvars.ContextVar[str] = contextvars.ContextVar("rb_bad_annotation_policy", default="skip")
+
+
+class BadAnnotationError(ValueError):
+    """An annotation is invalid and the policy is "error"."""
+
+
+def _check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"DATALOADER.ON_BAD_ANNOTATION must be one of {POLICIES}, got {policy!r}")
+    return policy
+
+
+@contextmanager
+def bad_annotation_policy(policy: str) -> Iterator[None]:
+    """Within this block, loaders called without an explicit policy use ``policy``."""
+    token = _policy.set(_check_policy(policy))
+    try:
+        yield
+    finally:
+        _policy.reset(token)
+
+
+def resolve_policy(policy: Optional[str] = None) -> str:
+    return _check_policy(policy) if policy is not None else _policy.get()
+
+
+def box_problem(x0: float, y0: float, x1: float, y1: float, width: float, height: float) -> Optional[str]:
+    """The kind of problem of an XYXY box in a ``width`` x ``height`` image, or None if it is fine."""
+    if not (x1 > x0 and y1 > y0):  # also catches NaN
+        return "empty box"
+    t = OUTSIDE_TOLERANCE
+    if x0 < -t or y0 < -t or x1 > width + t or y1 > height + t:
+        return "box outside the image"
+    return None
+
+
+class ProblemCounter:
+    """Collects bad annotations of one file; raises at the first under "error", else warns once."""
+
+    MAX_EXAMPLES = 3
+
+    def __init__(self, source: str, policy: Optional[str] = None) -> None:
+        self.source = source
+        self.policy = resolve_policy(policy)
+        self.counts: Counter = Counter()
+        self.examples: Dict[str, List[str]] = {}
+
+    def add(self, kind: str, detail: str) -> None:
+        if self.policy == "error":
+            raise BadAnnotationError(
+                f"{self.source}: {kind}: {detail} "
+                "(set DATALOADER.ON_BAD_ANNOTATION='skip' to skip such annotations and count them)"
+            )
+        self.counts[kind] += 1
+        examples = self.examples.setdefault(kind, [])
+        if len(examples) < self.MAX_EXAMPLES:
+            examples.append(detail)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def warn(self, num_annotations: int) -> None:
+        """Log one warning with the counts, if anything was skipped."""
+        if not self.counts:
+            return
+        parts = [
+            f"{n} {kind} (e.g. {'; '.join(self.examples[kind])})" for kind, n in sorted(self.counts.items())
+        ]
+        logger.warning(
+            "%s: skipped %d of %d annotations: %s", self.source, self.total, num_annotations, ", ".join(parts)
+        )

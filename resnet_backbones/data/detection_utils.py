@@ -1,0 +1,128 @@
+"""From a dataset dict to model input pieces: read and check the image, move its annotations through
+the same transforms as the image, and pack them as :class:`Instances` (detectron2's helpers)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..structures import Boxes, BoxMode, Instances
+from .transforms import Augmentation, RandomFlip, ResizeShortestEdge, Transform
+
+__all__ = [
+    "ImageReadError",
+    "SizeMismatchError",
+    "read_image",
+    "check_image_size",
+    "transform_instance_annotations",
+    "annotations_to_instances",
+    "filter_empty_instances",
+    "build_augmentation",
+]
+
+IMAGE_FORMATS = ("BGR", "RGB", "L")
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded."""
+
+
+class SizeMismatchError(ValueError):
+    """An image's real size differs from the size its dataset dict records."""
+
+
+def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
+    """Read an image as an HxWxC uint8 array in ``format`` ("BGR", "RGB", "L"; None: as stored).
+
+    EXIF orientation is applied, as detectron2 does. Missing files raise FileNotFoundError and
+    undecodable ones :class:`ImageReadError`, both naming the file.
+    """
+    if format is not None and format not in IMAGE_FORMATS:
+        raise ValueError(f"read_image: format must be one of {IMAGE_FORMATS} or None, got {format!r}")
+    try:
+        with Image.open(file_name) as pil:
+            pil.load()
+            pil = ImageOps.exif_transpose(pil)
+            if format == "L":
+                pil = pil.convert("L")
+            elif format in ("BGR", "RGB") or pil.mode not in ("L", "RGB"):
+                pil = pil.convert("RGB")
+            image = np.asarray(pil)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {file_name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot decode image {file_name}: {e}") from None
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if format == "BGR":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
+    """Raise :class:`SizeMismatchError` if ``image`` is not the recorded width x height; fill them in if absent."""
+    real_h, real_w = image.shape[:2]
+    if "width" in dataset_dict or "height" in dataset_dict:
+        exp_w = dataset_dict.get("width", real_w)
+        exp_h = dataset_dict.get("height", real_h)
+        if (exp_w, exp_h) != (real_w, real_h):
+            hint = " (width and height swapped: an EXIF rotation the annotation ignored?)" if (exp_w, exp_h) == (real_h, real_w) else ""
+            raise SizeMismatchError(
+                f"{dataset_dict.get('file_name', '<no file_name>')}: image is {real_w}x{real_h} (WxH) but its "
+                f"annotation says {exp_w}x{exp_h}{hint}"
+            )
+    dataset_dict.setdefault("width", real_w)
+    dataset_dict.setdefault("height", real_h)
+
+
+def transform_instance_annotations(
+    annotation: Dict[str, Any], transforms: Transform, image_size: Tuple[int, int]
+) -> Dict[str, Any]:
+    """Move one annotation's box through ``transforms`` and clip it to ``image_size`` (h, w).
+
+    The box comes back in XYXY_ABS (float64 array); the dict is modified in place and returned.
+    """
+    bbox = BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS)
+    bbox = transforms.apply_box(np.asarray([bbox], dtype=np.float64))[0].clip(min=0)
+    h, w = image_size
+    annotation["bbox"] = np.minimum(bbox, [w, h, w, h])
+    annotation["bbox_mode"] = BoxMode.XYXY_ABS
+    return annotation
+
+
+def annotations_to_instances(annos: Sequence[Dict[str, Any]], image_size: Tuple[int, int]) -> Instances:
+    """Pack annotations as ``Instances`` with ``gt_boxes`` (clipped ``Boxes``) and ``gt_classes`` (int64)."""
+    boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+    target = Instances(image_size)
+    gt_boxes = Boxes(torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+    gt_boxes.clip(image_size)
+    target.gt_boxes = gt_boxes
+    target.gt_classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)
+    return target
+
+
+def filter_empty_instances(
+    instances: Instances, by_box: bool = True, box_threshold: float = 1e-5, return_mask: bool = False
+) -> Union[Instances, Tuple[Instances, torch.Tensor]]:
+    """Drop instances whose box has (nearly) no width or height, e.g. after clipping."""
+    keep = torch.ones(len(instances), dtype=torch.bool)
+    if by_box and instances.has("gt_boxes"):
+        keep &= instances.gt_boxes.nonempty(threshold=box_threshold)
+    return (instances[keep], keep) if return_mask else instances[keep]
+
+
+def build_augmentation(cfg, is_train: bool) -> List[Augmentation]:
+    """ResizeShortestEdge from INPUT.*_SIZE_*, plus RandomFlip at training time (INPUT.RANDOM_FLIP)."""
+    if is_train:
+        augs: List[Augmentation] = [
+            ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+        ]
+        flip = cfg.INPUT.RANDOM_FLIP
+        if flip not in ("none", "horizontal", "vertical"):
+            raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
+        if flip != "none":
+            augs.append(RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+        return augs
+    return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
