@@ -1,0 +1,184 @@
+"""TorchScript and ONNX export of the backbone and of the C4 detector's inference path."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnet_backbones import build_model, get_cfg
+from resnet_backbones.export import (
+    BackboneExportWrapper,
+    DetectorExportWrapper,
+    example_image,
+    export_model,
+    export_onnx,
+    export_torchscript,
+)
+from resnet_backbones.modeling import build_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "shapes" / "faster_rcnn_tiny_C4.yaml"
+H, W = 96, 128
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a shared 2-core machine, OpenMP threads spinning against each other cost ~10x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(**overrides):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(TINY))
+    cfg.MODEL.DEVICE = "cpu"
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so normalization matters
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.uniform_(-0.5, 0.5)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    return model
+
+
+def images(n=3):
+    return [example_image(H, W, seed=s) for s in range(n)]
+
+
+def eager_detections(model, image):
+    with torch.no_grad():
+        inst = model.inference([{"image": image}], do_postprocess=False)[0]
+    return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+
+
+def test_detector_wrapper_equals_eager_inference(detector):
+    wrapper = DetectorExportWrapper(detector).eval()
+    for image in images():
+        with torch.no_grad():
+            got = wrapper(image)
+        for a, b in zip(got, eager_detections(detector, image)):
+            assert torch.equal(a, b)
+
+
+def test_detector_torchscript_generalizes_to_other_images(detector, tmp_path):
+    wrapper = DetectorExportWrapper(detector).eval()
+    traced = export_torchscript(wrapper, (images(1)[0],), str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    counts = set()
+    for image in images(3)[1:] + [torch.zeros(3, H, W)]:  # not the traced image
+        ref = eager_detections(detector, image)
+        with torch.no_grad():
+            for out in (traced(image), loaded(image)):
+                assert len(out) == 3 and out[2].dtype == torch.int64
+                for a, b in zip(out, ref):
+                    assert torch.equal(a, b)
+        counts.add(len(ref[0]))
+    # Nothing detected at all: the same graph returns empty outputs.
+    cls_bias = detector.roi_heads.box_predictor.cls_score.bias
+    saved = cls_bias.detach().clone()
+    try:
+        with torch.no_grad():
+            cls_bias[-1] = 1e4  # background wins everywhere
+            boxes, scores, classes = traced(images(1)[0])  # shares the parameters
+            assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,)
+            assert len(eager_detections(detector, images(1)[0])[0]) == 0
+    finally:
+        with torch.no_grad():
+            cls_bias.copy_(saved)
+
+
+def test_detector_onnx_matches_eager(detector, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    wrapper = DetectorExportWrapper(detector).eval()
+    path = export_onnx(wrapper, (images(1)[0],), str(tmp_path / "model.onnx"), input_names=["image"],
+                       output_names=["boxes", "scores", "classes"],
+                       dynamic_axes={n: {0: "detections"} for n in ("boxes", "scores", "classes")})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "classes"]
+    for image in images(3):
+        boxes, scores, classes = session.run(None, {"image": image.numpy()})
+        ref = eager_detections(detector, image)
+        assert boxes.shape == tuple(ref[0].shape) and len(scores) == len(ref[1])
+        torch.testing.assert_close(torch.from_numpy(boxes), ref[0], rtol=0, atol=1e-2)
+        torch.testing.assert_close(torch.from_numpy(scores), ref[1], rtol=0, atol=1e-4)
+        assert torch.equal(torch.from_numpy(classes), ref[2])
+
+
+def test_backbone_export_any_size(tmp_path):
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_cfg()).eval()
+    wrapper = BackboneExportWrapper(backbone)
+    assert wrapper.output_names == ["res4"]
+    x = torch.randn(1, 3, 64, 64)
+    traced = export_torchscript(wrapper, (x,), str(tmp_path / "backbone.ts"))
+    y = torch.randn(2, 3, 80, 112)  # other batch and size
+    with torch.no_grad():
+        assert torch.equal(traced(y)[0], backbone(y)["res4"])
+    ort = pytest.importorskip("onnxruntime")
+    path = export_onnx(wrapper, (x,), str(tmp_path / "backbone.onnx"), input_names=["images"],
+                       output_names=["res4"], dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}})
+    (out,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"images": y.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), backbone(y)["res4"], rtol=1e-3, atol=1e-3)
+
+
+def test_export_model_with_weights_writes_info(tmp_path):
+    from resnet_backbones.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    model = build_model(tiny_cfg())
+    weights = tmp_path / "model.pth"
+    save_checkpoint(weights, model.state_dict())
+    cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(weights)})
+    result = export_model(cfg, "torchscript", str(tmp_path / "det"), input_size=(H, W))
+    assert result.max_abs_diff == 0.0 and result.what == "detector"
+    info = json.loads((tmp_path / "det" / "export_info.json").read_text())
+    assert info["output_names"] == ["boxes", "scores", "classes"] and info["input_shape"] == [3, H, W]
+    assert (tmp_path / "det" / "config.yaml").is_file()
+    loaded = torch.jit.load(result.path)
+    model.eval()
+    image = example_image(H, W, seed=5)
+    with torch.no_grad():
+        for a, b in zip(loaded(image), eager_detections(model, image)):
+            assert torch.equal(a, b)
+    # The backbone alone from the same detector checkpoint (res5 of the head is skipped).
+    result = export_model(cfg, "torchscript", str(tmp_path / "bb"), backbone_only=True, input_size=(64, 64))
+    traced = torch.jit.load(result.path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(traced(x)[0], model.backbone(x)["res4"])
+
+
+def test_export_model_cli(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("export_model_tool", ROOT / "tools" / "export_model.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    code = tool.main(["--config-file", str(TINY), "--format", "onnx", "--output", str(tmp_path),
+                      "--backbone-only", "--input-size", "64", "64",
+                      "--opts", "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4']"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["path"].endswith("model.onnx") and summary["max_abs_diff"] < 1e-2
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["output_names"] == ["res3", "res4"] and info["what"] == "backbone"
+
+
+def test_export_rejects_unknown_format(tmp_path):
+    with pytest.raises(ValueError, match="format"):
+        export_model(tiny_cfg(), "tflite", str(tmp_path))

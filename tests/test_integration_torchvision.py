@@ -1,0 +1,201 @@
+"""Our ResNets inside torchvision's detectors: C4 Faster R-CNN, its parts, and the FPN backbone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from resnet_backbones.data.shapes import SHAPES_CLASSES, render_detection_image
+from resnet_backbones.integrations.torchvision import (
+    C4_ANCHOR_SIZES,
+    ResNetRes5BoxHead,
+    ResNetWithFPN,
+    fasterrcnn_resnet_c4,
+    resnet_c4_parts,
+    resnet_c4_trunk,
+    resnet_fpn_backbone,
+    resnet_res5_box_head,
+)
+from resnet_backbones.layers import FrozenBatchNorm2d
+from resnet_backbones.modeling.backbone import ResNet
+
+NARROW = {"stem_out_channels": 16, "res2_out_channels": 16}  # resnet18 at 1/4 width: fast on a CPU
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a shared 2-core machine, OpenMP threads spinning against each other cost ~10x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shapes_batch(num_images: int = 2, size: int = 128, seed: int = 0):
+    """torchvision inputs: RGB float images in [0, 1] and targets with labels 1..K (0 = background)."""
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for _ in range(num_images):
+        bgr, anns = render_detection_image(rng, size, size)
+        images.append(torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255)
+        targets.append({
+            "boxes": torch.tensor([box for _, box in anns], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([cls + 1 for cls, _ in anns], dtype=torch.int64),
+        })
+    return images, targets
+
+
+def test_c4_detector_is_torchvision_faster_rcnn_with_our_trunk_and_res5_head():
+    model = fasterrcnn_resnet_c4("resnet50", num_classes=4)
+    assert isinstance(model, FasterRCNN)
+    assert isinstance(model.backbone, ResNet) and model.backbone.out_channels == 1024
+    assert model.backbone.stage_names == ("res2", "res3", "res4")
+    head = model.roi_heads.box_head
+    assert isinstance(head, ResNetRes5BoxHead) and (head.in_channels, head.out_channels) == (1024, 2048)
+    assert len(head.res5) == 3 and head.res5[0].stride == 2
+    predictor = model.roi_heads.box_predictor
+    assert isinstance(predictor, FastRCNNPredictor)
+    assert (predictor.cls_score.in_features, predictor.cls_score.out_features) == (2048, 4)
+    assert predictor.bbox_pred.out_features == 16
+    pool = model.roi_heads.box_roi_pool
+    assert isinstance(pool, MultiScaleRoIAlign) and pool.featmap_names == ["res4"]
+    assert pool.output_size == (14, 14)
+    anchors = model.rpn.anchor_generator
+    assert anchors.sizes == (C4_ANCHOR_SIZES,) and anchors.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert anchors.num_anchors_per_location() == [15]
+    # detectron2's C4 defaults: FrozenBN, stem and res2 frozen, res3.. and res5 trainable.
+    assert isinstance(model.backbone.stem.conv1.norm, FrozenBatchNorm2d)
+    assert not any(p.requires_grad for p in model.backbone.res2.parameters())
+    assert all(p.requires_grad for p in model.backbone.res3.parameters())
+    assert all(p.requires_grad for p in head.parameters())
+    keys = list(model.state_dict())
+    assert "backbone.res4.5.conv3.weight" in keys and "roi_heads.box_head.res5.2.conv3.weight" in keys
+
+
+def test_c4_train_loss_goes_down_and_inference_returns_detections():
+    torch.manual_seed(0)
+    model = fasterrcnn_resnet_c4(
+        "resnet18", num_classes=len(SHAPES_CLASSES) + 1, min_size=128, max_size=128,
+        rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_batch_size_per_image=64,
+        box_batch_size_per_image=32, **NARROW,
+    )
+    assert model.backbone.out_channels == 64 and model.roi_heads.box_head.out_channels == 128
+    images, targets = shapes_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(10):
+        loss_dict = model(images, targets)
+        assert set(loss_dict) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    assert len(outputs) == 2
+    for out in outputs:
+        assert set(out) == {"boxes", "labels", "scores"}
+        n = len(out["scores"])
+        assert out["boxes"].shape == (n, 4) and out["labels"].shape == (n,)
+        if n:
+            assert out["labels"].min() >= 1 and out["labels"].max() <= len(SHAPES_CLASSES)
+            assert out["boxes"][:, 2:].max() <= 128
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_weights_from_torchvision_checkpoint_reproduce_torchvision(tmp_path, as_file):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    weights = tv.state_dict()
+    if as_file:
+        weights = tmp_path / "tv_r50.pth"
+        torch.save(tv.state_dict(), weights)
+    trunk, head = resnet_c4_parts("resnet50", weights=weights)
+    trunk.eval()
+    # torchvision weights: the stride goes in the 3x3 conv (stride_in_1x1 followed the weights).
+    assert trunk.res3[0].conv1.stride == (1, 1) and trunk.res3[0].conv2.stride == (2, 2)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        c4 = tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x)))))))
+        ours = trunk(x)["res4"]
+        torch.testing.assert_close(ours, c4, rtol=1e-4, atol=1e-4)
+        pooled = torch.flatten(tv.avgpool(tv.layer4(c4)), 1)
+        torch.testing.assert_close(head(c4), pooled, rtol=1e-4, atol=1e-4)
+
+
+def test_trunk_and_head_builders_and_errors():
+    trunk = resnet_c4_trunk("resnet18", norm="BN", freeze_at=0)
+    assert trunk.out_channels == 256 and trunk(torch.zeros(1, 3, 64, 64))["res4"].shape == (1, 256, 4, 4)
+    head = resnet_res5_box_head("preact_resnet18")
+    assert head.post_norm is not None
+    assert head(torch.zeros(3, 256, 14, 14)).shape == (3, 512)
+    with pytest.raises(ValueError, match="CIFAR"):
+        resnet_c4_trunk("resnet20_cifar")
+    with pytest.raises(TypeError, match="box_head"):
+        fasterrcnn_resnet_c4("resnet18", num_classes=2, box_head=torch.nn.Identity())
+
+
+def test_fpn_backbone_matches_torchvision_interface():
+    backbone = resnet_fpn_backbone("resnet18", trainable_layers=3, **NARROW)
+    assert isinstance(backbone, ResNetWithFPN) and backbone.out_channels == 256
+    out = backbone(torch.zeros(1, 3, 64, 64))
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    assert [v.shape[-1] for v in out.values()] == [16, 8, 4, 2, 1]
+    assert all(v.shape[1] == 256 for v in out.values())
+    body = backbone.body
+    assert not any(p.requires_grad for p in body.res2.parameters())
+    assert all(p.requires_grad for p in body.res3.parameters())
+    frozen = resnet_fpn_backbone("resnet18", trainable_layers=0, returned_layers=[2, 3], **NARROW)
+    assert not any(p.requires_grad for p in frozen.body.parameters())
+    assert frozen.body.stage_names == ("res2", "res3", "res4")  # res5 is not built
+    assert list(frozen(torch.zeros(1, 3, 64, 64))) == ["0", "1", "pool"]
+    with pytest.raises(ValueError, match="trainable_layers"):
+        resnet_fpn_backbone("resnet18", trainable_layers=6)
+
+    # torchvision's FasterRCNN takes it as it takes its own resnet_fpn_backbone.
+    model = FasterRCNN(backbone, num_classes=4, min_size=64, max_size=64).eval()
+    with torch.no_grad():
+        (det,) = model([torch.rand(3, 64, 64)])
+    assert set(det) == {"boxes", "labels", "scores"}
+
+
+def test_weights_from_a_c4_detector_checkpoint(tmp_path):
+    """A detectron2-layout C4 detector file (ours or detectron2's) fills trunk and res5 head."""
+    from resnet_backbones import build_model, get_cfg
+    from resnet_backbones.checkpoint import save_checkpoint
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "shapes" / "faster_rcnn_tiny_C4.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    detector = build_model(cfg).eval()
+    save_checkpoint(tmp_path / "c4.pkl", detector.state_dict())
+    model = fasterrcnn_resnet_c4(
+        "resnet50", num_classes=4, weights=tmp_path / "c4.pkl", stem_out_channels=16, res2_out_channels=32,
+        width_per_group=8,
+    ).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        c4 = detector.backbone(x)["res4"]
+        torch.testing.assert_close(model.backbone(x)["res4"], c4, rtol=1e-5, atol=1e-5)
+        rois = torch.randn(5, c4.shape[1], 14, 14)
+        expected = detector.roi_heads.res5(rois).mean(dim=(2, 3))
+        torch.testing.assert_close(model.roi_heads.box_head(rois), expected, rtol=1e-5, atol=1e-5)
