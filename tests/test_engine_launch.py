@@ -1,0 +1,128 @@
+"""launch(): gloo worker processes, torchrun, failure propagation without hangs, signal forwarding."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from resnet_backbones.engine.launch import LaunchInterrupted, ProcessFailedError, launch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Worker entry points: module-level so that spawned processes can import them.
+def _collective_main(out_dir):
+    import torch.distributed as dist
+
+    from resnet_backbones.utils import comm
+
+    t = torch.tensor([comm.get_rank() + 1.0])
+    dist.all_reduce(t)
+    info = {"sum": t.item(), "world": comm.get_world_size(), "rank": comm.get_rank(),
+            "local_rank": comm.get_local_rank(), "local_size": comm.get_local_size(),
+            "gathered": comm.all_gather(comm.get_rank() * 10), "backend": dist.get_backend()}
+    with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
+        json.dump(info, f)
+
+
+def _failing_main(out_dir):
+    from resnet_backbones.utils import comm
+
+    if comm.get_rank() == 1:
+        raise ValueError("boom from rank 1")
+    time.sleep(300)  # rank 0 would wait forever: launch must not
+
+
+def _interruptible_main(out_dir):
+    from resnet_backbones.engine.hooks import TrainingInterrupted
+    from resnet_backbones.utils import comm
+
+    got = []
+    signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    open(os.path.join(out_dir, f"ready{comm.get_rank()}"), "w").close()
+    deadline = time.time() + 120
+    while not got and time.time() < deadline:
+        time.sleep(0.05)
+    open(os.path.join(out_dir, f"stopped{comm.get_rank()}"), "w").close()
+    raise TrainingInterrupted(signal.SIGTERM, 0, None)
+
+
+def _read(out_dir, world):
+    return [json.load(open(os.path.join(out_dir, f"rank{r}.json"))) for r in range(world)]
+
+
+def test_single_process_runs_in_place():
+    assert launch(lambda x: x * 2, 1, args=(21,)) == 42
+
+
+@pytest.mark.slow
+def test_failing_rank_stops_all_and_shows_its_error(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(ProcessFailedError) as info:
+        launch(_failing_main, 2, args=(str(tmp_path),), backend="gloo", failure_grace_period=2)
+    elapsed = time.monotonic() - start
+    msg = str(info.value)
+    assert info.value.rank == 1
+    assert "ValueError: boom from rank 1" in msg and "Traceback" in msg
+    assert "rank 0 was killed by SIGKILL" in msg
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+@pytest.mark.slow
+def test_sigterm_is_forwarded_to_the_workers(tmp_path):
+    def send_when_ready():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if all(os.path.exists(tmp_path / f"ready{r}") for r in range(2)):
+                os.kill(os.getpid(), signal.SIGTERM)  # launch() has its forwarding handler installed
+                return
+            time.sleep(0.05)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    sender = threading.Thread(target=send_when_ready, daemon=True)
+    sender.start()
+    with pytest.raises(LaunchInterrupted) as info:
+        launch(_interruptible_main, 2, args=(str(tmp_path),), backend="gloo")
+    sender.join()
+    assert info.value.exit_code == 143
+    assert all(os.path.exists(tmp_path / f"stopped{r}") for r in range(2))  # both workers got it
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+@pytest.mark.slow
+def test_under_torchrun(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+        from resnet_backbones.engine.launch import launch
+        from test_engine_launch import _collective_main
+        # --num-gpus is ignored under torchrun: the process count comes from torchrun
+        launch(_collective_main, 1, args=({str(tmp_path)!r},), backend="gloo")
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    infos = _read(tmp_path, 2)
+    assert [i["sum"] for i in infos] == [3.0, 3.0] and infos[1]["local_rank"] == 1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        launch(print, 2, backend="mpi")
+    with pytest.raises(ValueError, match="machine_rank"):
+        launch(print, 1, num_machines=2, machine_rank=2, backend="gloo")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
+            launch(print, 2, backend="nccl")
+    with pytest.raises(ValueError, match="one machine"):
+        launch(print, 1, num_machines=2, dist_url="auto", backend="gloo")
