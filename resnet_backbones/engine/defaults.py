@@ -449,11 +449,15 @@ class DefaultTrainer(TrainerBase):
     # ------------------------------------------------------------------------------ builders
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
-        """``modeling.build_model(cfg)``; SyncBN falls back to BN on CPU with several processes."""
+        """``modeling.build_model(cfg)``; SyncBN falls back to BN on CPU with several processes;
+        with ``MODEL.FAST_PATH`` the C4 fast path (same parameters and state-dict names)."""
         from ..modeling import build_model
+        from ..modeling.fast_path import optimize_detector_for_training
 
         model = build_model(cfg)
         model = _adapt_sync_bn(model, cfg.MODEL.DEVICE)
+        if cfg.MODEL.FAST_PATH:
+            model = optimize_detector_for_training(model)
         logging.getLogger("resnet_backbones").info("Model:\n%s", model)
         return model
 
@@ -504,8 +508,10 @@ class DefaultTrainer(TrainerBase):
 
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[Sequence[Any]] = None) -> "OrderedDict[str, Any]":
-        """Evaluate ``model`` on every ``DATASETS.TEST`` (one result dict, or one per dataset)."""
+        """Evaluate ``model`` on every ``DATASETS.TEST`` (one result dict, or one per dataset), under
+        ``TEST.AMP`` autocast when it is enabled."""
         from ..evaluation import inference_on_dataset, print_csv_format
+        from ..precision import inference_amp_dtype
 
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and not isinstance(evaluators, (list, tuple)):
@@ -524,7 +530,7 @@ class DefaultTrainer(TrainerBase):
                     logger.warning("%s; skipping the evaluation of %s", e, name)
                     results[name] = {}
                     continue
-            res = inference_on_dataset(model, data_loader, evaluator)
+            res = inference_on_dataset(model, data_loader, evaluator, autocast_dtype=inference_amp_dtype(cfg))
             results[name] = res
             if comm.is_main_process() and res:
                 logger.info("Evaluation results for %s in csv format:", name)

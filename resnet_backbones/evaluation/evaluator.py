@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..precision import autocast_context
 from ..utils.comm import get_world_size, is_main_process
 
 __all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_on_dataset", "inference_context"]
@@ -101,11 +102,23 @@ def _length(data_loader: Iterable) -> Optional[int]:
         return None
 
 
+def _device_of(model: Any) -> torch.device:
+    """The device of ``model``'s first parameter (or its ``device`` attribute); CPU otherwise."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
 def inference_on_dataset(
     model: Callable[[Any], Any],
     data_loader: Iterable,
     evaluator: Union[DatasetEvaluator, Sequence[DatasetEvaluator], None],
     callbacks: Optional[Dict[str, Callable[[], None]]] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> Dict[str, Any]:
     """Run ``model`` on every batch of ``data_loader`` and return ``evaluator.evaluate()``.
 
@@ -113,6 +126,8 @@ def inference_on_dataset(
     gradients are off. ``evaluator`` may be one evaluator, a list of them, or None (timing only).
     ``callbacks`` may hold ``on_start``, ``before_inference``, ``after_inference``, ``on_end``.
     The first ``min(5, total - 1)`` batches are a warm-up excluded from the reported times.
+    ``autocast_dtype`` (``TEST.AMP``, see :func:`resnet_backbones.precision.inference_amp_dtype`)
+    runs the model under ``torch.autocast`` on the model's device; None (default) is plain fp32.
     """
     total = _length(data_loader)
     num_devices = get_world_size()
@@ -138,6 +153,8 @@ def inference_on_dataset(
         if isinstance(model, nn.Module):
             stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
+        if autocast_dtype is not None:
+            stack.enter_context(autocast_context(_device_of(model), True, autocast_dtype))
         bar = stack.enter_context(
             tqdm(total=total, desc="Inference", unit="batch", disable=not is_main_process(), dynamic_ncols=True)
         )

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ...precision import fp32_outside_scope
 from ...structures import ImageList, Instances
 from ..backbone import Backbone, build_backbone
 from ..postprocessing import detector_postprocess
@@ -94,6 +95,7 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: Sequence[float],
         input_format: Optional[str] = None,
         vis_period: int = 0,
+        inference_amp_scope: str = "all",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -103,6 +105,9 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError(f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {input_format!r}")
         self.input_format = input_format
         self.vis_period = vis_period
+        # TEST.AMP.SCOPE: under an inference autocast, "roi_heads" keeps the backbone and the RPN in
+        # float32 (see resnet_backbones.precision); "all" leaves every part to the autocast.
+        self.inference_amp_scope = inference_amp_scope
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
                 f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} differ in length"
@@ -126,6 +131,7 @@ class GeneralizedRCNN(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
+            "inference_amp_scope": cfg.TEST.AMP.SCOPE,
         }
 
     @property
@@ -176,10 +182,13 @@ class GeneralizedRCNN(nn.Module):
         if self.training:
             raise RuntimeError("call model.eval() before inference")
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        fp32 = fp32_outside_scope(self.device, self.inference_amp_scope, "backbone")
+        with fp32:
+            features = self.backbone(images.tensor)
         if detected_instances is None:
             if self.proposal_generator is not None:
-                proposals, _ = self.proposal_generator(images, features, None)
+                with fp32:
+                    proposals, _ = self.proposal_generator(images, features, None)
             else:
                 proposals = [x["proposals"].to(self.device) for x in batched_inputs]
             results, _ = self.roi_heads(images, features, proposals, None)

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
 from ...layers import ShapeSpec
+from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
 from ..anchor_generator import build_anchor_generator
@@ -235,12 +236,16 @@ class RPN(nn.Module):
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)
         logits, deltas = self.rpn_head(feats)
-        # (N, A, H, W) -> (N, H*W*A), matching the anchors' (row, column, anchor) order
-        logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
+        # (N, A, H, W) -> (N, H*W*A), matching the anchors' (row, column, anchor) order. Float32
+        # from here on (a no-op in fp32/fp64): under autocast the head runs in low precision, but box
+        # decoding, top-k, NMS and the losses must not.
+        logits = [fp32_if_reduced(x.permute(0, 2, 3, 1).flatten(1)) for x in logits]
         box_dim = self.anchor_generator.box_dim
         # (N, A*4, H, W) -> (N, H*W*A, 4)
         deltas = [
-            x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+            fp32_if_reduced(
+                x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+            )
             for x in deltas
         ]
         if self.training:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
 from ...layers import ShapeSpec
+from ...precision import REDUCED_PRECISION_DTYPES, fp32_if_reduced
 from ...structures import Boxes, Instances
 from ...utils.events import get_event_storage, has_event_storage
 from ..box_regression import Box2BoxTransform, dense_box_regression_loss
@@ -164,9 +165,18 @@ class FastRCNNOutputLayers(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(R, K + 1)`` class logits and ``(R, 4K)`` (or ``(R, 4)``) box deltas."""
+        """``(R, K + 1)`` class logits and ``(R, 4K)`` (or ``(R, 4)``) box deltas, in float32.
+
+        Under autocast the two linear layers run in float32 on float32 features (they cost ~1% of
+        the res5 head, and bf16 logits visibly perturb the ranking of detections); losses, softmax
+        scores and box decoding then stay float32 too. In fp32/fp64 this is the plain computation.
+        """
         if x.dim() > 2:
             x = torch.flatten(x, start_dim=1)
+        if x.dtype in REDUCED_PRECISION_DTYPES or torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                x = fp32_if_reduced(x)
+                return self.cls_score(x), self.bbox_pred(x)
         return self.cls_score(x), self.bbox_pred(x)
 
     # --------------------------------------------------------------------------------- losses

@@ -18,6 +18,7 @@ from fvcore.common.registry import Registry
 from torch import nn
 
 from ...layers import ShapeSpec
+from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
 from ..backbone.resnet import BottleneckBlock, ResNet
@@ -225,7 +226,9 @@ class Res5ROIHeads(ROIHeads):
         return ret
 
     def _shared_roi_transform(self, features: List[torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
-        return self.res5(self.pooler(features, boxes))
+        # RoIAlign in float32 (a no-op in fp32/fp64): under autocast the features are low precision,
+        # and the pooler casts the box coordinates to the features' dtype.
+        return self.res5(self.pooler([fp32_if_reduced(f) for f in features], boxes))
 
     def forward(
         self,

@@ -1,0 +1,612 @@
+"""Benchmark: Faster R-CNN C4 training step and inference, ours against detectron2 in the same run.
+
+    python tools/benchmark.py detector [--amp] [--depth 50 101] [--repeats N] [--train-repeats N]
+                                       [--image-size 600 800] [--modes inference train]
+                                       [--variants ...] [--threads N] [--no-memory]
+                                       [--amp-accuracy N] [--json FILE]
+
+detectron2 is timed when it is importable: run the command with that environment's Python
+(``/path/to/d2env/bin/python tools/benchmark.py detector``); elsewhere only our variants run.
+
+Setup, per depth (R50-C4, R101-C4): detectron2's default config values (``configs/Base-RCNN-C4.yaml``
+read by each library's own config code: 6000/1000 test proposals before/after NMS, 12000/2000 in
+training, 512 sampled RoIs per image, full-width ResNet with FrozenBN and the stride in the 1x1
+convs, 80 classes, CPU). One set of random weights with sane statistics (every FrozenBN calibrated on
+a test image, random affine values, larger predictor weights, as the parity tests do) is loaded
+into every model (detectron2's with ``strict=True``). Images: synthetic 600x800 "shapes" scenes,
+their shapes as ground truth.
+
+* inference: seconds per image (batch of 1, ``model.eval()``, ``torch.no_grad()``);
+* training step: forward + backward + ``SGD(momentum=0.9, weight_decay=1e-4).step()`` on a batch of
+  2 images, ``zero_grad(set_to_none=True)``;
+* peak memory: in a fresh subprocess per (variant, mode): model built and weights loaded, one
+  warm-up iteration, then the peak resident set size (``VmHWM`` after resetting it through
+  ``/proc/self/clear_refs``; ``ru_maxrss`` where that is unavailable) during one more iteration,
+  minus the resident size just before it.
+
+Variants (``--variants``):
+
+* ``d2``: detectron2, fp32 -- the reference of every ratio;
+* ``ours``: our model as built, fp32 (the default: the same operations as detectron2);
+* ``ours-fast``: our model through :func:`~resnet_backbones.modeling.fast_path.optimize_detector_for_inference`
+  / ``optimize_detector_for_training`` (subsampled RoIAlign, FrozenBN in the convs,
+  channels_last), fp32;
+* ``ours-fast-bf16``: ``ours-fast`` under ``torch.autocast(dtype=bfloat16)`` (box decoding, NMS,
+  losses and scores stay float32) -- ``--amp`` selects it.
+
+Timing: every variant is built and warmed up first; then ``--repeats`` (inference, default 5) or
+``--train-repeats`` (default 3) rounds, each running every variant once in an order rotated from
+round to round, so that load changes on a shared machine
+hit all variants alike. Reported: the median time per variant and the median over rounds of the
+per-round time ratio to detectron2 (< 1: faster than detectron2). The load average is printed
+before, during and after. Agreement: inference detections of each variant against detectron2's
+(matched at IoU >= 0.9 with the same class), and the training losses of a seeded step.
+
+Accuracy of bfloat16 (``--amp-accuracy N``, default 4 images with ``--amp``): COCO AP@[.5:.95]
+(pycocotools) of bf16 detections scored with our unoptimized fp32 detections (= detectron2's) as
+ground truth, on N new images; the fp32 fast path is scored too, as a control.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASE_CONFIG = os.path.join(ROOT, "configs", "Base-RCNN-C4.yaml")
+ALL_VARIANTS = ("d2", "ours", "ours-fast", "ours-fast-bf16")
+VARIANT_DESCRIPTIONS = {
+    "d2": "detectron2, fp32 (reference)",
+    "ours": "ours as built, fp32 (same operations as detectron2)",
+    "ours-fast": "ours, fast path (subsampled RoIAlign, FrozenBN in convs, channels_last), fp32",
+    "ours-fast-bf16": "ours, fast path, bfloat16 autocast (decoding/NMS/losses/scores fp32)",
+}
+MODES = ("inference", "train")
+_WORKER_FLAG = "--memory-worker"
+_RESULT_MARK = "@@RESULT@@"
+
+
+def detectron2_available() -> bool:
+    try:
+        import detectron2  # noqa: F401
+        from detectron2.modeling import build_model  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ setup
+def _overrides(depth: int) -> List[str]:
+    return ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", str(depth)]
+
+
+def our_config(depth: int):
+    from ..config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(BASE_CONFIG)
+    cfg.merge_from_list(_overrides(depth))
+    return cfg
+
+
+def d2_config(depth: int):
+    from detectron2.config import get_cfg as d2_get_cfg
+
+    cfg = d2_get_cfg()
+    cfg.merge_from_file(BASE_CONFIG)
+    cfg.merge_from_list(_overrides(depth))
+    return cfg
+
+
+def make_images(image_size: Tuple[int, int], count: int = 2, seed: int = 100) -> List[Dict[str, Any]]:
+    """``count`` synthetic scenes: ``{"image": (3, H, W) float BGR, "boxes": (G, 4), "classes": (G,)}``."""
+    from ..data.shapes import render_detection_image
+
+    out = []
+    for i in range(count):
+        img, objects = render_detection_image(seed + i, image_size[0], image_size[1])
+        out.append({
+            "image": torch.as_tensor(img.astype("float32").transpose(2, 0, 1)).contiguous(),
+            "boxes": torch.tensor([b for _, b in objects], dtype=torch.float32).reshape(-1, 4),
+            "classes": torch.tensor([c for c, _ in objects], dtype=torch.int64),
+        })
+    return out
+
+
+def batch_inputs(images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool) -> List[Dict[str, Any]]:
+    if d2:
+        from detectron2.structures import Boxes, Instances
+    else:
+        from ..structures import Boxes, Instances
+    batch = []
+    for im in images:
+        d: Dict[str, Any] = {"image": im["image"]}
+        if with_gt:
+            inst = Instances(tuple(im["image"].shape[-2:]))
+            inst.gt_boxes = Boxes(im["boxes"].clone())
+            inst.gt_classes = im["classes"].clone()
+            d["instances"] = inst
+        batch.append(d)
+    return batch
+
+
+@torch.no_grad()
+def sane_random_weights(
+    depth: int, images: Sequence[Dict[str, Any]], seed: int = 0, residual_gain: Tuple[float, float] = (0.1, 0.3)
+) -> Dict[str, torch.Tensor]:
+    """Our R{depth}-C4 state dict with calibrated FrozenBN statistics (see the module docstring).
+
+    Every FrozenBN gets the mean/variance of its input on the first image and a random affine map:
+    gamma in [0.5, 1.5], except the last norm of each residual branch, whose gamma is drawn from
+    ``residual_gain``. Small residual-branch gains are what trained ResNets have; with gains ~1, a
+    random 50-layer ResNet is chaotic (a 1e-7 perturbation of the input grows ~100x by res4, and
+    bfloat16 rounding to ~25% of the res4 features), which would make fp32-vs-bf16 comparisons
+    meaningless.
+    """
+    from ..layers import FrozenBatchNorm2d
+    from ..modeling import build_model
+    from ..modeling.backbone.resnet import BottleneckBlock
+
+    torch.manual_seed(seed)
+    model = build_model(our_config(depth)).eval()
+    last = {id(b.conv3.norm) for b in model.modules() if isinstance(b, BottleneckBlock)}
+
+    def calibrate(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)))
+        module.weight.uniform_(*(residual_gain if id(module) in last else (0.5, 1.5)))
+        module.bias.normal_(0.0, 0.1)
+
+    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    model(batch_inputs(images[:1], with_gt=False, d2=False))
+    for h in hooks:
+        h.remove()
+    head = model.proposal_generator.rpn_head
+    head.objectness_logits.weight.normal_(0.0, 0.05)
+    head.anchor_deltas.weight.normal_(0.0, 0.02)
+    predictor = model.roi_heads.box_predictor
+    predictor.cls_score.weight.normal_(0.0, 0.1)
+    predictor.bbox_pred.weight.normal_(0.0, 0.02)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def build_variant(variant: str, depth: int, state: Dict[str, torch.Tensor], mode: str):
+    """The model of ``variant`` for ``mode``, weights loaded (eval mode for inference)."""
+    if variant == "d2":
+        from detectron2.modeling import build_model as d2_build_model
+
+        model = d2_build_model(d2_config(depth))
+        model.load_state_dict(state, strict=True)
+    else:
+        from ..modeling import build_model
+        from ..modeling.fast_path import optimize_detector_for_inference, optimize_detector_for_training
+
+        model = build_model(our_config(depth))
+        model.load_state_dict(state, strict=True)
+        if variant.startswith("ours-fast"):
+            if mode == "inference":
+                model = optimize_detector_for_inference(model.eval(), inplace=True)
+            else:
+                model = optimize_detector_for_training(model)
+    return model.eval() if mode == "inference" else model.train()
+
+
+def _autocast(variant: str):
+    from ..precision import autocast_context
+
+    return autocast_context("cpu", enabled=variant.endswith("bf16"), dtype="bfloat16")
+
+
+def _event_storage(variant: str):
+    if variant == "d2":
+        from detectron2.utils.events import EventStorage
+    else:
+        from ..utils.events import EventStorage
+    return EventStorage(0)
+
+
+def make_step(variant: str, mode: str, model, images: Sequence[Dict[str, Any]]) -> Callable[[], Any]:
+    """A no-argument callable doing one inference (first image) or one training step (all images)."""
+    d2 = variant == "d2"
+    if mode == "inference":
+        inputs = batch_inputs(images[:1], with_gt=False, d2=d2)
+
+        def infer():
+            with torch.no_grad(), _autocast(variant):
+                return model(inputs)
+
+        return infer
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    inputs = batch_inputs(images, with_gt=True, d2=d2)
+
+    def train_step():
+        with _event_storage(variant):
+            with _autocast(variant):
+                losses = model(inputs)
+                total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    return train_step
+
+
+# --------------------------------------------------------------------------------- memory
+def _rss_kib(field_name: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim_heap() -> None:
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+
+
+def memory_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Runs in a fresh process: peak RSS increase during one iteration after a warm-up."""
+    import resource
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    state = torch.load(spec["weights"], map_location="cpu")
+    images = torch.load(spec["images"], map_location="cpu")
+    model = build_variant(spec["variant"], spec["depth"], state, spec["mode"])
+    del state
+    step = make_step(spec["variant"], spec["mode"], model, images)
+    torch.manual_seed(0)
+    step()  # warm-up: oneDNN primitives, optimizer state
+    _trim_heap()
+    before = _rss_kib("VmRSS")
+    reset = _reset_peak()
+    start_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    step()
+    peak = _rss_kib("VmHWM") if reset else None
+    if peak is None:  # no clear_refs: ru_maxrss is the peak since the process started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        method = "ru_maxrss" if peak > start_maxrss else "ru_maxrss (peak before the iteration)"
+    else:
+        method = "VmHWM"
+    return {"baseline_mib": (before or 0) / 1024, "peak_mib": peak / 1024,
+            "delta_mib": (peak - (before or 0)) / 1024, "method": method}
+
+
+def measure_memory(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    cmd = [sys.executable, "-m", "resnet_backbones.benchmarks.detector", _WORKER_FLAG, json.dumps(spec)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(_RESULT_MARK):
+            return json.loads(line[len(_RESULT_MARK):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)}"}
+
+
+# -------------------------------------------------------------------------------- agreement
+def _match_detections(ref, other, iou_thresh: float = 0.9) -> Tuple[float, float]:
+    """(fraction of ``ref`` detections with a same-class match at IoU >= thresh in ``other``,
+    max |score difference| over those matches)."""
+    from torchvision.ops import box_iou
+
+    a, b = ref["instances"], other["instances"]
+    if len(a) == 0:
+        return (1.0 if len(b) == 0 else 0.0), 0.0
+    if len(b) == 0:
+        return 0.0, float("nan")
+    iou = box_iou(a.pred_boxes.tensor.float(), b.pred_boxes.tensor.float())
+    iou[a.pred_classes[:, None] != b.pred_classes[None, :]] = 0
+    best, idx = iou.max(dim=1)
+    ok = best >= iou_thresh
+    diff = (a.scores[ok].float() - b.scores[idx[ok]].float()).abs().max().item() if ok.any() else float("nan")
+    return ok.float().mean().item(), diff
+
+
+def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: int) -> float:
+    """COCO AP@[.5:.95] (pycocotools) of ``detections`` with ``reference`` detections as ground truth
+    (every reference detection is a ground-truth box; per-image ``Instances`` lists)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt: Dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": c + 1} for c in range(num_classes)]}
+    dets = []
+    for img_id, (ref, det) in enumerate(zip(reference, detections), start=1):
+        h, w = ref.image_size
+        gt["images"].append({"id": img_id, "height": h, "width": w})
+        for (x0, y0, x1, y1), c in zip(ref.pred_boxes.tensor.tolist(), ref.pred_classes.tolist()):
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": img_id, "category_id": c + 1,
+                                      "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+        boxes, classes, scores = det.pred_boxes.tensor.tolist(), det.pred_classes.tolist(), det.scores.tolist()
+        for (x0, y0, x1, y1), c, sc in zip(boxes, classes, scores):
+            dets.append({"image_id": img_id, "category_id": c + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": sc})
+    with redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if not dets:
+            return 0.0
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
+
+
+def amp_accuracy(
+    depth: int, state: Dict[str, torch.Tensor], image_size: Tuple[int, int], num_images: int,
+    log: Callable[[str], None],
+) -> Dict[str, Any]:
+    """COCO AP of bf16 detections (and, as a control, of the fp32 fast path) scored against our
+    unoptimized fp32 detections (= detectron2's) as ground truth, on ``num_images`` new images."""
+    from ..precision import autocast_context
+
+    images = make_images(image_size, count=num_images, seed=200)
+    runs = {"ours fp32 (ground truth)": ("ours", False), "ours-fast fp32": ("ours-fast", False),
+            "ours bf16": ("ours", True), "ours-fast bf16": ("ours-fast", True)}
+    outputs: Dict[str, List[Any]] = {}
+    for name, (variant, bf16) in runs.items():
+        model = build_variant(variant, depth, state, "inference")
+        outs = []
+        for im in images:
+            with torch.no_grad(), autocast_context("cpu", bf16, "bfloat16"):
+                outs.append(model(batch_inputs([im], with_gt=False, d2=False))[0]["instances"])
+        outputs[name] = outs
+        del model
+    reference = outputs.pop("ours fp32 (ground truth)")
+    num_classes = int(our_config(depth).MODEL.ROI_HEADS.NUM_CLASSES)
+    result = {"images": num_images, "image_size": list(image_size),
+              "detections_per_image": [len(r) for r in reference]}
+    for name, outs in outputs.items():
+        result[name] = coco_ap(reference, outs, num_classes)
+        log(f"  R{depth}-C4 COCO AP of {name} against fp32 detections: {result[name]:.4f}")
+    return result
+
+
+# ----------------------------------------------------------------------------------- timing
+@dataclass
+class Row:
+    depth: int
+    mode: str
+    variant: str
+    median_s: float
+    min_s: float
+    ratio_to_d2: Optional[float]
+    times_s: List[float] = field(default_factory=list)
+    memory: Dict[str, Any] = field(default_factory=dict)
+    agreement: str = ""
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def time_variants(
+    depth: int, mode: str, variants: Sequence[str], state: Dict[str, torch.Tensor],
+    images: Sequence[Dict[str, Any]], repeats: int, log: Callable[[str], None],
+) -> List[Row]:
+    steps, agreement, outputs = {}, {}, {}
+    for variant in variants:
+        start = time.perf_counter()
+        model = build_variant(variant, depth, state, mode)
+        steps[variant] = make_step(variant, mode, model, images)
+        torch.manual_seed(0)
+        outputs[variant] = steps[variant]()  # warm-up; seeded so that training samples alike
+        log(f"  R{depth}-C4 {mode:9s} {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s")
+    ref_name = "d2" if "d2" in variants else variants[0]
+    for variant in variants:
+        if mode == "inference":
+            frac, diff = _match_detections(outputs[ref_name][0], outputs[variant][0])
+            n = len(outputs[variant][0]["instances"])
+            agreement[variant] = f"{n} dets, {100 * frac:.0f}% of {ref_name}'s matched, max |dscore| {diff:.1e}"
+        else:
+            agreement[variant] = "losses " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(outputs[variant].items()))
+    times: Dict[str, List[float]] = {v: [] for v in variants}
+    for r in range(repeats):
+        order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
+        for variant in order:
+            t0 = time.perf_counter()
+            steps[variant]()
+            times[variant].append(time.perf_counter() - t0)
+        log(f"  R{depth}-C4 {mode:9s} round {r + 1}/{repeats}: "
+            + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants) + f" (load {load_average()})")
+    rows = []
+    for variant in variants:
+        ratio = None
+        if "d2" in times:
+            ratio = statistics.median(t / t_ref for t, t_ref in zip(times[variant], times["d2"]))
+        rows.append(Row(depth, mode, variant, statistics.median(times[variant]), min(times[variant]), ratio,
+                        times[variant], agreement=agreement[variant]))
+    del steps, outputs
+    gc.collect()
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| model | mode | variant | median s | min s | vs detectron2 | peak mem. delta (MiB) | agreement |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        unit = "s/img" if r.mode == "inference" else "s/step"
+        ratio = f"{r.ratio_to_d2:.2f}x" if r.ratio_to_d2 is not None else "n/a"
+        if r.memory.get("error"):
+            mem = f"error: {r.memory['error']}"
+        elif r.memory:
+            mem = f"{r.memory['delta_mib']:.0f} (peak {r.memory['peak_mib']:.0f})"
+        else:
+            mem = "not measured"
+        lines.append(f"| R{r.depth}-C4 | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} | {r.min_s:.2f} | "
+                     f"{ratio} | {mem} | {r.agreement} |")
+    return "\n".join(lines)
+
+
+def environment() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    d2 = "not importable"
+    if detectron2_available():
+        import detectron2
+
+        d2 = detectron2.__version__
+    return (f"torch {torch.__version__}, detectron2 {d2}, CPU: {cpu} ({os.cpu_count()} cores), "
+            f"{torch.get_num_threads()} threads")
+
+
+# -------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmark.py detector", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    parser.add_argument("--amp", action="store_true",
+                        help="time ours-fast-bf16 (bfloat16 autocast) against detectron2's fp32; "
+                        "default depth 50 and variants d2 ours-fast ours-fast-bf16")
+    parser.add_argument("--depth", type=int, nargs="+", default=None, choices=[50, 101],
+                        help="ResNet depths (default: 50 101; with --amp: 50)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(ALL_VARIANTS),
+                        help="default: d2 ours ours-fast (--amp: d2 ours-fast ours-fast-bf16); d2 is "
+                        "dropped where detectron2 is not importable")
+    parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds (median taken; default 5)")
+    parser.add_argument("--train-repeats", type=int, default=None,
+                        help="timed training rounds (default: 3, or --repeats if that is smaller)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[600, 800], metavar=("H", "W"))
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-timeout", type=float, default=1800.0, help="seconds per memory subprocess")
+    parser.add_argument("--amp-accuracy", type=int, default=None, metavar="N",
+                        help="COCO AP of bf16 detections against fp32 ones on N images (default: 4 with "
+                        "--amp, else 0); needs pycocotools")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [_WORKER_FLAG]:
+        result = memory_worker(json.loads(argv[1]))
+        print(_RESULT_MARK + json.dumps(result), flush=True)
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    depths = args.depth or ([50] if args.amp else [50, 101])
+    variants = args.variants or (["d2", "ours-fast", "ours-fast-bf16"] if args.amp else ["d2", "ours", "ours-fast"])
+    have_d2 = detectron2_available()
+    if not have_d2 and "d2" in variants:
+        variants = [v for v in variants if v != "d2"]
+        print("# detectron2 is not importable here: timing our variants only (no ratios). Run with a Python "
+              "in which detectron2 is installed to compare.")
+    if not variants:
+        parser.error("no variant left to time")
+    h, w = args.image_size
+    train_repeats = args.train_repeats if args.train_repeats is not None else min(3, args.repeats)
+    if min(args.repeats, train_repeats) < 1:
+        parser.error("--repeats and --train-repeats must be >= 1")
+    print(f"# detector benchmark: {environment()}")
+    print(f"# images {h}x{w}, rounds: {args.repeats} inference, {train_repeats} training; variants "
+          f"{' '.join(variants)}; load average {load_average()}\n")
+    images = make_images((h, w))
+    rows: List[Row] = []
+    accuracy: Dict[int, Any] = {}
+    num_accuracy_images = args.amp_accuracy if args.amp_accuracy is not None else (4 if args.amp else 0)
+    with tempfile.TemporaryDirectory(prefix="detector_bench_") as tmp:
+        images_path = os.path.join(tmp, "images.pt")
+        torch.save(images, images_path)
+        for depth in depths:
+            start = time.perf_counter()
+            state = sane_random_weights(depth, images)
+            weights_path = os.path.join(tmp, f"R{depth}.pth")
+            torch.save(state, weights_path)
+            print(f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s", flush=True)
+            for mode in args.modes:
+                repeats = args.repeats if mode == "inference" else train_repeats
+                depth_rows = time_variants(depth, mode, variants, state, images, repeats,
+                                           lambda s: print(s, flush=True))
+                if not args.no_memory:
+                    for row in depth_rows:
+                        spec = {"weights": weights_path, "images": images_path, "depth": depth,
+                                "variant": row.variant, "mode": mode, "threads": args.threads}
+                        row.memory = measure_memory(spec, args.memory_timeout)
+                        print(f"  R{depth}-C4 {mode:9s} {row.variant:15s} peak memory {row.memory}", flush=True)
+                rows += depth_rows
+            if num_accuracy_images > 0:
+                try:
+                    accuracy[depth] = amp_accuracy(depth, state, (h, w), num_accuracy_images,
+                                                   lambda s: print(s, flush=True))
+                except ImportError as e:
+                    print(f"  bf16 accuracy not measured: {e}")
+            del state
+            gc.collect()
+    print()
+    print(format_table(rows))
+    print()
+    for variant in variants:
+        print(f"- {variant}: {VARIANT_DESCRIPTIONS[variant]}")
+    for depth, acc in accuracy.items():
+        scores = ", ".join(f"{k}: {v:.4f}" for k, v in acc.items() if isinstance(v, float))
+        print(f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections on {acc['images']} images "
+              f"of {acc['image_size'][0]}x{acc['image_size'][1]}: {scores}")
+    print(f"\n# load average at the end: {load_average()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment(), "argv": argv, "rows": [asdict(r) for r in rows],
+                       "amp_accuracy": accuracy}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

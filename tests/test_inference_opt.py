@@ -1,0 +1,381 @@
+"""The detector fast paths (``modeling/fast_path.py``) compute what the unoptimized model computes.
+
+* ``roi_align_subsampled`` equals ``torchvision.ops.roi_align(...)[:, :, ::2, ::2]`` (values and
+  gradients, 1e-5 relative; measured ~2e-7), for aligned/unaligned, fixed/adaptive sampling,
+  empty, degenerate and out-of-image boxes.
+* The res5 head with the subsampled pooler equals the original head (1e-5).
+* ``FrozenBNConv2d`` equals conv + FrozenBN, forward and weight gradient (1e-5).
+* ``optimize_detector_for_inference``: backbone features, RoI-head outputs on the same proposals
+  within 1e-4 relative of the unoptimized model, and the same detections (matched boxes, classes,
+  scores within 1e-4); ``DefaultPredictor(cfg, optimize=True)`` agrees with the default predictor.
+* ``optimize_detector_for_training``: same state dict (names and values) and the same parameter
+  objects; losses and gradients within 1e-4 relative given the same proposals and sampling.
+"""
+import copy
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from resnet_backbones import get_cfg
+from resnet_backbones.data.shapes import render_detection_image
+from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
+from resnet_backbones.modeling import build_model
+from resnet_backbones.modeling.backbone.resnet import BottleneckBlock
+from resnet_backbones.modeling.fast_path import (
+    FrozenBNConv2d,
+    PooledRes5,
+    SubsampledROIPooler,
+    fuse_frozen_bn_into_convs,
+    optimize_detector_for_inference,
+    optimize_detector_for_training,
+    roi_align_subsampled,
+    subsample_res5_roi_pooling,
+)
+from resnet_backbones.structures import Boxes, Instances, pairwise_iou
+from resnet_backbones.utils.events import EventStorage
+
+TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+# ---------------------------------------------------------------------------- RoIAlign
+def _rois(k=300, n=2, h=30, w=40, stride=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy0 = torch.rand(k, 2, generator=g) * torch.tensor([w * stride, h * stride]) - 40
+    wh = torch.rand(k, 2, generator=g) ** 2 * 500 + 0.5
+    rois = torch.cat([torch.randint(0, n, (k, 1), generator=g).float(), xy0, xy0 + wh], dim=1)
+    rois[:4, 3:] = rois[:4, 1:3]  # empty boxes
+    rois[4:8, 1:] = torch.tensor([-300.0, -300.0, 2000.0, 2000.0])  # far larger than the image
+    rois[8:12, 1:] = torch.tensor([900.0, 700.0, 950.0, 760.0])  # outside the image
+    rois[12:14, 1:] = torch.tensor([50.0, 60.0, 40.0, 30.0])  # x1 < x0
+    return rois
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_roi_align_subsampled_equals_torchvision(aligned, sampling_ratio):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 30, 40)
+    rois = _rois()
+    ref = roi_align(x, rois, (14, 14), 1 / 16, sampling_ratio, aligned)[:, :, ::2, ::2]
+    for features in (x, x.contiguous(memory_format=torch.channels_last)):
+        out = roi_align_subsampled(features, rois, (14, 14), 1 / 16, sampling_ratio, aligned, 2)
+        assert out.shape == ref.shape == (300, 16, 7, 7)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert rel(out, ref) <= 1e-5
+
+
+def test_roi_align_subsampled_other_sizes_and_strides():
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, 30, 40)
+    rois = _rois(k=100)
+    for size, stride in [((7, 5), 1), ((7, 7), 2), ((14, 14), 3)]:
+        ref = roi_align(x, rois, size, 1 / 16, 0, True)[:, :, ::stride, ::stride]
+        out = roi_align_subsampled(x, rois, size, 1 / 16, 0, True, stride)
+        assert out.shape == ref.shape
+        assert rel(out, ref) <= 1e-5
+    empty = roi_align_subsampled(x, rois[:0], (14, 14), 1 / 16, 0, True, 2)
+    assert empty.shape == (0, 8, 7, 7)
+
+
+def test_roi_align_subsampled_gradient_equals_torchvision():
+    torch.manual_seed(2)
+    x = torch.randn(2, 16, 30, 40)
+    rois = _rois(k=200)
+    upstream = torch.randn(200, 16, 7, 7)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    roi_align(a, rois, (14, 14), 1 / 16, 0, True)[:, :, ::2, ::2].backward(upstream)
+    roi_align_subsampled(b, rois, (14, 14), 1 / 16, 0, True, 2).backward(upstream)
+    assert rel(b.grad, a.grad) <= 1e-5
+
+
+def test_roi_align_subsampled_gradcheck():
+    rois = torch.tensor([[0, 10.0, 20, 90, 70], [1, 0, 0, 50, 40], [0, 30, 5, 95, 60]], dtype=torch.float64)
+    x = torch.randn(2, 2, 8, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: roi_align_subsampled(f, rois, (4, 4), 1 / 8, 0, True, 2), (x,))
+
+
+def test_roi_align_subsampled_under_autocast_returns_the_feature_dtype():
+    x = torch.randn(1, 8, 20, 20)
+    rois = _rois(k=20, n=1, h=20, w=20)
+    ref = roi_align(x, rois, (14, 14), 1 / 16, 0, True)[:, :, ::2, ::2]
+    out = roi_align_subsampled(x.bfloat16(), rois, (14, 14), 1 / 16, 0, True, 2)
+    assert out.dtype == torch.bfloat16
+    assert rel(out, roi_align(x.bfloat16().float(), rois, (14, 14), 1 / 16, 0, True)[:, :, ::2, ::2]) <= 1e-2
+    assert rel(out, ref) <= 2e-2
+
+
+# ---------------------------------------------------------------------------- detector
+NARROW = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
+    "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
+    "MODEL.ROI_HEADS.NUM_CLASSES", 5,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 300,
+]
+
+
+def _cfg(extra=()):
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/Base-RCNN-C4.yaml")
+    cfg.merge_from_list([str(v) for v in [*NARROW, *extra]])
+    return cfg
+
+
+def _inputs(seed=3, h=192, w=256, with_gt=False):
+    img, objects = render_detection_image(seed, h, w)
+    d = {"image": torch.as_tensor(img.astype("float32").transpose(2, 0, 1))}
+    if with_gt:
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([b for _, b in objects], dtype=torch.float32))
+        inst.gt_classes = torch.tensor([c for c, _ in objects], dtype=torch.int64)
+        d["instances"] = inst
+    return d
+
+
+@torch.no_grad()
+def _sane(model, batch, residual_gain=(0.5, 1.5)):
+    """FrozenBN statistics measured on ``batch``, random affine values (``residual_gain``: range of
+    the last norm's gamma in each block), larger predictor weights."""
+    torch.manual_seed(0)
+    last = {id(b.conv3.norm) for b in model.modules() if isinstance(b, BottleneckBlock)}
+
+    def calibrate(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)))
+        module.weight.uniform_(*(residual_gain if id(module) in last else (0.5, 1.5)))
+        module.bias.normal_(0.0, 0.1)
+
+    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    model.eval()
+    model(batch)
+    for h in hooks:
+        h.remove()
+    model.proposal_generator.rpn_head.objectness_logits.weight.normal_(0.0, 0.05)
+    model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.1)
+    model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return _sane(build_model(_cfg()), [_inputs(), _inputs(seed=4, h=160, w=224)])
+
+
+def _same_detections(a: Instances, b: Instances):
+    assert len(a) == len(b) and len(a) > 10
+    iou = pairwise_iou(a.pred_boxes, b.pred_boxes)
+    iou[a.pred_classes[:, None] != b.pred_classes[None, :]] = 0
+    best, idx = iou.max(dim=1)
+    assert best.min() > 0.999
+    assert (a.scores - b.scores[idx]).abs().max() <= TOL
+
+
+def test_subsampled_res5_head_equals_original(model):
+    heads = copy.deepcopy(model.roi_heads)
+    torch.manual_seed(1)
+    feats = [torch.randn(2, 128, 12, 16)]
+    boxes = [Boxes(_rois(k=60, n=1, h=12, w=16)[:, 1:]), Boxes(_rois(k=40, n=1, h=12, w=16, seed=1)[:, 1:])]
+    with torch.no_grad():
+        ref = heads._shared_roi_transform(feats, boxes)
+        assert subsample_res5_roi_pooling(heads)
+        assert isinstance(heads.pooler, SubsampledROIPooler)
+        assert heads.res5[0].conv1.stride == (1, 1) and heads.res5[0].shortcut.stride == (1, 1)
+        out = heads._shared_roi_transform(feats, boxes)
+        assert subsample_res5_roi_pooling(heads)  # idempotent
+    assert out.shape == ref.shape
+    assert rel(out, ref) <= 1e-5
+    assert sorted(heads.state_dict()) == sorted(model.roi_heads.state_dict())
+
+
+def test_subsampling_does_not_apply_with_the_stride_in_the_3x3():
+    heads = build_model(_cfg(["MODEL.RESNETS.STRIDE_IN_1X1", "False"])).roi_heads
+    pooler = heads.pooler
+    assert not subsample_res5_roi_pooling(heads)
+    assert heads.pooler is pooler and heads.res5[0].conv2.stride == (2, 2)
+
+
+def test_frozen_bn_conv_equals_conv_then_frozen_bn():
+    torch.manual_seed(0)
+    norm = FrozenBatchNorm2d(8)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    norm.weight.uniform_(0.5, 1.5)
+    norm.bias.normal_()
+    conv = Conv2d(4, 8, kernel_size=3, padding=1, bias=False, norm=norm, activation=torch.relu)
+    fused = copy.deepcopy(conv)
+    assert fuse_frozen_bn_into_convs(fused) == 1 and type(fused) is FrozenBNConv2d
+    assert fused.state_dict().keys() == conv.state_dict().keys()
+    x = torch.randn(2, 4, 9, 9)
+    y0, y1 = conv(x.requires_grad_()), fused(x)
+    assert rel(y1, y0) <= 1e-5
+    g = torch.randn_like(y0)
+    (gw0,) = torch.autograd.grad(y0, conv.weight, g)
+    (gw1,) = torch.autograd.grad(y1, fused.weight, g)
+    assert rel(gw1, gw0) <= 1e-5
+
+
+def test_optimize_for_inference_same_outputs(model):
+    fast = optimize_detector_for_inference(model)
+    assert fast is not model and isinstance(model.roi_heads.pooler, type(fast.roi_heads.pooler)) is False
+    assert type(fast.roi_heads.res5) is PooledRes5
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # folded
+    batch = [_inputs(seed=9), _inputs(seed=10, h=160, w=224)]
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        f0, f1 = model.backbone(images.tensor), fast.backbone(images.tensor)
+        assert rel(f1["res4"], f0["res4"]) <= TOL
+        # the RoI heads on the same features and proposals
+        proposals, _ = model.proposal_generator(images, f0, None)
+        boxes = [p.proposal_boxes for p in proposals]
+        p0 = model.roi_heads.box_predictor(model.roi_heads._shared_roi_transform([f0["res4"]], boxes).mean(dim=[2, 3]))
+        p1 = fast.roi_heads.box_predictor(fast.roi_heads._shared_roi_transform([f0["res4"]], boxes).mean(dim=[2, 3]))
+        assert rel(p1[0], p0[0]) <= TOL and rel(p1[1], p0[1]) <= TOL
+        d0, _ = model.roi_heads(images, f0, proposals)
+        d1, _ = fast.roi_heads(images, f0, proposals)
+    for a, b in zip(d0, d1):
+        _same_detections(a, b)
+
+
+def test_default_predictor_optimize_switch(model, tmp_path):
+    from resnet_backbones import DefaultPredictor
+
+    weights = tmp_path / "narrow.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    cfg = _cfg(["MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 256])
+    img, _ = render_detection_image(21, 192, 256)
+    plain, fast = DefaultPredictor(cfg), DefaultPredictor(cfg, optimize=True)
+    assert isinstance(fast.model.roi_heads.pooler, SubsampledROIPooler)
+    a, b = plain(img)["instances"], fast(img)["instances"]
+    assert len(a) > 10
+    # end to end, proposal selection (top-k, NMS) can flip on ~1e-6 differences: compare the
+    # confident detections
+    keep = a.scores > 0.3
+    iou = pairwise_iou(a.pred_boxes[keep], b.pred_boxes)
+    iou[a.pred_classes[keep][:, None] != b.pred_classes[None, :]] = 0
+    assert (iou.max(dim=1).values > 0.99).float().mean() >= 0.95
+
+
+def test_optimize_for_training_same_state_losses_and_gradients():
+    # Residual-branch gains of trained ResNets (0.1-0.3): with gains ~1 a random 50-layer ResNet is
+    # chaotic, and its gradients change by ~7% between 1 and 2 threads (summation order alone).
+    torch.manual_seed(0)
+    model = _sane(build_model(_cfg()), [_inputs(), _inputs(seed=4, h=160, w=224)], residual_gain=(0.1, 0.3))
+    plain = copy.deepcopy(model).train()
+    fast = copy.deepcopy(model).train()
+    params_before = dict(fast.named_parameters())
+    sd_before = {k: v.clone() for k, v in fast.state_dict().items()}
+    assert optimize_detector_for_training(fast) is fast
+    assert dict(fast.named_parameters()) == params_before  # same objects
+    sd_after = fast.state_dict()
+    assert sorted(sd_after) == sorted(sd_before)
+    assert all(torch.equal(sd_after[k], sd_before[k]) for k in sd_before)
+    assert isinstance(fast.roi_heads.pooler, SubsampledROIPooler)
+    assert any(type(m) is FrozenBNConv2d for m in fast.modules())
+
+    batch = [_inputs(seed=5, with_gt=True), _inputs(seed=6, h=160, w=224, with_gt=True)]
+    results = {}
+    for name, m in (("plain", plain), ("fast", fast)):
+        m.zero_grad(set_to_none=True)
+        with EventStorage():
+            images = m.preprocess_image(batch)
+            targets = [x["instances"] for x in batch]
+            features = m.backbone(images.tensor)
+            torch.manual_seed(0)
+            rpn_losses = m.proposal_generator.losses(
+                *_rpn_loss_inputs(m, images, features, targets)
+            )
+            # the same proposals for both models (selection can flip on ~1e-6 differences)
+            proposals = results["plain"]["proposals"] if name == "fast" else _proposals(m, images, features)
+            torch.manual_seed(1)
+            _, det_losses = m.roi_heads(images, features, proposals, targets)
+        losses = {**rpn_losses, **det_losses}
+        sum(losses.values()).backward()
+        grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+        results[name] = {"losses": losses, "grads": grads, "features": features["res4"].detach(),
+                         "proposals": proposals}
+    a, b = results["plain"], results["fast"]
+    assert rel(b["features"], a["features"]) <= TOL
+    for k in a["losses"]:
+        assert abs(b["losses"][k].item() - a["losses"][k].item()) <= TOL * max(abs(a["losses"][k].item()), 1e-3), k
+    assert sorted(a["grads"]) == sorted(b["grads"])
+    diffs = {k: rel(b["grads"][k], a["grads"][k]) for k in a["grads"]}
+    # Weight gradients are sums over ~50k RoI positions with cancellation: another summation order
+    # (channels_last kernels, the scale applied before or after the sum) moves them by ~1e-4 of
+    # their maximum in the heads. The backbone's also pass the RPN head's ReLU, whose near-zero
+    # inputs flip sign under ~1e-6 forward differences: ~1e-3 (for scale: the unoptimized model
+    # run with 1 and with 2 threads differs by ~1e-4).
+    assert max(v for k, v in diffs.items() if k.startswith("roi_heads")) <= 1e-3
+    assert max(diffs.values()) <= 5e-3, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+
+
+def _rpn_loss_inputs(m, images, features, targets):
+    rpn = m.proposal_generator
+    feats = [features[f] for f in rpn.in_features]
+    anchors = rpn.anchor_generator(feats)
+    logits, deltas = rpn.rpn_head(feats)
+    logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
+    deltas = [x.view(x.shape[0], -1, 4, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in deltas]
+    gt_labels, gt_boxes = rpn.label_and_sample_anchors(anchors, targets)
+    return anchors, logits, gt_labels, deltas, gt_boxes
+
+
+def _proposals(m, images, features):
+    with torch.no_grad():
+        was = m.training
+        m.proposal_generator.eval()
+        props, _ = m.proposal_generator(images, features, None)
+        m.proposal_generator.train(was)
+    return [p for p in props]
+
+
+def test_model_fast_path_key_in_trainer_and_predictor(tmp_path):
+    """MODEL.FAST_PATH (default on) gives DefaultTrainer/DefaultPredictor the fast C4 head with
+    detectron2's state-dict names; off, they build exactly the plain model."""
+    from resnet_backbones import DefaultPredictor
+    from resnet_backbones.engine import DefaultTrainer
+    from resnet_backbones.modeling.fast_path import SubsampledROIPooler
+
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/shapes/faster_rcnn_tiny_C4.yaml")
+    assert cfg.MODEL.FAST_PATH
+    plain_cfg = cfg.clone()
+    plain_cfg.MODEL.FAST_PATH = False
+    torch.manual_seed(0)
+    fast = DefaultTrainer.build_model(cfg)
+    torch.manual_seed(0)
+    plain = DefaultTrainer.build_model(plain_cfg)
+    assert isinstance(fast.roi_heads.pooler, SubsampledROIPooler)
+    assert not isinstance(plain.roi_heads.pooler, SubsampledROIPooler)
+    fast_sd, plain_sd = fast.state_dict(), plain.state_dict()
+    assert list(fast_sd) == list(plain_sd)
+    assert all(torch.equal(fast_sd[k], plain_sd[k]) for k in plain_sd)
+
+    weights = tmp_path / "w.pth"
+    torch.save({"model": plain_sd}, weights)
+    img, _ = render_detection_image(3, 160, 200)
+    outs = {}
+    for name, c in (("fast", cfg), ("plain", plain_cfg)):
+        c = c.clone()
+        c.merge_from_list(["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"])
+        predictor = DefaultPredictor(c)
+        assert isinstance(predictor.model.roi_heads.pooler, SubsampledROIPooler) == (name == "fast")
+        outs[name] = predictor(img)["instances"]
+    assert len(outs["fast"]) == len(outs["plain"]) > 0
+    assert torch.allclose(outs["fast"].scores, outs["plain"].scores, atol=1e-4)
+    assert torch.allclose(outs["fast"].pred_boxes.tensor, outs["plain"].pred_boxes.tensor, atol=1e-2)
