@@ -1,0 +1,124 @@
+"""tools/demo.py: detections drawn with OpenCV on single images and folders."""
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from resnet_backbones import build_model, get_cfg
+from resnet_backbones.checkpoint.detection_checkpoint import DetectionCheckpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import demo  # noqa: E402  (tools/demo.py)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_draw_detections_changes_pixels_on_the_box_only():
+    image = np.full((120, 160, 3), 127, np.uint8)
+    out = demo.draw_detections(image, np.array([[40.0, 50.0, 100.0, 90.0]]), [0.93], [1], ["circle", "rectangle"])
+    assert out.shape == image.shape and np.array_equal(image, np.full_like(image, 127))  # input untouched
+    changed = np.any(out != image, axis=2)
+    assert changed[50, 60] and changed[89, 70] and changed[70, 40] and changed[70, 99]  # the four edges
+    assert not changed[70, 70]  # the inside of the box
+    assert not changed[110, 150] and not changed[5, 150]  # far from the box and its label
+    assert changed[40:50, 40:100].any()  # the label above the box
+    assert tuple(out[70, 40]) == demo.color_for(1)
+
+
+def test_collect_inputs_and_output_names(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for p in ("a/x.jpg", "a/y.png", "b/x.jpg", "a/notes.txt"):
+        (tmp_path / p).write_bytes(b"")
+    paths = demo.collect_inputs([str(tmp_path / "a"), str(tmp_path / "b" / "x.jpg")])
+    assert [os.path.relpath(p, tmp_path) for p in paths] == ["a/x.jpg", "a/y.png", "b/x.jpg"]
+    outs = demo.output_paths(paths, "out")
+    assert outs == [os.path.join("out", "x.png"), os.path.join("out", "y.png"), os.path.join("out", "x_1.png")]
+    assert demo.output_paths(paths[:1], "result.jpg") == ["result.jpg"]
+    with pytest.raises(FileNotFoundError):
+        demo.collect_inputs([str(tmp_path / "missing.jpg")])
+
+
+@pytest.fixture(scope="module")
+def forced_detector(tmp_path_factory):
+    """Weights of the tiny C4 detector whose box head calls every proposal a confident 'rectangle'
+    (class 1) without moving it: detections are guaranteed, wherever the RPN proposes."""
+    cfg = get_cfg()
+    cfg.merge_from_file(TINY)
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.zero_()
+        predictor.cls_score.bias.copy_(torch.tensor([0.0, 10.0, 0.0, 0.0]))
+        predictor.bbox_pred.weight.zero_()
+        predictor.bbox_pred.bias.zero_()
+    path = tmp_path_factory.mktemp("weights")
+    DetectionCheckpointer(model, str(path)).save("forced")
+    return str(path / "forced.pth")
+
+
+def test_demo_draws_boxes_with_names_and_scores(tmp_path, forced_detector, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    originals = {}
+    for name in ("one", "two"):
+        img = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        cv2.rectangle(img, (30, 20), (90, 70), (0, 0, 0), -1)
+        cv2.imwrite(str(folder / f"{name}.png"), img)
+        originals[name] = cv2.imread(str(folder / f"{name}.png"))
+    single = tmp_path / "single.jpg"
+    cv2.imwrite(str(single), originals["one"])
+
+    out = tmp_path / "out"
+    code = demo.main(["--config-file", TINY, "--input", str(folder), str(single), "--output", str(out),
+                      "--json", str(out / "detections.json"), "--confidence-threshold", "0.9",
+                      "--opts", "MODEL.WEIGHTS", forced_detector, "MODEL.DEVICE", "cpu",
+                      "TEST.DETECTIONS_PER_IMAGE", "3"])
+    assert code == 0
+    assert "3 image(s) processed" in capsys.readouterr().out
+    records = json.load(open(out / "detections.json"))
+    assert [os.path.basename(r["file_name"]) for r in records] == ["one.png", "two.png", "single.jpg"]
+    for rec, name in zip(records, ("one", "two", "single")):
+        drawn = cv2.imread(str(out / f"{name}.png"))
+        assert drawn is not None and drawn.shape == (96, 128, 3)
+        dets = rec["detections"]
+        assert 1 <= len(dets) <= 3
+        assert all(d["class_name"] == "rectangle" and d["score"] > 0.9 for d in dets)
+        original = originals["one" if name == "single" else name].astype(int)
+        if name == "single":  # JPEG: compare with what the tool read
+            original = cv2.imread(str(single)).astype(int)
+        changed = np.abs(drawn.astype(int) - original).sum(axis=2) > 0
+        x0, y0, x1, y1 = dets[0]["box_xyxy"]
+        xa, ya = int(np.clip(np.floor(x0), 0, 127)), int(np.clip(np.floor(y0), 0, 95))
+        xb = int(np.clip(np.ceil(x1) - 1, 0, 127))
+        yb = int(np.clip(np.ceil(y1) - 1, 0, 95))
+        ym = (ya + yb) // 2
+        assert changed[ym, xa] and changed[ym, xb], "box edges drawn"
+        assert changed[ya:yb + 1, xa:xb + 1].mean() < 1.0 or (xb - xa < 4)  # not a filled box
+
+
+def test_demo_reports_missing_inputs_and_weights(tmp_path, forced_detector, capsys):
+    assert demo.main(["--config-file", TINY, "--input", str(tmp_path / "nothing.jpg"),
+                      "--opts", "MODEL.WEIGHTS", forced_detector]) == 2
+    assert "nothing.jpg" in capsys.readouterr().err
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    assert demo.main(["--config-file", TINY, "--input", str(img), "--opts", "MODEL.WEIGHTS",
+                      str(tmp_path / "missing.pth"), "MODEL.DEVICE", "cpu"]) == 2
+    assert "missing.pth" in capsys.readouterr().err
