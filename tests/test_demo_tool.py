@@ -18,13 +18,6 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import demo  # noqa: E402  (tools/demo.py)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_draw_detections_changes_pixels_on_the_box_only():
     image = np.full((120, 160, 3), 127, np.uint8)

@@ -23,15 +23,6 @@ from resnet_backbones.structures import Boxes, Instances
 S2 = math.sqrt(2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU, OpenMP threads waiting on each other cost far
-    more than they save for models this small. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------------------------ anchors
 def test_default_config_anchors_by_hand():

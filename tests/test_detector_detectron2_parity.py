@@ -43,9 +43,9 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from resnet_backbones import DefaultPredictor, get_cfg  # noqa: E402
 from resnet_backbones.data.shapes import render_detection_image  # noqa: E402
-from resnet_backbones.layers import FrozenBatchNorm2d  # noqa: E402
 from resnet_backbones.modeling import build_model  # noqa: E402
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou  # noqa: E402
+from resnet_backbones.utils.testing import calibrate_random_detector_  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "Base-RCNN-C4.yaml")
@@ -61,15 +61,6 @@ NARROW = [
 ]
 IMAGE_SIZES = [(160, 224), (192, 144)]  # different sizes: padding in the batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU, OpenMP threads waiting on each other cost far
-    more than they save for models this small. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _both_configs(overrides, base=BASE):
@@ -109,28 +100,7 @@ def _inputs(images, *, d2: bool, with_gt: bool, report_size=None):
 @torch.no_grad()
 def _sane_random_weights(model, batch):
     """FrozenBN statistics measured on ``batch``, random affine values; larger predictor weights."""
-    hooks = []
-
-    def calibrate(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0.0, 0.1)
-
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            hooks.append(m.register_forward_pre_hook(calibrate))
-    model.eval()
-    model(batch)
-    for h in hooks:
-        h.remove()
-    head = model.proposal_generator.rpn_head
-    head.objectness_logits.weight.normal_(0.0, 0.05)
-    head.anchor_deltas.weight.normal_(0.0, 0.02)
-    predictor = model.roi_heads.box_predictor
-    predictor.cls_score.weight.normal_(0.0, 0.1)
-    predictor.bbox_pred.weight.normal_(0.0, 0.02)
+    calibrate_random_detector_(model, batch, residual_gain=(0.5, 1.5))
 
 
 @pytest.fixture(scope="module")

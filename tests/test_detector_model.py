@@ -20,15 +20,6 @@ TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
 LOSS_KEYS = ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU, OpenMP threads waiting on each other cost far
-    more than they save for models this small. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_cfg(**overrides):
     cfg = get_cfg()

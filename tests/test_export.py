@@ -24,14 +24,6 @@ TINY = ROOT / "configs" / "shapes" / "faster_rcnn_tiny_C4.yaml"
 H, W = 96, 128
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine, OpenMP threads spinning against each other cost ~10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_cfg(**overrides):
     cfg = get_cfg()

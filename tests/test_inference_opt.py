@@ -21,7 +21,6 @@ from resnet_backbones import get_cfg
 from resnet_backbones.data.shapes import render_detection_image
 from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbones.modeling import build_model
-from resnet_backbones.modeling.backbone.resnet import BottleneckBlock
 from resnet_backbones.modeling.fast_path import (
     FrozenBNConv2d,
     PooledRes5,
@@ -34,16 +33,10 @@ from resnet_backbones.modeling.fast_path import (
 )
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou
 from resnet_backbones.utils.events import EventStorage
+from resnet_backbones.utils.testing import calibrate_random_detector_
 
 TOL = 1e-4
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel(a, b):
@@ -146,29 +139,8 @@ def _inputs(seed=3, h=192, w=256, with_gt=False):
     return d
 
 
-@torch.no_grad()
 def _sane(model, batch, residual_gain=(0.5, 1.5)):
-    """FrozenBN statistics measured on ``batch``, random affine values (``residual_gain``: range of
-    the last norm's gamma in each block), larger predictor weights."""
-    torch.manual_seed(0)
-    last = {id(b.conv3.norm) for b in model.modules() if isinstance(b, BottleneckBlock)}
-
-    def calibrate(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-        module.weight.uniform_(*(residual_gain if id(module) in last else (0.5, 1.5)))
-        module.bias.normal_(0.0, 0.1)
-
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    model.eval()
-    model(batch)
-    for h in hooks:
-        h.remove()
-    model.proposal_generator.rpn_head.objectness_logits.weight.normal_(0.0, 0.05)
-    model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.1)
-    model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.02)
-    return model.eval()
+    return calibrate_random_detector_(model, batch, residual_gain, seed=0)
 
 
 @pytest.fixture(scope="module")

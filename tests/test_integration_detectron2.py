@@ -43,14 +43,6 @@ NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine, OpenMP threads spinning against each other cost ~10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def our_cfg(narrow: bool = True, **overrides):
     cfg = get_cfg()

@@ -28,14 +28,6 @@ from resnet_backbones.modeling.backbone import ResNet
 NARROW = {"stem_out_channels": 16, "res2_out_channels": 16}  # resnet18 at 1/4 width: fast on a CPU
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine, OpenMP threads spinning against each other cost ~10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def shapes_batch(num_images: int = 2, size: int = 128, seed: int = 0):
     """torchvision inputs: RGB float images in [0, 1] and targets with labels 1..K (0 = background)."""

@@ -15,9 +15,7 @@ import torch
 
 from resnet_backbones import get_cfg
 from resnet_backbones.data.shapes import render_detection_image
-from resnet_backbones.layers import FrozenBatchNorm2d
 from resnet_backbones.modeling import build_model
-from resnet_backbones.modeling.backbone.resnet import BottleneckBlock
 from resnet_backbones.precision import (
     autocast_context,
     check_amp_device,
@@ -27,14 +25,8 @@ from resnet_backbones.precision import (
     inference_amp_dtype,
 )
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou
+from resnet_backbones.utils.testing import calibrate_random_detector_
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -144,30 +136,6 @@ def _inputs(img, objects=None):
     return [d]
 
 
-@torch.no_grad()
-def stable_random_weights(model, batch, seed=0):
-    """FrozenBN statistics measured on ``batch``; random affine values with residual-branch gains
-    in [0.1, 0.3] (the last norm of each block); larger predictor weights."""
-    torch.manual_seed(seed)
-    last = {id(b.conv3.norm) for b in model.modules() if isinstance(b, BottleneckBlock)}
-
-    def calibrate(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-        module.weight.uniform_(*((0.1, 0.3) if id(module) in last else (0.5, 1.5)))
-        module.bias.normal_(0.0, 0.1)
-
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    model.eval()
-    model(batch)
-    for h in hooks:
-        h.remove()
-    model.proposal_generator.rpn_head.objectness_logits.weight.normal_(0.0, 0.05)
-    model.proposal_generator.rpn_head.anchor_deltas.weight.normal_(0.0, 0.02)
-    model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.1)
-    model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.02)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +143,7 @@ def tiny_model():
     torch.manual_seed(0)
     model = build_model(_cfg())
     img, _ = _image()
-    return stable_random_weights(model, _inputs(img)).eval()
+    return calibrate_random_detector_(model, _inputs(img), residual_gain=(0.1, 0.3), seed=0)
 
 
 def _match_fraction(ref, other, score_min=0.5, iou_min=0.8):

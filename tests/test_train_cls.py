@@ -38,13 +38,6 @@ DEMO_DET = os.path.join(ROOT, "configs", "shapes", "demo_C4.yaml")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):

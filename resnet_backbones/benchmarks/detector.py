@@ -147,40 +147,15 @@ def batch_inputs(images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool) -
 def sane_random_weights(
     depth: int, images: Sequence[Dict[str, Any]], seed: int = 0, residual_gain: Tuple[float, float] = (0.1, 0.3)
 ) -> Dict[str, torch.Tensor]:
-    """Our R{depth}-C4 state dict with calibrated FrozenBN statistics (see the module docstring).
-
-    Every FrozenBN gets the mean/variance of its input on the first image and a random affine map:
-    gamma in [0.5, 1.5], except the last norm of each residual branch, whose gamma is drawn from
-    ``residual_gain``. Small residual-branch gains are what trained ResNets have; with gains ~1, a
-    random 50-layer ResNet is chaotic (a 1e-7 perturbation of the input grows ~100x by res4, and
-    bfloat16 rounding to ~25% of the res4 features), which would make fp32-vs-bf16 comparisons
-    meaningless.
-    """
-    from ..layers import FrozenBatchNorm2d
+    """Our R{depth}-C4 state dict with calibrated FrozenBN statistics
+    (:func:`~resnet_backbones.utils.testing.calibrate_random_detector_` on the first image; small
+    residual-branch gains, as trained ResNets have, so that fp32-vs-bf16 comparisons mean something)."""
     from ..modeling import build_model
-    from ..modeling.backbone.resnet import BottleneckBlock
+    from ..utils.testing import calibrate_random_detector_
 
     torch.manual_seed(seed)
     model = build_model(our_config(depth)).eval()
-    last = {id(b.conv3.norm) for b in model.modules() if isinstance(b, BottleneckBlock)}
-
-    def calibrate(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-        module.weight.uniform_(*(residual_gain if id(module) in last else (0.5, 1.5)))
-        module.bias.normal_(0.0, 0.1)
-
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    model(batch_inputs(images[:1], with_gt=False, d2=False))
-    for h in hooks:
-        h.remove()
-    head = model.proposal_generator.rpn_head
-    head.objectness_logits.weight.normal_(0.0, 0.05)
-    head.anchor_deltas.weight.normal_(0.0, 0.02)
-    predictor = model.roi_heads.box_predictor
-    predictor.cls_score.weight.normal_(0.0, 0.1)
-    predictor.bbox_pred.weight.normal_(0.0, 0.02)
+    calibrate_random_detector_(model, batch_inputs(images[:1], with_gt=False, d2=False), residual_gain)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
