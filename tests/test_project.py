@@ -54,10 +54,29 @@ def test_installed_package_imports_under_its_name():
 
 
 def test_demo_generates_and_summarises_the_shapes_data(tmp_path):
+    """./run demo's pipeline end to end on a few images (--smoke): data, pre-training, both
+    fine-tunings, evaluation, summary.json, detection PNGs, curves and the table."""
+    import json
+
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "run_demo.py"), "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, str(REPO / "tools" / "run_demo.py"), "--output", str(tmp_path), "--smoke"],
+        capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stderr
-    assert "detection train: 400 images" in result.stdout
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "detection train: 12 images" in result.stdout
     assert (tmp_path / "shapes" / "annotations" / "instances_val.json").is_file()
+    assert (tmp_path / "shapes" / "classification" / "train" / "circle").is_dir()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for run in ("pretrained", "scratch"):
+        assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(summary[run])
+        assert all(v is None or 0.0 <= v <= 100.0 for v in summary[run].values())
+        assert (tmp_path / run / "model_final.pth").is_file()
+        assert (tmp_path / run / "metrics.json").is_file()
+    assert (tmp_path / "pretrain" / "model_final.pth").is_file()
+    assert summary["settings"]["detector_iterations"] == {"pretrained": 4, "scratch": 4}
+    pngs = sorted((tmp_path / "detections").glob("*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "pretrained" / "plots" / "loss.png").is_file()
+    for rel in summary["outputs"]["detections"] + summary["outputs"]["plots"]:
+        assert (tmp_path / rel).is_file(), rel
+    assert "pretrained (shapes cls)" in result.stdout and "scratch (random init)" in result.stdout

@@ -1,29 +1,454 @@
 #!/usr/bin/env python
-"""The README's main command on the embedded default: ``./run demo``.
+"""The README's main command on the embedded default data: ``./run demo``.
 
-Generates the synthetic shapes dataset (detection in COCO and VOC layouts, classification in
-ImageFolder layout) under ``--output`` and prints its summary.
+Does ImageNet-style pre-training help a Faster R-CNN C4 detector? On the synthetic shapes data,
+from nothing but this repository:
+
+1. generates the shapes dataset (``--output``/shapes: detection in COCO/VOC layouts, classification
+   in ImageFolder layout; skipped when already there with the same parameters);
+2. pre-trains a ResNet classifier on the shapes classification images (``tools/train_cls.py``
+   with ``configs/shapes/demo_pretrain_cls.yaml``);
+3. fine-tunes the C4 detector (``tools/train_net.py`` with ``configs/shapes/demo_C4.yaml``) twice
+   with the same schedule and seed, concurrently: from the classification checkpoint (backbone
+   and res5 head mapped, classifier dropped) and from random initialization;
+4. evaluates both on shapes_val with COCO AP (detectron2's 0-100 scale) and writes
+   ``summary.json`` (``{"pretrained": {"AP", "AP50", ...}, "scratch": {...}, ...}``),
+   ``detections/*.png`` (ground truth | pretrained | scratch on validation images),
+   ``curves.png`` (losses and AP of both runs) and each run's ``plots/`` (tools/plot_metrics.py);
+5. prints a table.
+
+Every stage runs the project's command-line tools in subprocesses; their logs go to
+``<stage>/stdout.log``. ``--smoke`` runs the same pipeline on a few images for a few iterations
+(seconds, for tests; the numbers mean nothing). ``--threads`` caps the CPU threads (default: all).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from resnet_backbones.data.shapes import ensure_shapes_dataset, format_shapes_summary
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+DETECTOR_CONFIG = REPO / "configs" / "shapes" / "demo_C4.yaml"
+PRETRAIN_CONFIG = REPO / "configs" / "shapes" / "demo_pretrain_cls.yaml"
+RUNS = ("pretrained", "scratch")
+STAGE_DIRS = ("pretrain", "pretrained", "scratch", "detections", "curves.png", "summary.json")
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+# The embedded default data: the generator's detection split sizes, and a classification set
+# large enough for the pre-training to learn shape features (generated in seconds).
+DATA_ARGS: Dict[str, int] = {"num_train": 400, "num_val": 100, "num_cls_train": 6000, "num_cls_val": 300}
+SMOKE_DATA_ARGS: Dict[str, int] = {"num_train": 12, "num_val": 6, "num_cls_train": 24, "num_cls_val": 12}
+# --smoke: the same pipeline, a few iterations (checks the plumbing, not the recipe).
+SMOKE_PRETRAIN_OPTS = ["SOLVER.EPOCHS", "2", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_EPOCHS", "0",
+                       "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "1", "DATA.NUM_WORKERS", "0",
+                       "LOG_PERIOD", "1"]
+SMOKE_DETECTOR_OPTS = ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
+                       "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0"]
+NUM_VIS_IMAGES, SMOKE_NUM_VIS_IMAGES = 8, 2
 
 
+def _load_tool(name: str) -> Any:
+    """A module of tools/ (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_rb_tools_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
+# ------------------------------------------------------------------------------ subprocesses
+class Run:
+    """A training subprocess whose progress is read from its OUTPUT_DIR/metrics.json."""
+
+    def __init__(self, name: str, cmd: List[str], out_dir: Path, env: Dict[str, str], max_iter: int) -> None:
+        self.name, self.cmd, self.out_dir, self.max_iter = name, cmd, out_dir, max_iter
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = out_dir / "stdout.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self._log.write("$ " + " ".join(cmd) + "\n")
+        self._log.flush()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        self.start = time.perf_counter()
+        self.seconds: Optional[float] = None
+
+    def poll(self) -> Optional[int]:
+        code = self.proc.poll()
+        if code is not None and self.seconds is None:
+            self.seconds = time.perf_counter() - self.start
+            self._log.close()
+        return code
+
+    def progress(self) -> Tuple[int, Optional[float]]:
+        """(iterations done, latest smoothed total loss) from metrics.json."""
+        done, loss = 0, None
+        path = self.out_dir / "metrics.json"
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    done = max(done, int(entry.get("iteration", -1)) + 1)
+                    if "total_loss" in entry:
+                        loss = float(entry["total_loss"])
+        except OSError:
+            pass
+        return min(done, self.max_iter), loss
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self._log.closed:
+            self._log.close()
+
+
+def wait_for(runs: Sequence[Run], title: str) -> None:
+    """Show progress until every run ends; on a failure stop the others and raise."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bars = {r.name: tqdm(total=r.max_iter, desc=f"{title} {r.name}", unit="it", position=i, leave=True,
+                         dynamic_ncols=True, disable=not tty) for i, r in enumerate(runs)}
+    last_print = time.perf_counter()
+    try:
+        while True:
+            codes = {r.name: r.poll() for r in runs}
+            for r in runs:
+                done, loss = r.progress()
+                bar = bars[r.name]
+                bar.update(done - bar.n)
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            failed = [r for r in runs if codes[r.name] not in (None, 0)]
+            if failed:
+                for r in runs:
+                    r.terminate()
+                r = failed[0]
+                raise RuntimeError(
+                    f"{title} '{r.name}' failed (exit code {codes[r.name]}); the end of {r.log_path}:\n{r.tail()}"
+                )
+            if all(c == 0 for c in codes.values()):
+                break
+            if not tty and time.perf_counter() - last_print > 30:
+                parts = []
+                for r in runs:
+                    done, loss = r.progress()
+                    parts.append(f"{r.name} {done}/{r.max_iter} it" + (f" loss {loss:.3f}" if loss is not None else ""))
+                log(f"{title}: " + " | ".join(parts) + f" ({fmt_time(time.perf_counter() - runs[0].start)})")
+                last_print = time.perf_counter()
+            time.sleep(1.0)
+    except BaseException:
+        for r in runs:
+            r.terminate()
+        raise
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _env(threads: int, data_root: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "RB_DATASETS": str(data_root),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+# ------------------------------------------------------------------------------ results
+def final_results(run_dir: Path) -> Dict[str, float]:
+    """The last evaluation of a run (metrics.json): ``{"AP": ..., "AP50": ..., "AP-circle": ...}``.
+
+    The evaluator reports NaN, which the trainer does not log, when a model detected nothing at
+    all; that is an AP of 0 here.
+    """
+    results: Dict[str, float] = {}
+    with open(run_dir / "metrics.json", encoding="utf-8") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            found = {k.split("/", 1)[1]: float(v) for k, v in entry.items() if k.startswith("bbox/")}
+            if found:
+                results = found
+    if not results:
+        predictions = run_dir / "inference" / "coco_instances_results.json"
+        if predictions.is_file() and json.loads(predictions.read_text(encoding="utf-8")) == []:
+            return {m: 0.0 for m in METRICS}
+        raise RuntimeError(f"{run_dir / 'metrics.json'}: no evaluation results (bbox/AP ...) found")
+    for m in METRICS:  # NaN (e.g. APl without large objects) is not logged: keep the key, as null
+        results.setdefault(m, float("nan"))
+    return results
+
+
+def _iterations(metrics_json: Path) -> int:
+    n = 0
+    with open(metrics_json, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+                if "total_loss" in entry:  # a training iteration (not the evaluation after the last one)
+                    n = max(n, int(entry["iteration"]) + 1)
+            except (ValueError, KeyError, TypeError):
+                pass
+    return n
+
+
+def _finite(obj: Any) -> Any:
+    """NaN (a metric without any ground truth, e.g. APl without large objects) -> None (JSON null)."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def format_table(summary: Dict[str, Any]) -> str:
+    head = f"{'init':<28}" + "".join(f"{m:>7}" for m in METRICS)
+    rows = [head, "-" * len(head)]
+    labels = {"pretrained": "pretrained (shapes cls)", "scratch": "scratch (random init)"}
+    for run in RUNS:
+        res = summary[run]
+        rows.append(f"{labels[run]:<28}" + "".join(f"{res.get(m, float('nan')):>7.1f}" for m in METRICS))
+    diff = {m: summary["pretrained"].get(m, float("nan")) - summary["scratch"].get(m, float("nan")) for m in METRICS}
+    rows.append(f"{'difference':<28}" + "".join(f"{diff[m]:>+7.1f}" for m in METRICS))
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------ pictures
+def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -> List[str]:
+    """``detections/<image>.png``: ground truth | pretrained | scratch, on the first validation images."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from resnet_backbones.config import get_cfg
+    from resnet_backbones.data.shapes import SHAPES_CLASSES
+    from resnet_backbones.engine import DefaultPredictor
+
+    demo = _load_tool("demo")
+    torch.set_num_threads(max(1, threads))
+    with open(data_dir / "annotations" / "instances_val.json", encoding="utf-8") as f:
+        coco = json.load(f)
+    cat_index = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    images = sorted(coco["images"], key=lambda im: im["id"])[:num_images]
+    predictors = {}
+    for run in RUNS:
+        cfg = get_cfg()
+        cfg.merge_from_file(str(DETECTOR_CONFIG))
+        cfg.merge_from_list(["MODEL.WEIGHTS", str(out / run / "model_final.pth"), "MODEL.DEVICE", "cpu",
+                             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
+        cfg.freeze()
+        predictors[run] = DefaultPredictor(cfg)
+    vis_dir = out / "detections"
+    vis_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for im in images:
+        path = data_dir / "val" / im["file_name"]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"cannot read validation image {path}")
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+        gt_boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                             for a in anns]).reshape(-1, 4)
+        gt_classes = [cat_index[a["category_id"]] for a in anns]
+        panels = [demo.add_title(demo.draw_detections(image, gt_boxes, None, gt_classes, SHAPES_CLASSES),
+                                 "ground truth")]
+        for run in RUNS:
+            boxes, scores, classes = demo.instances_to_arrays(predictors[run](image)["instances"])
+            panels.append(demo.add_title(demo.draw_detections(image, boxes, scores, classes, SHAPES_CLASSES), run))
+        target = vis_dir / (Path(im["file_name"]).stem + ".png")
+        if not cv2.imwrite(str(target), demo.hconcat(panels)):
+            raise OSError(f"could not write {target}")
+        written.append(str(target))
+    return written
+
+
+def draw_curves(out: Path) -> List[str]:
+    """Each run's plots/ (tools/plot_metrics.py) and curves.png comparing the two fine-tunings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_metrics = _load_tool("plot_metrics")
+    written: List[str] = []
+    for run in ("pretrain",) + RUNS:
+        written += plot_metrics.plot_metrics(str(out / run), smooth=1)
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run, color in zip(RUNS, ("tab:blue", "tab:orange")):
+        series = plot_metrics.to_series(plot_metrics.read_metrics(str(out / run / "metrics.json")))
+        if series.get("total_loss"):
+            xs, ys = zip(*series["total_loss"])
+            ax_loss.plot(xs, ys, label=run, color=color)
+        for key, style in (("bbox/AP50", "-o"), ("bbox/AP", "--s")):
+            if series.get(key):
+                xs, ys = zip(*series[key])
+                ax_ap.plot(xs, ys, style, label=f"{run} {key.split('/')[1]}", color=color, markersize=4)
+    ax_loss.set(title="training loss (Faster R-CNN C4)", xlabel="iteration", ylabel="total loss")
+    ax_ap.set(title="COCO AP on shapes_val", xlabel="iteration", ylabel="AP (%)", ylim=(0, 100))
+    for ax in (ax_loss, ax_ap):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return written + [str(path)]
+
+
+# ------------------------------------------------------------------------------ main
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.strip().splitlines()[2:]))
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="demo folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="data generation and training seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads to use (default: all available)")
+    parser.add_argument("--smoke", action="store_true", help="a few images and iterations: a fast end-to-end check")
     args = parser.parse_args(argv)
-    data_dir = args.output / "shapes"
-    summary = ensure_shapes_dataset(data_dir, seed=args.seed)
-    print(format_shapes_summary(summary, data_dir))
+
+    from resnet_backbones.data.shapes import ensure_shapes_dataset, format_shapes_summary
+
+    t_start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    out = args.output.resolve()
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:
+        ncpu = os.cpu_count() or 1
+    threads = args.threads or ncpu
+    half = max(1, threads // 2)
+    py = sys.executable
+
+    # 1. data
+    t = time.perf_counter()
+    data_dir = out / "shapes"
+    data_args = SMOKE_DATA_ARGS if args.smoke else DATA_ARGS
+    summary_data = ensure_shapes_dataset(data_dir, seed=args.seed, **data_args)
+    print(format_shapes_summary(summary_data, data_dir), flush=True)
+    timings["data"] = time.perf_counter() - t
+    for name in STAGE_DIRS:  # results of an earlier demo run
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    # 2. pre-training
+    t = time.perf_counter()
+    from resnet_backbones.classification import compute_schedule, get_cls_cfg
+
+    cls_opts = ["DATA.PATH", str(data_dir / "classification"), "OUTPUT_DIR", str(out / "pretrain"),
+                "SEED", str(args.seed), "PROGRESS", "off"] + (SMOKE_PRETRAIN_OPTS if args.smoke else [])
+    cls_cfg = get_cls_cfg()
+    cls_cfg.merge_from_file(str(PRETRAIN_CONFIG))
+    cls_cfg.merge_from_list(cls_opts)
+    num_cls = sum(summary_data["classification"]["train"].values())
+    cls_iters = compute_schedule(cls_cfg, num_cls, 1).max_iter
+    log(f"pre-training {cls_cfg.MODEL.NAME} (stem {cls_cfg.MODEL.STEM_OUT_CHANNELS}, res2 {cls_cfg.MODEL.RES2_OUT_CHANNELS} "
+        f"channels) on {num_cls} shapes classification images, {cls_iters} iterations ...")
+    workers = int(cls_cfg.DATA.NUM_WORKERS)
+    pre = Run("classifier", [py, str(TOOLS / "train_cls.py"), "--config-file", str(PRETRAIN_CONFIG)] + cls_opts,
+              out / "pretrain", _env(max(1, threads - min(workers, threads // 2)), out), cls_iters)
+    wait_for([pre], "pre-training")
+    with open(out / "pretrain" / "metrics.json", encoding="utf-8") as f:
+        cls_entries = [json.loads(line) for line in f if line.strip()]
+    cls_res = next((e for e in reversed(cls_entries) if "val/top1" in e), {})
+    pretrain_summary = {"top1": cls_res.get("val/top1"), "val_loss": cls_res.get("val/loss"),
+                        "iterations": cls_iters, "model": cls_cfg.MODEL.NAME}
+    timings["pretrain"] = time.perf_counter() - t
+    log(f"classifier: top-1 {pretrain_summary['top1']:.1f}% on {sum(summary_data['classification']['val'].values())} "
+        f"validation images ({fmt_time(timings['pretrain'])})")
+
+    # 3. fine-tuning, both at once
+    t = time.perf_counter()
+    from resnet_backbones.config import get_cfg
+
+    det_cfg = get_cfg()
+    det_cfg.merge_from_file(str(DETECTOR_CONFIG))
+    det_opts_common = ["SEED", str(args.seed)] + (SMOKE_DETECTOR_OPTS if args.smoke else [])
+    det_cfg.merge_from_list(det_opts_common)
+    det_iters = int(det_cfg.SOLVER.MAX_ITER)
+    weights = {"pretrained": str(out / "pretrain" / "model_final.pth"), "scratch": ""}
+    log(f"fine-tuning Faster R-CNN C4 twice ({det_iters} iterations, batch {det_cfg.SOLVER.IMS_PER_BATCH}, same "
+        f"schedule and seed): from the classifier and from random initialization, {half} thread(s) each ...")
+    runs = [
+        Run(run, [py, str(TOOLS / "train_net.py"), "--config-file", str(DETECTOR_CONFIG),
+                  "OUTPUT_DIR", str(out / run), "MODEL.WEIGHTS", weights[run]] + det_opts_common,
+            out / run, _env(half, out), det_iters)
+        for run in RUNS
+    ]
+    wait_for(runs, "fine-tuning")
+    timings["finetune"] = time.perf_counter() - t
+
+    # 4. results, pictures, curves
+    t = time.perf_counter()
+    results = {run: final_results(out / run) for run in RUNS}
+    vis = draw_comparisons(out, data_dir, SMOKE_NUM_VIS_IMAGES if args.smoke else NUM_VIS_IMAGES, threads)
+    curves = draw_curves(out)
+    timings["visualize"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    summary: Dict[str, Any] = {run: results[run] for run in RUNS}
+    summary["pretraining"] = pretrain_summary
+    summary["settings"] = {
+        "seed": args.seed, "smoke": bool(args.smoke), "threads": threads,
+        "detector_config": str(DETECTOR_CONFIG.relative_to(REPO)),
+        "pretrain_config": str(PRETRAIN_CONFIG.relative_to(REPO)),
+        "detector_iterations": {run: _iterations(out / run / "metrics.json") for run in RUNS},
+        "ims_per_batch": int(det_cfg.SOLVER.IMS_PER_BATCH), "data": data_args,
+    }
+    summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    summary["outputs"] = {"detections": [os.path.relpath(p, out) for p in vis],
+                          "plots": [os.path.relpath(p, out) for p in curves]}
+    (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+    print()
+    print(f"COCO box AP on shapes_val ({summary_data['detection']['val']['images']} images), "
+          f"Faster R-CNN C4, {det_iters} iterations each:")
+    print(format_table(summary))
+    print()
+    log(f"summary: {out / 'summary.json'}; detections: {out / 'detections'}; curves: {out / 'curves.png'}")
+    log("time: " + ", ".join(f"{k} {fmt_time(v)}" for k, v in timings.items()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
