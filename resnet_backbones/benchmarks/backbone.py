@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import math
-import platform
 import re
 import statistics
 import time
@@ -246,15 +245,9 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def environment() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from ..utils.env import cpu_name
+
+    cpu = cpu_name()
     import torchvision
 
     return (

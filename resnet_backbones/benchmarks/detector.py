@@ -54,7 +54,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -461,15 +460,9 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def environment() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from ..utils.env import cpu_name
+
+    cpu = cpu_name()
     d2 = "not importable"
     if detectron2_available():
         import detectron2

@@ -39,10 +39,10 @@ from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamSc
 from torch import nn
 from torch.nn import functional as F
 
-from ..checkpoint.atomic import AtomicSaveMixin, atomic_write_text
+from ..checkpoint.atomic import AtomicSaveMixin
 from ..checkpoint.loading import LoadReport, load_checkpoint
 from ..engine import hooks
-from ..engine.defaults import create_ddp_model, default_writers
+from ..engine.defaults import _truncate_metrics, create_ddp_model, default_writers
 from ..engine.train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 from ..modeling.backbone import create_model
 from ..solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
@@ -365,21 +365,6 @@ class ProgressBar(HookBase):
             self._bar.close()
             self._bar = None
 
-
-def _truncate_metrics(path: str, start_iter: int) -> None:
-    """Drop ``metrics.json`` lines of iterations that a resumed run computes again."""
-    if not os.path.isfile(path):
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line)["iteration"] >= start_iter:
-                    continue
-            except (ValueError, KeyError, TypeError):
-                continue
-            kept.append(line if line.endswith("\n") else line + "\n")
-    atomic_write_text(path, "".join(kept))
 
 
 # ------------------------------------------------------------------------------ trainer

@@ -249,8 +249,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _amp_precision(cfg: CfgNode) -> str:
-    # SOLVER.AMP.DTYPE is added by another change; float16 (detectron2's AMP) until then
-    return str(cfg.SOLVER.AMP.get("DTYPE", "float16") or "float16")
+    """SOLVER.AMP.DTYPE, validated against MODEL.DEVICE (float16, detectron2's AMP, by default)."""
+    from ..precision import training_amp_dtype
+
+    return str(training_amp_dtype(cfg)).replace("torch.", "")
 
 
 def _truncate_metrics(path: str, start_iter: int) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "set_rng_states",
     "preserve_rng_states",
     "collect_env_info",
+    "cpu_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,3 +206,16 @@ def collect_env_info() -> str:
 
 if __name__ == "__main__":
     print(collect_env_info())
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo``), or ``platform`` information where that is missing."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
