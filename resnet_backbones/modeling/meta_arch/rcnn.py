@@ -95,7 +95,7 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: Sequence[float],
         input_format: Optional[str] = None,
         vis_period: int = 0,
-        inference_amp_scope: str = "all",
+        inference_amp_scope: str = "roi_heads",
     ) -> None:
         super().__init__()
         self.backbone = backbone
