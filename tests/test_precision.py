@@ -27,6 +27,7 @@ from resnet_backbones.precision import (
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou
 from resnet_backbones.utils.testing import calibrate_random_detector_
 
+from narrow_c4 import narrow_c4_cfg as _cfg  # tests/narrow_c4.py
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -104,21 +105,6 @@ def test_config_keys_enable_and_validate():
 
 
 # ------------------------------------------------------------------------ bf16 vs fp32 detector
-NARROW = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
-    "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
-    "MODEL.ROI_HEADS.NUM_CLASSES", 5,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 300,
-]
-
-
-def _cfg(extra=()):
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/Base-RCNN-C4.yaml")
-    cfg.merge_from_list([str(v) for v in [*NARROW, *extra]])
-    return cfg
 
 
 def _image(seed=5, h=192, w=256):
