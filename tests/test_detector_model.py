@@ -122,6 +122,33 @@ def test_build_model_reads_config_values():
     assert resnet_backbones.build_model is build_model
 
 
+def test_basic_block_res5_head_is_resnet18s_own_res5():
+    """RES5_HEAD_BLOCK basic: the C4 head of a ResNet-18/34 is that network's res5 (2 / 3 basic
+    blocks, first with stride 2, 8x the res2 width); the default stays detectron2's bottleneck."""
+    from resnet_backbones.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+    for depth, num_blocks in ((18, 2), (34, 3)):
+        cfg = tiny_cfg(MODEL__RESNETS__DEPTH=depth, MODEL__RESNETS__RES2_OUT_CHANNELS=16,
+                       MODEL__RESNETS__STEM_OUT_CHANNELS=16, MODEL__RESNETS__RES5_HEAD_BLOCK="basic")
+        model = build_model(cfg)
+        res5 = model.roi_heads.res5
+        assert len(res5) == num_blocks and all(type(b) is BasicBlock for b in res5)
+        assert res5[0].conv1.stride == (2, 2) and res5[0].conv1.in_channels == 64
+        assert res5[-1].out_channels == 128 and model.roi_heads.box_predictor.cls_score.in_features == 128
+        img, inst = two_box_image()
+        with EventStorage(0):
+            model.train()
+            losses = model([{"image": img, "instances": inst}])
+        assert sorted(losses) == sorted(LOSS_KEYS) and all(torch.isfinite(v) for v in losses.values())
+
+    default = build_model(tiny_cfg(MODEL__RESNETS__DEPTH=18, MODEL__RESNETS__RES2_OUT_CHANNELS=16))
+    assert len(default.roi_heads.res5) == 3 and all(type(b) is BottleneckBlock for b in default.roi_heads.res5)
+    with pytest.raises(ValueError, match="RES5_HEAD_BLOCK='basic' needs .*DEPTH=50"):
+        build_model(tiny_cfg(MODEL__RESNETS__RES5_HEAD_BLOCK="basic"))
+    with pytest.raises(ValueError, match="RES5_HEAD_BLOCK='wide'"):
+        build_model(tiny_cfg(MODEL__RESNETS__RES5_HEAD_BLOCK="wide"))
+
+
 def test_cuda_device_without_cuda_fails_with_a_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = tiny_cfg(MODEL__DEVICE="cuda")

@@ -75,7 +75,7 @@ def test_registration_and_config_keys():
     add_rb_config(cfg)
     ours = get_cfg().MODEL.RESNETS
     assert {k: cfg.MODEL.RESNETS[k] for k in RB_RESNETS_KEYS} == {k: ours[k] for k in RB_RESNETS_KEYS}
-    assert set(RB_RESNETS_KEYS) == {"SHORTCUT", "PREACT", "CHANNELS_LAST", "ZERO_INIT_RESIDUAL"}
+    assert set(RB_RESNETS_KEYS) == {"SHORTCUT", "PREACT", "CHANNELS_LAST", "ZERO_INIT_RESIDUAL", "RES5_HEAD_BLOCK"}
     cfg.MODEL.RESNETS.SHORTCUT = "C"
     add_rb_config(cfg)  # idempotent: keeps values already set
     assert cfg.MODEL.RESNETS.SHORTCUT == "C"
@@ -175,6 +175,22 @@ def test_res5_head_with_our_blocks_preact():
     cfg.MODEL.RESNETS.SHORTCUT = "A"
     head = d2_build_model(cfg).roi_heads.res5
     assert type(head[0].shortcut).__name__ == "PadShortcut" and head[1].shortcut is None
+
+
+def test_res5_head_basic_blocks_match_ours():
+    """RES5_HEAD_BLOCK basic: detectron2 with our modules builds our ResNet-18 C4 head, and an
+    ImageNet ResNet-18 fills its backbone and head."""
+    opts = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+            "MODEL.RESNETS.RES5_HEAD_BLOCK": "basic"}
+    ours = build_model(our_cfg(narrow=False, **opts))
+    model = d2_build_model(to_detectron2_config(our_cfg(narrow=False, **opts), use_rb_modules=True))
+    res5 = model.roi_heads.res5
+    assert [type(b).__name__ for b in res5] == ["BasicBlock", "BasicBlock"] and res5[0].conv1.stride == (2, 2)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    imagenet = create_model("resnet18", norm="FrozenBN").state_dict()
+    report = load_checkpoint(model, imagenet, strict=False, drop_classifier=True)
+    assert {k.rsplit(".", 2)[0] for k in report.missing} == {"proposal_generator.rpn_head", "roi_heads.box_predictor"}
+    assert not report.unexpected and not report.shape_mismatch
 
 
 @pytest.fixture(scope="module")

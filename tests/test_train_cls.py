@@ -183,12 +183,29 @@ def test_resume_equals_uninterrupted(folder, tmp_path):
         assert ea.get("lr") == eb.get("lr")
 
 
-def test_classification_checkpoint_initializes_the_detector(tmp_path):
+# (classifier overrides, detector overrides on TINY_DET): a bottleneck R50 whose res5 is
+# detectron2's C4 head, and a ResNet-18 whose own basic-block res5 is the head (RES5_HEAD_BLOCK basic).
+CLASSIFIER_DETECTOR_PAIRS = {
+    "R50-bottleneck-head": (
+        ["MODEL.NAME", "resnet50", "MODEL.STEM_OUT_CHANNELS", "16", "MODEL.RES2_OUT_CHANNELS", "32",
+         "MODEL.WIDTH_PER_GROUP", "8", "MODEL.STRIDE_IN_1X1", "True"],
+        ["MODEL.RESNETS.STRIDE_IN_1X1", True],
+    ),
+    "R18-basic-head": (
+        ["MODEL.NAME", "resnet18", "MODEL.STEM_OUT_CHANNELS", "16", "MODEL.RES2_OUT_CHANNELS", "16"],
+        ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 16, "MODEL.RESNETS.RES5_HEAD_BLOCK", "basic",
+         "MODEL.RESNETS.STRIDE_IN_1X1", False],
+    ),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(CLASSIFIER_DETECTOR_PAIRS))
+def test_classification_checkpoint_initializes_the_detector(tmp_path, pair):
     """A checkpoint of the classifier that matches the tiny C4 detector: every backbone and res5
     tensor is matched, the classifier head is dropped, the report says so."""
+    cls_opts, det_opts = CLASSIFIER_DETECTOR_PAIRS[pair]
     cfg = get_cls_cfg()
-    cfg.merge_from_list(["MODEL.NAME", "resnet50", "MODEL.STEM_OUT_CHANNELS", "16", "MODEL.RES2_OUT_CHANNELS", "32",
-                         "MODEL.WIDTH_PER_GROUP", "8", "MODEL.STRIDE_IN_1X1", "True"])
+    cfg.merge_from_list(cls_opts)
     torch.manual_seed(0)
     classifier = build_classifier(cfg, 3)
     with torch.no_grad():
@@ -202,7 +219,7 @@ def test_classification_checkpoint_initializes_the_detector(tmp_path):
 
     det_cfg = get_cfg()
     det_cfg.merge_from_file(TINY_DET)
-    det_cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
+    det_cfg.merge_from_list(det_opts)
     detector = build_model(det_cfg)
     checkpointer = DetectionCheckpointer(detector)
     extra = checkpointer.load(str(tmp_path / "model_final.pth"))
@@ -218,7 +235,8 @@ def test_classification_checkpoint_initializes_the_detector(tmp_path):
     assert {n for n, _ in report.dropped} == {"linear.weight", "linear.bias"}
     assert all(k.startswith(("proposal_generator.", "roi_heads.box_predictor.")) for k in report.missing)
     meta = extra["meta"]  # the classifier's input convention travels with the weights
-    assert meta["input_format"] == det_cfg.INPUT.FORMAT and meta["stride_in_1x1"] is True
+    assert meta["input_format"] == det_cfg.INPUT.FORMAT
+    assert meta["stride_in_1x1"] is det_cfg.MODEL.RESNETS.STRIDE_IN_1X1
     assert meta["pixel_mean"] == list(det_cfg.MODEL.PIXEL_MEAN) and meta["classes"] == ["a", "b", "c"]
 
     # the same through resnet_backbones.checkpoint directly, strict about the backbone

@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 from resnet_backbones.integrations.detectron2 import add_rb_config  # registers our builders
 
 cfg = get_cfg()
-add_rb_config(cfg)                                  # MODEL.RESNETS.{SHORTCUT, PREACT, CHANNELS_LAST, ZERO_INIT_RESIDUAL}
+add_rb_config(cfg)                                  # MODEL.RESNETS.{SHORTCUT, PREACT, CHANNELS_LAST, ZERO_INIT_RESIDUAL, RES5_HEAD_BLOCK}
 cfg.MODEL.DEVICE = "cpu"
 cfg.MODEL.BACKBONE.NAME = "build_rb_resnet_backbone"
 cfg.MODEL.ROI_HEADS.NAME = "RBRes5ROIHeads"         # res5 head built with our blocks

@@ -84,7 +84,9 @@ _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
 # True: stride 2 in the first 1x1 conv of a bottleneck (MSRA "v1"); False: in the 3x3 (torchvision).
 _C.MODEL.RESNETS.STRIDE_IN_1X1 = True
 _C.MODEL.RESNETS.RES5_DILATION = 1  # 1 or 2
-_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256  # 64 for R18/R34
+# res2 output channels: 256 for bottleneck ResNets, 64 for R18/R34 (detectron2 requires 64 there;
+# ours: any width but the bottleneck default 256, e.g. 32 for a narrow ResNet-18).
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
 _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
 _C.MODEL.RESNETS.DEFORM_MODULATED = False
@@ -98,6 +100,10 @@ _C.MODEL.RESNETS.PREACT = False
 _C.MODEL.RESNETS.CHANNELS_LAST = False
 # ours: initialise the last norm's gamma of every residual block to zero.
 _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
+# ours: the C4 box head's res5 stage (Res5ROIHeads). "bottleneck" (detectron2): three bottleneck
+# blocks whatever DEPTH is. "basic": ResNet-18/34's own res5 (2 / 3 basic blocks of
+# 8 x RES2_OUT_CHANNELS), so that a ResNet-18/34 classifier initialises the whole head.
+_C.MODEL.RESNETS.RES5_HEAD_BLOCK = "bottleneck"
 
 # ---------------------------------------------------------------------------- #
 # Proposal generator (RPN) and anchors

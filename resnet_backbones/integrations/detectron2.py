@@ -55,12 +55,16 @@ from ..config import get_cfg as get_rb_cfg
 from ..layers import get_norm
 from ..modeling.backbone.backbone import Backbone
 from ..modeling.backbone.resnet import (
+    IMAGENET_BLOCKS_PER_STAGE,
+    BasicBlock,
     BottleneckBlock,
+    PreActBasicBlock,
     PreActBottleneckBlock,
     ResNet,
     build_resnet,
     resnet_args_from_config,
 )
+from ..modeling.roi_heads.roi_heads import res5_head_is_basic
 
 __all__ = [
     "RB_RESNETS_KEYS",
@@ -77,7 +81,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Our keys under ``MODEL.RESNETS`` (see ``resnet_backbones/config/defaults.py``).
-RB_RESNETS_KEYS: Tuple[str, ...] = ("SHORTCUT", "PREACT", "CHANNELS_LAST", "ZERO_INIT_RESIDUAL")
+RB_RESNETS_KEYS: Tuple[str, ...] = ("SHORTCUT", "PREACT", "CHANNELS_LAST", "ZERO_INIT_RESIDUAL", "RES5_HEAD_BLOCK")
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -188,25 +192,31 @@ def build_rb_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
     stride 2, widths from ``RES2_OUT_CHANNELS``/``NUM_GROUPS``/``WIDTH_PER_GROUP``), plus our keys:
     ``SHORTCUT`` (paper option A/B/C), ``PREACT`` (pre-activation blocks followed by the final
     norm and ReLU, named ``res5.post_norm``, where an ImageNet ``post_norm.*`` loads) and
-    ``ZERO_INIT_RESIDUAL``. Returns ``(res5, out_channels)``.
+    ``ZERO_INIT_RESIDUAL`` and ``RES5_HEAD_BLOCK`` ("basic": ResNet-18/34's own basic-block res5).
+    Returns ``(res5, out_channels)``.
     """
     r = cfg.MODEL.RESNETS
     if r.DEFORM_ON_PER_STAGE[-1]:
         raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]=True: deformable convolutions are not supported")
     factor = 2 ** 3  # res5 is three stages after res2
     out_channels = r.RES2_OUT_CHANNELS * factor
-    kwargs: Dict[str, Any] = {
-        "bottleneck_channels": r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
-        "num_groups": r.NUM_GROUPS,
-        "norm": r.NORM,
-        "stride_in_1x1": r.STRIDE_IN_1X1,
-        "shortcut": r.SHORTCUT,
-    }
-    block_class = PreActBottleneckBlock if r.PREACT else BottleneckBlock
+    kwargs: Dict[str, Any] = {"norm": r.NORM, "shortcut": r.SHORTCUT}
+    basic = res5_head_is_basic(r)
+    if basic:
+        num_blocks = IMAGENET_BLOCKS_PER_STAGE[r.DEPTH][3]
+        block_class = PreActBasicBlock if r.PREACT else BasicBlock
+    else:
+        num_blocks = 3
+        block_class = PreActBottleneckBlock if r.PREACT else BottleneckBlock
+        kwargs.update(
+            bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
+            num_groups=r.NUM_GROUPS,
+            stride_in_1x1=r.STRIDE_IN_1X1,
+        )
     if r.PREACT:
-        kwargs["preact_shortcut_per_block"] = [True, False, False]
+        kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
     blocks = ResNet.make_stage(
-        block_class, 3, stride_per_block=[2, 1, 1], in_channels=out_channels // 2,
+        block_class, num_blocks, first_stride=2, in_channels=out_channels // 2,
         out_channels=out_channels, **kwargs,
     )
     if r.ZERO_INIT_RESIDUAL:

@@ -667,9 +667,11 @@ def resnet_args_from_config(cfg: Any, input_shape: ShapeSpec) -> Dict[str, Any]:
             f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(r.DEFORM_ON_PER_STAGE)}: deformable "
             f"convolutions are not supported"
         )
-    if r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS != 64:
+    if r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS == 4 * 64:
+        # detectron2 requires 64; we accept any basic-block width except the bottleneck default
         raise ValueError(
-            f"MODEL.RESNETS.RES2_OUT_CHANNELS={r.RES2_OUT_CHANNELS}: must be 64 for R{r.DEPTH}"
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS={r.RES2_OUT_CHANNELS} is the bottleneck default: "
+            f"R{r.DEPTH} has basic blocks, set 64 (the paper's width) or another res2 width"
         )
     return {
         "depth": r.DEPTH,

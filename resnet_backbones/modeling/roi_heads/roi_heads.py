@@ -21,7 +21,7 @@ from ...layers import ShapeSpec
 from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
-from ..backbone.resnet import BottleneckBlock, ResNet
+from ..backbone.resnet import IMAGENET_BLOCKS_PER_STAGE, BasicBlock, BottleneckBlock, ResNet
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
@@ -148,11 +148,27 @@ class ROIHeads(nn.Module):
         raise NotImplementedError
 
 
-def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
-    """The res5 stage used as the per-RoI head: 3 bottleneck blocks, the first with stride 2.
+RES5_HEAD_BLOCKS = ("bottleneck", "basic")
 
-    As in detectron2, it is built from ``MODEL.RESNETS`` (widths, groups, norm, stride-in-1x1)
-    and is always a bottleneck stage, whatever the backbone depth.
+
+def res5_head_is_basic(resnets_cfg: Any) -> bool:
+    """Whether ``MODEL.RESNETS.RES5_HEAD_BLOCK`` asks for ResNet-18/34's basic-block res5 (checked)."""
+    r = resnets_cfg
+    if r.RES5_HEAD_BLOCK not in RES5_HEAD_BLOCKS:
+        raise ValueError(f"MODEL.RESNETS.RES5_HEAD_BLOCK={r.RES5_HEAD_BLOCK!r}: expected one of {RES5_HEAD_BLOCKS}")
+    if r.RES5_HEAD_BLOCK == "basic" and r.DEPTH not in (18, 34):
+        raise ValueError(
+            f"MODEL.RESNETS.RES5_HEAD_BLOCK='basic' needs a basic-block ResNet (DEPTH 18 or 34), got DEPTH={r.DEPTH}"
+        )
+    return r.RES5_HEAD_BLOCK == "basic"
+
+
+def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
+    """The res5 stage used as the per-RoI head, first block with stride 2.
+
+    As in detectron2 it is built from ``MODEL.RESNETS`` (widths, groups, norm, stride-in-1x1).
+    ``RES5_HEAD_BLOCK="bottleneck"`` (detectron2's, the default) is always 3 bottleneck blocks,
+    whatever the backbone depth; ``"basic"`` is the res5 stage of ResNet-18/34 itself.
     """
     r = cfg.MODEL.RESNETS
     if r.DEFORM_ON_PER_STAGE[-1]:
@@ -161,18 +177,20 @@ def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
         raise ValueError("MODEL.RESNETS.PREACT=True: Res5ROIHeads builds a post-activation res5 head only")
     factor = 2 ** 3  # res5 is three stages after res2
     out_channels = r.RES2_OUT_CHANNELS * factor
-    blocks = ResNet.make_stage(
-        BottleneckBlock,
-        3,
-        stride_per_block=[2, 1, 1],
-        in_channels=out_channels // 2,
-        bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
-        out_channels=out_channels,
-        num_groups=r.NUM_GROUPS,
-        norm=r.NORM,
-        stride_in_1x1=r.STRIDE_IN_1X1,
-        shortcut=r.SHORTCUT,
-    )
+    common = dict(in_channels=out_channels // 2, out_channels=out_channels, norm=r.NORM, shortcut=r.SHORTCUT)
+    if res5_head_is_basic(r):
+        num_blocks = IMAGENET_BLOCKS_PER_STAGE[r.DEPTH][3]
+        blocks = ResNet.make_stage(BasicBlock, num_blocks, first_stride=2, **common)
+    else:
+        blocks = ResNet.make_stage(
+            BottleneckBlock,
+            3,
+            first_stride=2,
+            bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
+            num_groups=r.NUM_GROUPS,
+            stride_in_1x1=r.STRIDE_IN_1X1,
+            **common,
+        )
     return nn.Sequential(*blocks), out_channels
 
 
