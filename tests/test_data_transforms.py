@@ -11,6 +11,7 @@ from resnet_backbones.data.detection_utils import (
     filter_empty_instances,
     read_image,
     transform_instance_annotations,
+    transformed_instances,
 )
 from resnet_backbones.data.transforms import (
     HFlipTransform,
@@ -111,6 +112,29 @@ def test_annotations_to_instances_clips_and_filter_drops_empty():
     assert inst.gt_classes.dtype == torch.int64
     kept = filter_empty_instances(inst)
     assert len(kept) == 1 and kept.gt_classes.tolist() == [3]
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_transformed_instances_equals_the_per_annotation_path(flip):
+    """The mapper's vectorized box path gives exactly detectron2's per-annotation numbers (mixed box
+    modes, boxes leaving the image, no annotation at all)."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((37, 53, 3), dtype=np.uint8)
+    out, transforms = apply_augmentations([ResizeShortestEdge(90, 1000, "choice"), RandomFlip(flip)], img)
+    annos = [
+        {"bbox": list(rng.uniform(-10, 60, 2)) + list(rng.uniform(1, 30, 2)), "bbox_mode": BoxMode.XYWH_ABS,
+         "category_id": int(i % 3)}
+        for i in range(6)
+    ] + [{"bbox": [40.5, 30.25, 70.0, 45.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 2}]
+    expected = annotations_to_instances(
+        [transform_instance_annotations(dict(a), transforms, out.shape[:2]) for a in annos], out.shape[:2]
+    )
+    got = transformed_instances(annos, transforms, out.shape[:2])
+    assert torch.equal(got.gt_boxes.tensor, expected.gt_boxes.tensor) and got.gt_boxes.tensor.dtype == torch.float32
+    assert torch.equal(got.gt_classes, expected.gt_classes)
+    assert annos[-1]["bbox"] == [40.5, 30.25, 70.0, 45.0]  # the dataset's dicts are left alone
+    empty = transformed_instances([], transforms, out.shape[:2])
+    assert empty.gt_boxes.tensor.shape == (0, 4) and empty.gt_classes.dtype == torch.int64
 
 
 def test_read_image_formats(tmp_path):

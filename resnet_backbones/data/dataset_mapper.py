@@ -53,12 +53,8 @@ class DatasetMapper:
             dataset_dict.pop("annotations", None)
             return dataset_dict
         if "annotations" in dataset_dict:
-            annos = [
-                utils.transform_instance_annotations(obj, transforms, image_shape)
-                for obj in dataset_dict.pop("annotations")
-                if obj.get("iscrowd", 0) == 0
-            ]
-            instances = utils.annotations_to_instances(annos, image_shape)
+            annos = [obj for obj in dataset_dict.pop("annotations") if obj.get("iscrowd", 0) == 0]
+            instances = utils.transformed_instances(annos, transforms, image_shape)
             dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
 

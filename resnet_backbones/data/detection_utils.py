@@ -18,6 +18,7 @@ __all__ = [
     "check_image_size",
     "transform_instance_annotations",
     "annotations_to_instances",
+    "transformed_instances",
     "filter_empty_instances",
     "build_augmentation",
 ]
@@ -97,6 +98,31 @@ def annotations_to_instances(annos: Sequence[Dict[str, Any]], image_size: Tuple[
     boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
     target = Instances(image_size)
     gt_boxes = Boxes(torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+    gt_boxes.clip(image_size)
+    target.gt_boxes = gt_boxes
+    target.gt_classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)
+    return target
+
+
+def transformed_instances(
+    annos: Sequence[Dict[str, Any]], transforms: Transform, image_size: Tuple[int, int]
+) -> Instances:
+    """``annotations_to_instances`` of ``transform_instance_annotations`` of every annotation, with
+    the boxes moved, clipped and packed as one array (the same numbers, without the per-box Python
+    work; the annotation dicts are left as they are)."""
+    boxes = np.zeros((len(annos), 4), dtype=np.float64)
+    for i, a in enumerate(annos):
+        boxes[i] = a["bbox"]
+    modes = [BoxMode(a["bbox_mode"]) for a in annos]
+    for mode in set(modes) - {BoxMode.XYXY_ABS}:
+        rows = np.asarray([m == mode for m in modes])
+        boxes[rows] = BoxMode.convert(boxes[rows], mode, BoxMode.XYXY_ABS)
+    if len(annos):
+        boxes = transforms.apply_box(boxes).clip(min=0)
+        h, w = image_size
+        boxes = np.minimum(boxes, [w, h, w, h])
+    target = Instances(image_size)
+    gt_boxes = Boxes(torch.as_tensor(boxes.astype(np.float32).reshape(-1, 4)))
     gt_boxes.clip(image_size)
     target.gt_boxes = gt_boxes
     target.gt_classes = torch.tensor([int(a["category_id"]) for a in annos], dtype=torch.int64)
