@@ -234,6 +234,7 @@ def test_classification_checkpoint_initializes_the_detector(tmp_path, pair):
     assert not report.unexpected and not report.shape_mismatch
     assert {n for n, _ in report.dropped} == {"linear.weight", "linear.bias"}
     assert all(k.startswith(("proposal_generator.", "roi_heads.box_predictor.")) for k in report.missing)
+    assert checkpointer._convention_mismatches(extra["meta"]) == []  # nothing to warn about
     meta = extra["meta"]  # the classifier's input convention travels with the weights
     assert meta["input_format"] == det_cfg.INPUT.FORMAT
     assert meta["stride_in_1x1"] is det_cfg.MODEL.RESNETS.STRIDE_IN_1X1

@@ -139,7 +139,8 @@ class DetectionCheckpointer(Checkpointer):
                 )
         if "stride_in_1x1" in meta:
             conv1 = dict(model.named_modules()).get("backbone.res3.0.conv1")
-            if isinstance(conv1, nn.Conv2d) and (conv1.stride[0] > 1) != bool(meta["stride_in_1x1"]):
+            bottleneck = isinstance(conv1, nn.Conv2d) and tuple(conv1.kernel_size) == (1, 1)  # basic blocks: no 1x1
+            if bottleneck and (conv1.stride[0] > 1) != bool(meta["stride_in_1x1"]):
                 problems.append(
                     f"the weights were trained with the stride in the "
                     f"{'1x1' if meta['stride_in_1x1'] else '3x3'} conv of each bottleneck; set "
