@@ -37,29 +37,7 @@ from .trainer import (
     resolve_device,
 )
 
-__all__ = [
-    "RECIPES",
-    "get_cls_cfg",
-    "CIFAR10",
-    "CIFAR10_CLASSES",
-    "ToModelInput",
-    "build_dataset",
-    "build_test_loader",
-    "build_train_loader",
-    "build_transform",
-    "find_cifar10_dir",
-    "read_cifar10_batch",
-    "ClassificationCheckpointer",
-    "ClassificationTrainer",
-    "ClassifierWithLoss",
-    "ProgressBar",
-    "Schedule",
-    "build_classifier",
-    "build_lr_scheduler",
-    "build_optimizer",
-    "checkpoint_metadata",
-    "compute_schedule",
-    "evaluate",
-    "load_classifier_weights",
-    "resolve_device",
-]
+from . import data as _data
+from . import trainer as _trainer
+
+__all__ = ["RECIPES", "get_cls_cfg", *_data.__all__, *_trainer.__all__]

@@ -42,12 +42,11 @@ from torch.nn import functional as F
 from ..checkpoint.atomic import AtomicSaveMixin
 from ..checkpoint.loading import LoadReport, load_checkpoint
 from ..engine import hooks
-from ..engine.defaults import _truncate_metrics, create_ddp_model, default_writers
-from ..engine.train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
+from ..engine.defaults import DelegatingTrainer, create_ddp_model, default_writers
+from ..engine.train_loop import AMPTrainer, HookBase, SimpleTrainer
 from ..modeling.backbone import create_model
 from ..solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from ..utils import comm
-from ..utils.events import TensorboardXWriter
 from .data import build_dataset, build_test_loader, build_train_loader
 
 __all__ = [
@@ -368,7 +367,7 @@ class ProgressBar(HookBase):
 
 
 # ------------------------------------------------------------------------------ trainer
-class ClassificationTrainer(TrainerBase):
+class ClassificationTrainer(DelegatingTrainer):
     """Train a registered ResNet classifier from a classification config (:func:`get_cls_cfg`).
 
     ::
@@ -385,7 +384,7 @@ class ClassificationTrainer(TrainerBase):
         self.device = resolve_device(cfg.MODEL.DEVICE)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.data_seed = int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()
+        self._data_seed = int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()
         self.train_set = build_dataset(cfg, is_train=True)
         self.val_set = build_dataset(cfg, is_train=False)
         self.classes = list(getattr(self.train_set, "classes", []))
@@ -415,7 +414,6 @@ class ClassificationTrainer(TrainerBase):
         self.start_iter = 0
         self._last_eval_results: Optional[Dict[str, float]] = None
         self._last_checkpoint_iter: Optional[int] = None
-        self._saved_data_seed: Optional[int] = None
         self.register_hooks(self.build_hooks())
         logger.info(
             "Training %s (%d classes) on %d images (%d for validation): %d iterations (%d per epoch), "
@@ -427,18 +425,10 @@ class ClassificationTrainer(TrainerBase):
         )
 
     # ------------------------------------------------------------------------------ pieces
-    @property
-    def model(self) -> nn.Module:
-        return self._trainer.model
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self._trainer.optimizer
-
     def _build_train_loader(self, start_iter: int, seed: Optional[int] = None) -> Any:
         return build_train_loader(
             self.train_set, self.schedule.batch_per_process,
-            seed=self.data_seed if seed is None else seed, num_workers=int(self.cfg.DATA.NUM_WORKERS),
+            seed=self._data_seed if seed is None else seed, num_workers=int(self.cfg.DATA.NUM_WORKERS),
             start_iter=start_iter, pin_memory=self.device.type == "cuda",
         )
 
@@ -483,18 +473,12 @@ class ClassificationTrainer(TrainerBase):
         if resume and self.checkpointer.has_checkpoint():
             self.checkpointer.resume_or_load("", resume=True)
             self.start_iter = self.iter + 1
-            seed = self._saved_data_seed if self._saved_data_seed is not None else self.data_seed
-            if seed != self.data_seed:
+            seed = self._saved_data_seed if self._saved_data_seed is not None else self._data_seed
+            if seed != self._data_seed:
                 logger.info("Using the checkpoint's data seed %d", seed)
-                self.data_seed = seed
+                self._data_seed = seed
             self._trainer.reset_data_loader(self._build_train_loader(self.start_iter))
-            if comm.is_main_process():
-                _truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
-            for h in self._hooks:
-                if isinstance(h, hooks.PeriodicWriter):
-                    for w in h._writers:
-                        if isinstance(w, TensorboardXWriter):
-                            w.purge_step = self.start_iter
+            self._continue_logs_from(self.start_iter)
             logger.info("Resuming from iteration %d (epoch %.2f)", self.start_iter, self.schedule.epoch_of(self.start_iter))
         else:
             if self.cfg.MODEL.WEIGHTS:
@@ -510,27 +494,12 @@ class ClassificationTrainer(TrainerBase):
     def train(self) -> Optional[Dict[str, float]]:
         """Run training; returns the last evaluation results (top1, top5, loss) or None."""
         start = time.perf_counter()
-        super().train(self.start_iter, self.max_iter)
-        for h in self._hooks:
-            if isinstance(h, hooks.StopOnSignal) and h.interrupted is not None and not self.finished:
-                raise h.interrupted
+        self._train_until_done()
         if comm.is_main_process() and self._last_eval_results is not None:
             logger.info("Done in %.1f s; final top-1 %.2f%%, top-5 %.2f%%; checkpoint %s",
                         time.perf_counter() - start, self._last_eval_results["top1"],
                         self._last_eval_results["top5"], os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth"))
         return self._last_eval_results
 
-    def run_step(self) -> None:
-        self._trainer.iter = self.iter
-        self._trainer.run_step()
-
-    def state_dict(self) -> Dict[str, Any]:
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        ret["data_seed"] = int(self.data_seed)
-        return ret
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._trainer.load_state_dict(state_dict["_trainer"])
-        self._saved_data_seed = state_dict.get("data_seed")
+    def data_seed(self) -> int:
+        return self._data_seed

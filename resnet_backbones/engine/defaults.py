@@ -38,6 +38,7 @@ from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
 __all__ = [
     "DefaultTrainer",
+    "DelegatingTrainer",
     "create_ddp_model",
     "default_argument_parser",
     "default_setup",
@@ -272,7 +273,63 @@ def _truncate_metrics(path: str, start_iter: int) -> None:
 
 
 # ------------------------------------------------------------------------------ trainer
-class DefaultTrainer(TrainerBase):
+class DelegatingTrainer(TrainerBase):
+    """A :class:`TrainerBase` whose steps are run by ``self._trainer`` (a :class:`SimpleTrainer` or
+    :class:`AMPTrainer`) and whose checkpoints also hold the seed of its data stream
+    (:meth:`data_seed`), so that a resume can rebuild the same stream. Subclasses set
+    ``_trainer``, ``start_iter`` and ``max_iter``; ``_saved_data_seed`` is the seed of the loaded
+    checkpoint, if any. Shared by :class:`DefaultTrainer` and the classification trainer."""
+
+    _saved_data_seed: Optional[int] = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self._trainer.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._trainer.optimizer
+
+    def data_seed(self) -> int:
+        """The seed the data loader's stream was built from."""
+        raise NotImplementedError
+
+    def _train_until_done(self) -> None:
+        """``TrainerBase.train`` over ``[start_iter, max_iter)``; an interrupt that stopped it early
+        (SIGTERM/SIGINT, after :class:`hooks.StopOnSignal` saved a checkpoint) is raised again."""
+        super().train(self.start_iter, self.max_iter)
+        for h in self._hooks:
+            if isinstance(h, hooks.StopOnSignal) and h.interrupted is not None and not self.finished:
+                raise h.interrupted
+
+    def _continue_logs_from(self, start_iter: int) -> None:
+        """On resume: drop metrics.json lines from ``start_iter`` on (rank 0) and make TensorBoard
+        discard its events from there, so that the logs read as one uninterrupted run."""
+        if comm.is_main_process():
+            _truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), start_iter)
+        for h in self._hooks:
+            if isinstance(h, hooks.PeriodicWriter):
+                for w in h._writers:
+                    if isinstance(w, TensorboardXWriter):
+                        w.purge_step = start_iter
+
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        ret["data_seed"] = int(self.data_seed())
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+        self._saved_data_seed = state_dict.get("data_seed")
+
+
+class DefaultTrainer(DelegatingTrainer):
     """The standard detectron2 trainer, built from the config.
 
     ``__init__`` builds the model, optimizer, data loader, LR scheduler, checkpointer and hooks;
@@ -318,18 +375,9 @@ class DefaultTrainer(TrainerBase):
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self._last_eval_results: Any = None
         self._last_checkpoint_iter: Optional[int] = None
-        self._saved_data_seed: Optional[int] = None
         self.register_hooks(self.build_hooks())
 
     # ------------------------------------------------------------------------------ accessors
-    @property
-    def model(self) -> nn.Module:
-        return self._trainer.model
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self._trainer.optimizer
-
     @property
     def data_loader(self) -> Any:
         return self._trainer.data_loader
@@ -358,13 +406,7 @@ class DefaultTrainer(TrainerBase):
             self.start_iter = self.iter + 1
             if self.start_iter < self.max_iter:  # a finished run has nothing left to load
                 self._position_data_loader(self.start_iter)
-            if comm.is_main_process():
-                _truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
-            for h in self._hooks:
-                if isinstance(h, hooks.PeriodicWriter):
-                    for w in h._writers:
-                        if isinstance(w, TensorboardXWriter):
-                            w.purge_step = self.start_iter
+            self._continue_logs_from(self.start_iter)
         else:
             self.start_iter = 0
 
@@ -421,10 +463,7 @@ class DefaultTrainer(TrainerBase):
 
     def train(self) -> Any:
         """Run training; returns the last evaluation results (``OrderedDict``) or None."""
-        super().train(self.start_iter, self.max_iter)
-        for h in self._hooks:
-            if isinstance(h, hooks.StopOnSignal) and h.interrupted is not None and not self.finished:
-                raise h.interrupted
+        self._train_until_done()
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             from ..evaluation import verify_results
 
@@ -433,20 +472,8 @@ class DefaultTrainer(TrainerBase):
             verify_results(self.cfg, self._last_eval_results)
         return self._last_eval_results
 
-    def run_step(self) -> None:
-        self._trainer.iter = self.iter
-        self._trainer.run_step()
-
-    def state_dict(self) -> Dict[str, Any]:
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        ret["data_seed"] = int(self.cfg.SEED)
-        return ret
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._trainer.load_state_dict(state_dict["_trainer"])
-        self._saved_data_seed = state_dict.get("data_seed")
+    def data_seed(self) -> int:
+        return int(self.cfg.SEED)  # made concrete by _fix_data_seed
 
     # ------------------------------------------------------------------------------ builders
     @classmethod
