@@ -55,16 +55,11 @@ from ..config import get_cfg as get_rb_cfg
 from ..layers import get_norm
 from ..modeling.backbone.backbone import Backbone
 from ..modeling.backbone.resnet import (
-    IMAGENET_BLOCKS_PER_STAGE,
-    BasicBlock,
-    BottleneckBlock,
-    PreActBasicBlock,
-    PreActBottleneckBlock,
     ResNet,
     build_resnet,
     resnet_args_from_config,
 )
-from ..modeling.roi_heads.roi_heads import res5_head_is_basic
+from ..modeling.roi_heads.roi_heads import make_res5_head_blocks
 
 __all__ = [
     "RB_RESNETS_KEYS",
@@ -196,29 +191,7 @@ def build_rb_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
     Returns ``(res5, out_channels)``.
     """
     r = cfg.MODEL.RESNETS
-    if r.DEFORM_ON_PER_STAGE[-1]:
-        raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]=True: deformable convolutions are not supported")
-    factor = 2 ** 3  # res5 is three stages after res2
-    out_channels = r.RES2_OUT_CHANNELS * factor
-    kwargs: Dict[str, Any] = {"norm": r.NORM, "shortcut": r.SHORTCUT}
-    basic = res5_head_is_basic(r)
-    if basic:
-        num_blocks = IMAGENET_BLOCKS_PER_STAGE[r.DEPTH][3]
-        block_class = PreActBasicBlock if r.PREACT else BasicBlock
-    else:
-        num_blocks = 3
-        block_class = PreActBottleneckBlock if r.PREACT else BottleneckBlock
-        kwargs.update(
-            bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
-            num_groups=r.NUM_GROUPS,
-            stride_in_1x1=r.STRIDE_IN_1X1,
-        )
-    if r.PREACT:
-        kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
-    blocks = ResNet.make_stage(
-        block_class, num_blocks, first_stride=2, in_channels=out_channels // 2,
-        out_channels=out_channels, **kwargs,
-    )
+    blocks, out_channels = make_res5_head_blocks(r, preact=r.PREACT)
     if r.ZERO_INIT_RESIDUAL:
         for block in blocks:
             with torch.no_grad():

@@ -21,7 +21,14 @@ from ...layers import ShapeSpec
 from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
-from ..backbone.resnet import IMAGENET_BLOCKS_PER_STAGE, BasicBlock, BottleneckBlock, ResNet
+from ..backbone.resnet import (
+    IMAGENET_BLOCKS_PER_STAGE,
+    BasicBlock,
+    BottleneckBlock,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    ResNet,
+)
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
@@ -163,34 +170,44 @@ def res5_head_is_basic(resnets_cfg: Any) -> bool:
     return r.RES5_HEAD_BLOCK == "basic"
 
 
-def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
-    """The res5 stage used as the per-RoI head, first block with stride 2.
+def make_res5_head_blocks(resnets_cfg: Any, preact: bool = False) -> Tuple[List[nn.Module], int]:
+    """The blocks of the res5 stage used as the per-RoI head (first with stride 2) and its output
+    channels, from ``MODEL.RESNETS`` (widths, groups, norm, stride-in-1x1, shortcut option).
 
-    As in detectron2 it is built from ``MODEL.RESNETS`` (widths, groups, norm, stride-in-1x1).
     ``RES5_HEAD_BLOCK="bottleneck"`` (detectron2's, the default) is always 3 bottleneck blocks,
-    whatever the backbone depth; ``"basic"`` is the res5 stage of ResNet-18/34 itself.
+    whatever the backbone depth; ``"basic"`` is the res5 stage of ResNet-18/34 itself. ``preact``
+    builds pre-activation blocks (the caller adds the final norm and ReLU).
     """
-    r = cfg.MODEL.RESNETS
+    r = resnets_cfg
     if r.DEFORM_ON_PER_STAGE[-1]:
         raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]=True: deformable convolutions are not supported")
-    if r.PREACT:
-        raise ValueError("MODEL.RESNETS.PREACT=True: Res5ROIHeads builds a post-activation res5 head only")
     factor = 2 ** 3  # res5 is three stages after res2
     out_channels = r.RES2_OUT_CHANNELS * factor
-    common = dict(in_channels=out_channels // 2, out_channels=out_channels, norm=r.NORM, shortcut=r.SHORTCUT)
+    kwargs: Dict[str, Any] = {"norm": r.NORM, "shortcut": r.SHORTCUT}
     if res5_head_is_basic(r):
         num_blocks = IMAGENET_BLOCKS_PER_STAGE[r.DEPTH][3]
-        blocks = ResNet.make_stage(BasicBlock, num_blocks, first_stride=2, **common)
+        block_class = PreActBasicBlock if preact else BasicBlock
     else:
-        blocks = ResNet.make_stage(
-            BottleneckBlock,
-            3,
-            first_stride=2,
+        num_blocks = 3
+        block_class = PreActBottleneckBlock if preact else BottleneckBlock
+        kwargs.update(
             bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
             num_groups=r.NUM_GROUPS,
             stride_in_1x1=r.STRIDE_IN_1X1,
-            **common,
         )
+    if preact:
+        kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
+    blocks = ResNet.make_stage(
+        block_class, num_blocks, first_stride=2, in_channels=out_channels // 2, out_channels=out_channels, **kwargs
+    )
+    return list(blocks), out_channels
+
+
+def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
+    """The post-activation res5 head of :class:`Res5ROIHeads` (:func:`make_res5_head_blocks`)."""
+    if cfg.MODEL.RESNETS.PREACT:
+        raise ValueError("MODEL.RESNETS.PREACT=True: Res5ROIHeads builds a post-activation res5 head only")
+    blocks, out_channels = make_res5_head_blocks(cfg.MODEL.RESNETS)
     return nn.Sequential(*blocks), out_channels
 
 
