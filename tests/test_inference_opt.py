@@ -211,6 +211,42 @@ def test_optimize_for_inference_same_outputs(model):
         _same_detections(a, b)
 
 
+def test_pooled_res5_chunks_rois_at_inference_only(model):
+    fast = optimize_detector_for_inference(model, res5_chunk_size=7)
+    res5 = fast.roi_heads.res5
+    assert res5.chunk_size == 7
+    x = torch.randn(30, *_res5_input_shape(fast)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        chunked = res5(x)
+        res5.chunk_size = None
+        whole = res5(x)
+    assert chunked.shape == whole.shape == (30, whole.shape[1], 1, 1)
+    assert rel(chunked, whole) <= 1e-6  # the same RoIs in the same order
+    # with batch statistics (training mode) chunks would change every output: never chunked there
+    train_res5 = copy.deepcopy(model.roi_heads.res5)
+    for m in train_res5.modules():
+        if isinstance(m, Conv2d) and isinstance(m.norm, FrozenBatchNorm2d):
+            m.norm = torch.nn.BatchNorm2d(m.out_channels)
+    train_res5.__class__ = PooledRes5
+    train_res5.train()
+    x = torch.randn(12, *_res5_input_shape(model))
+    with torch.no_grad():
+        expected = train_res5(x)
+        train_res5.chunk_size = 5
+        assert torch.equal(train_res5(x), expected)
+    with pytest.raises(ValueError, match="res5_chunk_size"):
+        optimize_detector_for_inference(model, res5_chunk_size=-1)
+
+
+def _res5_input_shape(m):
+    conv1 = m.roi_heads.res5[0].conv1
+    size = m.roi_heads.pooler.output_size
+    side = size[0] if isinstance(size, (tuple, list)) else size
+    if tuple(conv1.stride) == (1, 1) and isinstance(m.roi_heads.pooler, SubsampledROIPooler):
+        side = len(range(0, side, m.roi_heads.pooler.stride))
+    return (conv1.in_channels, side, side)
+
+
 def test_default_predictor_optimize_switch(model, tmp_path):
     from resnet_backbones import DefaultPredictor
 

@@ -30,7 +30,9 @@ The transformations, each exact in real arithmetic (float results differ by roun
    conversion around every conv.
 4. res5's global average pool computed inside res5 (:class:`PooledRes5`): as a GEMM with a
    vector of ones under autocast (CPU bfloat16 reductions are slow), with a gradient in
-   channels_last layout in training (autograd's would be NCHW and slow down the backward ops).
+   channels_last layout in training (autograd's would be NCHW and slow down the backward ops);
+   at inference res5 runs over ~128 RoIs at a time (same outputs, less memory mapped and zeroed
+   per call).
 """
 from __future__ import annotations
 
@@ -357,23 +359,42 @@ class PooledRes5(nn.Sequential):
     of bfloat16 channels_last tensors are ~7x slower than the sum as a GEMM with a vector of ones,
     accumulated in float32) and whose gradient keeps the channels_last layout. Same submodules and
     state-dict names as the ``nn.Sequential`` it replaces (only the class changes).
+
+    ``chunk_size`` (inference only: eval mode, no autograd): run the RoIs through res5 this many at
+    a time. Every RoI is computed independently (the norms are frozen or folded), so the outputs
+    are the same; the ~1000 RoIs of a test image at once make activations of hundreds of MB that
+    the allocator maps and the kernel zero-fills anew on every call, and chunks of ~100 RoIs skip
+    much of that (measured on R50's res5 over 1000 RoIs here: ~11% faster in bfloat16, ~9% in
+    float32).
     """
 
+    chunk_size: Optional[int] = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        chunk = self.chunk_size
+        if chunk and x.shape[0] > chunk and not self.training and not torch.is_grad_enabled():
+            return torch.cat([self._pooled(part) for part in x.split(chunk)])
+        return self._pooled(x)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
         if torch.is_grad_enabled() and x.requires_grad:
             return _GlobalAvgPool.apply(x)
         return _spatial_mean(x)
 
 
-def _pool_inside_res5(roi_heads: Optional[nn.Module]) -> bool:
-    """Make the ``res5`` of a ``Res5ROIHeads`` a :class:`PooledRes5` (in place)."""
+def _pool_inside_res5(roi_heads: Optional[nn.Module], chunk_size: Optional[int] = None) -> bool:
+    """Make the ``res5`` of a ``Res5ROIHeads`` a :class:`PooledRes5` (in place), with
+    ``chunk_size`` RoIs at a time at inference (None: all at once)."""
     from .roi_heads.roi_heads import Res5ROIHeads  # its forward reads res5 only via .mean(dim=[2, 3])
 
     res5 = getattr(roi_heads, "res5", None)
     if type(roi_heads) is Res5ROIHeads and type(res5) is nn.Sequential:
         res5.__class__ = PooledRes5
-    return isinstance(res5, PooledRes5)
+    if isinstance(res5, PooledRes5):
+        res5.chunk_size = chunk_size
+        return True
+    return False
 
 
 # ------------------------------------------------------------------ FrozenBN in the conv
@@ -436,6 +457,7 @@ def optimize_detector_for_inference(
     fold_bn: bool = True,
     channels_last: bool = True,
     subsample_roi_pooling: bool = True,
+    res5_chunk_size: Optional[int] = 128,
     inplace: bool = False,
 ) -> nn.Module:
     """An eval-mode detector computing ``model``'s detections with less work (module docstring).
@@ -446,6 +468,8 @@ def optimize_detector_for_inference(
             a bias, norms disappear -- load weights *before* optimizing).
         channels_last: convolution weights and activations in channels_last layout.
         subsample_roi_pooling: pool only the RoI bins res5 reads (:func:`subsample_res5_roi_pooling`).
+        res5_chunk_size: run res5 over this many RoIs at a time (:class:`PooledRes5`; None or 0:
+            all at once).
         inplace: transform ``model`` itself instead of a deep copy.
 
     fp32 detections equal the unoptimized model's up to float rounding (boxes and scores within
@@ -461,7 +485,9 @@ def optimize_detector_for_inference(
     roi_heads = _roi_heads(model)
     if subsample_roi_pooling and roi_heads is not None:
         subsample_res5_roi_pooling(roi_heads, channels_last=channels_last)
-    _pool_inside_res5(roi_heads)
+    if res5_chunk_size is not None and res5_chunk_size < 0:
+        raise ValueError(f"res5_chunk_size: expected a positive number of RoIs or None, got {res5_chunk_size}")
+    _pool_inside_res5(roi_heads, chunk_size=res5_chunk_size or None)
     if channels_last:
         _to_channels_last(model)
     return model
