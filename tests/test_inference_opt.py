@@ -23,6 +23,7 @@ from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbones.modeling import build_model
 from resnet_backbones.modeling.fast_path import (
     FrozenBNConv2d,
+    RES5_CHUNK_SIZE,
     PooledRes5,
     SubsampledROIPooler,
     fuse_frozen_bn_into_convs,
@@ -236,6 +237,9 @@ def test_pooled_res5_chunks_rois_at_inference_only(model):
         assert torch.equal(train_res5(x), expected)
     with pytest.raises(ValueError, match="res5_chunk_size"):
         optimize_detector_for_inference(model, res5_chunk_size=-1)
+    # the training fast path chunks too, in its periodic evaluations (eval mode) only
+    trained = optimize_detector_for_training(copy.deepcopy(model))
+    assert trained.roi_heads.res5.chunk_size == RES5_CHUNK_SIZE
 
 
 def _res5_input_shape(m):
