@@ -1,5 +1,7 @@
 """Networks: backbones (modeling/backbone) and detectors (modeling/meta_arch, ...)."""
 from .backbone import BACKBONE_REGISTRY, Backbone, build_backbone, create_model, list_models, register_model
+from .fast_path import optimize_detector_for_inference, optimize_detector_for_training
+from .fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
 from .meta_arch import META_ARCH_REGISTRY, build_model
 
 __all__ = [
@@ -11,4 +13,9 @@ __all__ = [
     "register_model",
     "META_ARCH_REGISTRY",
     "build_model",
+    "fold_batch_norm",
+    "freeze_for_inference",
+    "optimize_for_inference",
+    "optimize_detector_for_inference",
+    "optimize_detector_for_training",
 ]
