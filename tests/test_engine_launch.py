@@ -1,4 +1,4 @@
-"""launch(): gloo worker processes, torchrun, failure propagation without hangs, signal forwarding."""
+"""launch(): gloo worker processes, torchrun, failure propagation without hangs, signal forwarding, teardown."""
 import json
 import os
 import signal
@@ -29,6 +29,28 @@ def _collective_main(out_dir):
             "gathered": comm.all_gather(comm.get_rank() * 10), "backend": dist.get_backend()}
     with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
         json.dump(info, f)
+    _finish_unevenly(out_dir)
+
+
+def _finish_unevenly(out_dir):
+    """Rank 1 finishes a second after rank 0; rank 0 records whether rank 1 was done when rank 0
+    tore the process group down (a rank that closes its connections early can abort its peers)."""
+    import torch.distributed as dist
+
+    from resnet_backbones.utils import comm
+
+    if comm.get_rank() == 1:
+        time.sleep(1.0)
+        open(os.path.join(out_dir, "done1"), "w").close()
+        return
+    destroy = dist.destroy_process_group
+
+    def recording_destroy(*args, **kwargs):
+        with open(os.path.join(out_dir, "teardown0.json"), "w") as f:
+            json.dump({"peer_done": os.path.exists(os.path.join(out_dir, "done1"))}, f)
+        return destroy(*args, **kwargs)
+
+    dist.destroy_process_group = recording_destroy
 
 
 def _failing_main(out_dir):
@@ -114,6 +136,15 @@ def test_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     infos = _read(tmp_path, 2)
     assert [i["sum"] for i in infos] == [3.0, 3.0] and infos[1]["local_rank"] == 1
+    assert json.load(open(tmp_path / "teardown0.json")) == {"peer_done": True}
+
+
+@pytest.mark.slow
+def test_spawned_workers_close_the_group_only_when_all_are_done(tmp_path):
+    assert launch(_collective_main, 2, args=(str(tmp_path),), backend="gloo") is None
+    infos = _read(tmp_path, 2)
+    assert [i["sum"] for i in infos] == [3.0, 3.0] and infos[1]["gathered"] == [0, 10]
+    assert json.load(open(tmp_path / "teardown0.json")) == {"peer_done": True}
 
 
 def test_bad_arguments():

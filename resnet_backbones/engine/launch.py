@@ -180,8 +180,21 @@ def _run_under_torchrun(main_func: Callable[..., Any], args: Sequence[Any], time
         return main_func(*args)
     finally:
         # a clean exit only; on an error the launcher (torchrun) tears the other ranks down
-        if sys.exc_info()[0] is None and dist.is_initialized():
-            dist.destroy_process_group()
+        if sys.exc_info()[0] is None:
+            _close_process_group()
+
+
+def _close_process_group() -> None:
+    """After a clean finish: wait for every rank to be done, then tear the process group down.
+
+    Without the barrier one rank can shut its gloo connections while a peer is still completing
+    the last collective, which now and then aborts that peer ("terminate called without an active
+    exception") although every rank computed its result.
+    """
+    if not dist.is_initialized():
+        return
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------- spawning
@@ -225,11 +238,10 @@ def _worker(
         sys.stderr.flush()
         # os._exit: interpreter shutdown could block on a broken process group or on threads
         os._exit(1)
-    if dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001
-            pass
+    try:
+        _close_process_group()
+    except Exception:  # noqa: BLE001 - main_func succeeded; a failed peer is the supervisor's to report
+        pass
 
 
 def _write_error(error_dir: str, rank: int, text: str) -> None:
