@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -117,26 +118,47 @@ def test_sigterm_is_forwarded_to_the_workers(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
-@pytest.mark.slow
-def test_under_torchrun(tmp_path):
+def _torchrun_collective_job(tmp_path, out_dir):
+    out_dir.mkdir()
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
-        import sys
+        import faulthandler, sys
+        faulthandler.enable()  # a worker that aborts shows where it was
         sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
         from resnet_backbones.engine.launch import launch
         from test_engine_launch import _collective_main
         # --num-gpus is ignored under torchrun: the process count comes from torchrun
-        launch(_collective_main, 1, args=({str(tmp_path)!r},), backend="gloo")
+        launch(_collective_main, 1, args=(sys.argv[1],), backend="gloo")
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+         str(out_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
+
+
+def _aborted_after_finishing(proc, out_dir):
+    """A worker died in C++ (std::terminate) after every rank had finished its work and reached the
+    teardown: what a few full-suite runs showed (never in 300 runs of this job alone), inside
+    torch/gloo rather than in launch()."""
+    finished = all((out_dir / name).exists() for name in ("rank0.json", "rank1.json", "teardown0.json"))
+    return finished and "terminate called without an active exception" in proc.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun(tmp_path):
+    out_dir = tmp_path / "run1"
+    proc = _torchrun_collective_job(tmp_path, out_dir)
+    if proc.returncode != 0 and _aborted_after_finishing(proc, out_dir):
+        warnings.warn("a torchrun worker aborted in torch's teardown after finishing; ran the job again:\n"
+                      + proc.stderr[-2000:])
+        out_dir = tmp_path / "run2"
+        proc = _torchrun_collective_job(tmp_path, out_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    infos = _read(tmp_path, 2)
+    infos = _read(out_dir, 2)
     assert [i["sum"] for i in infos] == [3.0, 3.0] and infos[1]["local_rank"] == 1
-    assert json.load(open(tmp_path / "teardown0.json")) == {"peer_done": True}
+    assert json.load(open(out_dir / "teardown0.json")) == {"peer_done": True}
 
 
 @pytest.mark.slow
