@@ -188,8 +188,7 @@ def _close_process_group() -> None:
     """After a clean finish: wait for every rank to be done, then tear the process group down.
 
     Without the barrier one rank can shut its gloo connections while a peer is still completing
-    the last collective, which now and then aborts that peer ("terminate called without an active
-    exception") although every rank computed its result.
+    its last collective.
     """
     if not dist.is_initialized():
         return
