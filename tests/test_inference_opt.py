@@ -235,8 +235,11 @@ def test_pooled_res5_chunks_rois_at_inference_only(model):
         expected = train_res5(x)
         train_res5.chunk_size = 5
         assert torch.equal(train_res5(x), expected)
+    untouched = copy.deepcopy(model)
+    keys = list(untouched.state_dict())
     with pytest.raises(ValueError, match="res5_chunk_size"):
-        optimize_detector_for_inference(model, res5_chunk_size=-1)
+        optimize_detector_for_inference(untouched, res5_chunk_size=-1, inplace=True)
+    assert list(untouched.state_dict()) == keys  # rejected before anything was folded
     # the training fast path chunks too, in its periodic evaluations (eval mode) only
     trained = optimize_detector_for_training(copy.deepcopy(model))
     assert trained.roi_heads.res5.chunk_size == RES5_CHUNK_SIZE

@@ -482,6 +482,8 @@ def optimize_detector_for_inference(
     """
     from .fuse import fold_batch_norm
 
+    if res5_chunk_size is not None and res5_chunk_size < 0:
+        raise ValueError(f"res5_chunk_size: expected a positive number of RoIs or None, got {res5_chunk_size}")
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -490,8 +492,6 @@ def optimize_detector_for_inference(
     roi_heads = _roi_heads(model)
     if subsample_roi_pooling and roi_heads is not None:
         subsample_res5_roi_pooling(roi_heads, channels_last=channels_last)
-    if res5_chunk_size is not None and res5_chunk_size < 0:
-        raise ValueError(f"res5_chunk_size: expected a positive number of RoIs or None, got {res5_chunk_size}")
     _pool_inside_res5(roi_heads, chunk_size=res5_chunk_size or None)
     if channels_last:
         _to_channels_last(model)
