@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -44,14 +45,17 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 # The embedded default data: the generator's detection split sizes, and a classification set
 # large enough for the pre-training to learn shape features (generated in seconds).
-DATA_ARGS: Dict[str, int] = {"num_train": 400, "num_val": 100, "num_cls_train": 6000, "num_cls_val": 300}
-SMOKE_DATA_ARGS: Dict[str, int] = {"num_train": 12, "num_val": 6, "num_cls_train": 24, "num_cls_val": 12}
+DATA_ARGS: Dict[str, int] = {"num_train": 400, "num_val": 100,
+                             "num_cls_train": 6000, "num_cls_val": 300}
+SMOKE_DATA_ARGS: Dict[str, int] = {"num_train": 12, "num_val": 6,
+                                   "num_cls_train": 24, "num_cls_val": 12}
 # --smoke: the same pipeline, a few iterations (checks the plumbing, not the recipe).
 SMOKE_PRETRAIN_OPTS = ["SOLVER.EPOCHS", "2", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_EPOCHS", "0",
-                       "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "1", "DATA.NUM_WORKERS", "0",
-                       "LOG_PERIOD", "1"]
+                       "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "1",
+                       "DATA.NUM_WORKERS", "0", "LOG_PERIOD", "1"]
 SMOKE_DETECTOR_OPTS = ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
-                       "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0"]
+                       "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                       "TEST.EVAL_PERIOD", "0"]
 NUM_VIS_IMAGES, SMOKE_NUM_VIS_IMAGES = 8, 2
 
 
@@ -65,10 +69,12 @@ def _load_tool(name: str) -> Any:
 
 
 def log(msg: str) -> None:
+    """A progress line of the demo (flushed: the stages take minutes)."""
     print(f"[demo] {msg}", flush=True)
 
 
 def fmt_time(seconds: float) -> str:
+    """``m:ss``."""
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}:{s:02d}"
 
@@ -77,14 +83,16 @@ def fmt_time(seconds: float) -> str:
 class Run:
     """A training subprocess whose progress is read from its OUTPUT_DIR/metrics.json."""
 
-    def __init__(self, name: str, cmd: List[str], out_dir: Path, env: Dict[str, str], max_iter: int) -> None:
+    def __init__(self, name: str, cmd: List[str], out_dir: Path, env: Dict[str, str],
+                 max_iter: int) -> None:
         self.name, self.cmd, self.out_dir, self.max_iter = name, cmd, out_dir, max_iter
         out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = out_dir / "stdout.log"
         self._log = open(self.log_path, "w", encoding="utf-8")
         self._log.write("$ " + " ".join(cmd) + "\n")
         self._log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(REPO))
         self.start = time.perf_counter()
         self.seconds: Optional[float] = None
 
@@ -115,7 +123,8 @@ class Run:
 
     def tail(self, lines: int = 40) -> str:
         try:
-            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
         except OSError:
             return ""
 
@@ -136,8 +145,9 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    bars = {r.name: tqdm(total=r.max_iter, desc=f"{title} {r.name}", unit="it", position=i, leave=True,
-                         dynamic_ncols=True, disable=not tty) for i, r in enumerate(runs)}
+    bars = {r.name: tqdm(total=r.max_iter, desc=f"{title} {r.name}", unit="it", position=i,
+                         leave=True, dynamic_ncols=True, disable=not tty)
+            for i, r in enumerate(runs)}
     last_print = time.perf_counter()
     try:
         while True:
@@ -154,7 +164,8 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
                     r.terminate()
                 r = failed[0]
                 raise RuntimeError(
-                    f"{title} '{r.name}' failed (exit code {codes[r.name]}); the end of {r.log_path}:\n{r.tail()}"
+                    f"{title} '{r.name}' failed (exit code {codes[r.name]}); "
+                    f"the end of {r.log_path}:\n{r.tail()}"
                 )
             if all(c == 0 for c in codes.values()):
                 break
@@ -162,8 +173,10 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
                 parts = []
                 for r in runs:
                     done, loss = r.progress()
-                    parts.append(f"{r.name} {done}/{r.max_iter} it" + (f" loss {loss:.3f}" if loss is not None else ""))
-                log(f"{title}: " + " | ".join(parts) + f" ({fmt_time(time.perf_counter() - runs[0].start)})")
+                    parts.append(f"{r.name} {done}/{r.max_iter} it"
+                                 + (f" loss {loss:.3f}" if loss is not None else ""))
+                elapsed = fmt_time(time.perf_counter() - runs[0].start)
+                log(f"{title}: " + " | ".join(parts) + f" ({elapsed})")
                 last_print = time.perf_counter()
             time.sleep(1.0)
     except BaseException:
@@ -178,7 +191,8 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
 def _env(threads: int, data_root: Path) -> Dict[str, str]:
     env = dict(os.environ)
     env.update({
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "RB_DATASETS": str(data_root),
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+        "RB_DATASETS": str(data_root),
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -198,7 +212,8 @@ def final_results(run_dir: Path) -> Dict[str, float]:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            found = {k.split("/", 1)[1]: float(v) for k, v in entry.items() if k.startswith("bbox/")}
+            found = {k.split("/", 1)[1]: float(v) for k, v in entry.items()
+                     if k.startswith("bbox/")}
             if found:
                 results = found
     if not results:
@@ -217,7 +232,8 @@ def _iterations(metrics_json: Path) -> int:
         for line in f:
             try:
                 entry = json.loads(line)
-                if "total_loss" in entry:  # a training iteration (not the evaluation after the last one)
+                # a training iteration (not the evaluation after the last one)
+                if "total_loss" in entry:
                     n = max(n, int(entry["iteration"]) + 1)
             except (ValueError, KeyError, TypeError):
                 pass
@@ -225,7 +241,7 @@ def _iterations(metrics_json: Path) -> int:
 
 
 def _finite(obj: Any) -> Any:
-    """NaN (a metric without any ground truth, e.g. APl without large objects) -> None (JSON null)."""
+    """NaN (a metric without any ground truth, e.g. APl without large objects) -> None (null)."""
     if isinstance(obj, float) and obj != obj:
         return None
     if isinstance(obj, dict):
@@ -241,15 +257,18 @@ def format_table(summary: Dict[str, Any]) -> str:
     labels = {"pretrained": "pretrained (shapes cls)", "scratch": "scratch (random init)"}
     for run in RUNS:
         res = summary[run]
-        rows.append(f"{labels[run]:<28}" + "".join(f"{res.get(m, float('nan')):>7.1f}" for m in METRICS))
-    diff = {m: summary["pretrained"].get(m, float("nan")) - summary["scratch"].get(m, float("nan")) for m in METRICS}
+        rows.append(f"{labels[run]:<28}"
+                    + "".join(f"{res.get(m, float('nan')):>7.1f}" for m in METRICS))
+    diff = {m: summary["pretrained"].get(m, float("nan")) - summary["scratch"].get(m, float("nan"))
+            for m in METRICS}
     rows.append(f"{'difference':<28}" + "".join(f"{diff[m]:>+7.1f}" for m in METRICS))
     return "\n".join(rows)
 
 
 # ------------------------------------------------------------------------------ pictures
 def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -> List[str]:
-    """``detections/<image>.png``: ground truth | pretrained | scratch, on the first validation images."""
+    """``detections/<image>.png``: ground truth | pretrained | scratch, on the first validation
+    images."""
     import cv2
     import numpy as np
     import torch
@@ -262,14 +281,15 @@ def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -
     torch.set_num_threads(max(1, threads))
     with open(data_dir / "annotations" / "instances_val.json", encoding="utf-8") as f:
         coco = json.load(f)
-    cat_index = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    cat_index = {c["id"]: i for i, c in enumerate(categories)}
     images = sorted(coco["images"], key=lambda im: im["id"])[:num_images]
     predictors = {}
     for run in RUNS:
         cfg = get_cfg()
         cfg.merge_from_file(str(DETECTOR_CONFIG))
-        cfg.merge_from_list(["MODEL.WEIGHTS", str(out / run / "model_final.pth"), "MODEL.DEVICE", "cpu",
-                             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
+        cfg.merge_from_list(["MODEL.WEIGHTS", str(out / run / "model_final.pth"),
+                             "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
         cfg.freeze()
         predictors[run] = DefaultPredictor(cfg)
     vis_dir = out / "detections"
@@ -281,14 +301,16 @@ def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -
         if image is None:
             raise FileNotFoundError(f"cannot read validation image {path}")
         anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
-        gt_boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+        gt_boxes = np.array([[a["bbox"][0], a["bbox"][1],
+                              a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                              for a in anns]).reshape(-1, 4)
         gt_classes = [cat_index[a["category_id"]] for a in anns]
-        panels = [demo.add_title(demo.draw_detections(image, gt_boxes, None, gt_classes, SHAPES_CLASSES),
-                                 "ground truth")]
+        gt_drawn = demo.draw_detections(image, gt_boxes, None, gt_classes, SHAPES_CLASSES)
+        panels = [demo.add_title(gt_drawn, "ground truth")]
         for run in RUNS:
             boxes, scores, classes = demo.instances_to_arrays(predictors[run](image)["instances"])
-            panels.append(demo.add_title(demo.draw_detections(image, boxes, scores, classes, SHAPES_CLASSES), run))
+            drawn = demo.draw_detections(image, boxes, scores, classes, SHAPES_CLASSES)
+            panels.append(demo.add_title(drawn, run))
         target = vis_dir / (Path(im["file_name"]).stem + ".png")
         if not cv2.imwrite(str(target), demo.hconcat(panels)):
             raise OSError(f"could not write {target}")
@@ -316,7 +338,8 @@ def draw_curves(out: Path) -> List[str]:
         for key, style in (("bbox/AP50", "-o"), ("bbox/AP", "--s")):
             if series.get(key):
                 xs, ys = zip(*series[key])
-                ax_ap.plot(xs, ys, style, label=f"{run} {key.split('/')[1]}", color=color, markersize=4)
+                ax_ap.plot(xs, ys, style, label=f"{run} {key.split('/')[1]}", color=color,
+                           markersize=4)
     ax_loss.set(title="training loss (Faster R-CNN C4)", xlabel="iteration", ylabel="total loss")
     ax_ap.set(title="COCO AP on shapes_val", xlabel="iteration", ylabel="AP (%)", ylim=(0, 100))
     for ax in (ax_loss, ax_ap):
@@ -329,120 +352,204 @@ def draw_curves(out: Path) -> List[str]:
     return written + [str(path)]
 
 
-# ------------------------------------------------------------------------------ main
-def main(argv: Optional[List[str]] = None) -> int:
+# ------------------------------------------------------------------------------ stages
+@dataclass
+class Demo:
+    """What every stage needs: the output folder, the options and the timings so far."""
+
+    out: Path
+    seed: int
+    smoke: bool
+    threads: int
+    start: float = field(default_factory=time.perf_counter)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def half(self) -> int:
+        """Threads for each of the two concurrent fine-tunings."""
+        return max(1, self.threads // 2)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line (the module docstring is the help text)."""
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.strip().splitlines()[2:]))
-    parser.add_argument("--output", type=Path, default=Path("demo_output"), help="demo folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="data generation and training seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads to use (default: all available)")
-    parser.add_argument("--smoke", action="store_true", help="a few images and iterations: a fast end-to-end check")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, default=Path("demo_output"),
+                        help="demo folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="data generation and training seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads to use (default: all available)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few images and iterations: a fast end-to-end check")
+    return parser.parse_args(argv)
 
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_data(demo: Demo) -> Tuple[Path, Dict[str, Any]]:
+    """Stage 1: the shapes dataset (reused when already there), then clears earlier results.
+
+    Returns the data folder and the generator's summary (image counts per split and class).
+    """
     from resnet_backbones.data.shapes import ensure_shapes_dataset, format_shapes_summary
 
-    t_start = time.perf_counter()
-    timings: Dict[str, float] = {}
-    out = args.output.resolve()
-    try:
-        ncpu = len(os.sched_getaffinity(0))
-    except AttributeError:
-        ncpu = os.cpu_count() or 1
-    threads = args.threads or ncpu
-    half = max(1, threads // 2)
-    py = sys.executable
-
-    # 1. data
     t = time.perf_counter()
-    data_dir = out / "shapes"
-    data_args = SMOKE_DATA_ARGS if args.smoke else DATA_ARGS
-    summary_data = ensure_shapes_dataset(data_dir, seed=args.seed, **data_args)
-    print(format_shapes_summary(summary_data, data_dir), flush=True)
-    timings["data"] = time.perf_counter() - t
-    for name in STAGE_DIRS:  # results of an earlier demo run
+    data_dir = demo.out / "shapes"
+    data_summary = ensure_shapes_dataset(data_dir, seed=demo.seed, **data_args(demo.smoke))
+    print(format_shapes_summary(data_summary, data_dir), flush=True)
+    demo.timings["data"] = time.perf_counter() - t
+    clear_previous_results(demo.out)
+    return data_dir, data_summary
+
+
+def data_args(smoke: bool) -> Dict[str, int]:
+    """The dataset generator's split sizes."""
+    return SMOKE_DATA_ARGS if smoke else DATA_ARGS
+
+
+def clear_previous_results(out: Path) -> None:
+    """Removes the stages' outputs of an earlier demo run in ``out`` (not the data)."""
+    for name in STAGE_DIRS:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
 
-    # 2. pre-training
-    t = time.perf_counter()
+
+def pretrain(demo: Demo, data_dir: Path, data_summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Stage 2: pre-trains the classifier (tools/train_cls.py) on the shapes classification images.
+
+    Returns its summary: validation top-1 and loss, iterations and model name.
+    """
     from resnet_backbones.classification import compute_schedule, get_cls_cfg
 
+    t = time.perf_counter()
+    out = demo.out
     cls_opts = ["DATA.PATH", str(data_dir / "classification"), "OUTPUT_DIR", str(out / "pretrain"),
-                "SEED", str(args.seed), "PROGRESS", "off"] + (SMOKE_PRETRAIN_OPTS if args.smoke else [])
+                "SEED", str(demo.seed), "PROGRESS", "off"]
+    cls_opts += SMOKE_PRETRAIN_OPTS if demo.smoke else []
     cls_cfg = get_cls_cfg()
     cls_cfg.merge_from_file(str(PRETRAIN_CONFIG))
     cls_cfg.merge_from_list(cls_opts)
-    num_cls = sum(summary_data["classification"]["train"].values())
+    num_cls = sum(data_summary["classification"]["train"].values())
     cls_iters = compute_schedule(cls_cfg, num_cls, 1).max_iter
-    log(f"pre-training {cls_cfg.MODEL.NAME} (stem {cls_cfg.MODEL.STEM_OUT_CHANNELS}, res2 {cls_cfg.MODEL.RES2_OUT_CHANNELS} "
-        f"channels) on {num_cls} shapes classification images, {cls_iters} iterations ...")
+    log(f"pre-training {cls_cfg.MODEL.NAME} (stem {cls_cfg.MODEL.STEM_OUT_CHANNELS}, "
+        f"res2 {cls_cfg.MODEL.RES2_OUT_CHANNELS} channels) on {num_cls} shapes classification "
+        f"images, {cls_iters} iterations ...")
     workers = int(cls_cfg.DATA.NUM_WORKERS)
-    pre = Run("classifier", [py, str(TOOLS / "train_cls.py"), "--config-file", str(PRETRAIN_CONFIG)] + cls_opts,
-              out / "pretrain", _env(max(1, threads - min(workers, threads // 2)), out), cls_iters)
+    cmd = [sys.executable, str(TOOLS / "train_cls.py"), "--config-file", str(PRETRAIN_CONFIG)]
+    env = _env(max(1, demo.threads - min(workers, demo.threads // 2)), out)
+    pre = Run("classifier", cmd + cls_opts, out / "pretrain", env, cls_iters)
     wait_for([pre], "pre-training")
     with open(out / "pretrain" / "metrics.json", encoding="utf-8") as f:
         cls_entries = [json.loads(line) for line in f if line.strip()]
     cls_res = next((e for e in reversed(cls_entries) if "val/top1" in e), {})
     pretrain_summary = {"top1": cls_res.get("val/top1"), "val_loss": cls_res.get("val/loss"),
                         "iterations": cls_iters, "model": cls_cfg.MODEL.NAME}
-    timings["pretrain"] = time.perf_counter() - t
-    log(f"classifier: top-1 {pretrain_summary['top1']:.1f}% on {sum(summary_data['classification']['val'].values())} "
-        f"validation images ({fmt_time(timings['pretrain'])})")
+    demo.timings["pretrain"] = time.perf_counter() - t
+    num_val = sum(data_summary["classification"]["val"].values())
+    log(f"classifier: top-1 {pretrain_summary['top1']:.1f}% on {num_val} "
+        f"validation images ({fmt_time(demo.timings['pretrain'])})")
+    return pretrain_summary
 
-    # 3. fine-tuning, both at once
-    t = time.perf_counter()
+
+def finetune(demo: Demo) -> Any:
+    """Stage 3: both fine-tunings (tools/train_net.py) at once, same schedule and seed: from the
+    classifier's checkpoint and from random initialization. Returns the detector config used."""
     from resnet_backbones.config import get_cfg
 
+    t = time.perf_counter()
+    out = demo.out
     det_cfg = get_cfg()
     det_cfg.merge_from_file(str(DETECTOR_CONFIG))
-    det_opts_common = ["SEED", str(args.seed)] + (SMOKE_DETECTOR_OPTS if args.smoke else [])
+    det_opts_common = ["SEED", str(demo.seed)] + (SMOKE_DETECTOR_OPTS if demo.smoke else [])
     det_cfg.merge_from_list(det_opts_common)
     det_iters = int(det_cfg.SOLVER.MAX_ITER)
     weights = {"pretrained": str(out / "pretrain" / "model_final.pth"), "scratch": ""}
-    log(f"fine-tuning Faster R-CNN C4 twice ({det_iters} iterations, batch {det_cfg.SOLVER.IMS_PER_BATCH}, same "
-        f"schedule and seed): from the classifier and from random initialization, {half} thread(s) each ...")
+    log(f"fine-tuning Faster R-CNN C4 twice ({det_iters} iterations, batch "
+        f"{det_cfg.SOLVER.IMS_PER_BATCH}, same schedule and seed): from the classifier and from "
+        f"random initialization, {demo.half} thread(s) each ...")
+    cmd = [sys.executable, str(TOOLS / "train_net.py"), "--config-file", str(DETECTOR_CONFIG)]
     runs = [
-        Run(run, [py, str(TOOLS / "train_net.py"), "--config-file", str(DETECTOR_CONFIG),
-                  "OUTPUT_DIR", str(out / run), "MODEL.WEIGHTS", weights[run]] + det_opts_common,
-            out / run, _env(half, out), det_iters)
+        Run(run, cmd + ["OUTPUT_DIR", str(out / run), "MODEL.WEIGHTS", weights[run]]
+            + det_opts_common, out / run, _env(demo.half, out), det_iters)
         for run in RUNS
     ]
     wait_for(runs, "fine-tuning")
-    timings["finetune"] = time.perf_counter() - t
+    demo.timings["finetune"] = time.perf_counter() - t
+    return det_cfg
 
-    # 4. results, pictures, curves
-    t = time.perf_counter()
-    results = {run: final_results(out / run) for run in RUNS}
-    vis = draw_comparisons(out, data_dir, SMOKE_NUM_VIS_IMAGES if args.smoke else NUM_VIS_IMAGES, threads)
-    curves = draw_curves(out)
-    timings["visualize"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
 
+def evaluate(out: Path) -> Dict[str, Dict[str, float]]:
+    """Stage 4: each fine-tuning's final COCO AP on shapes_val (from its metrics.json)."""
+    return {run: final_results(out / run) for run in RUNS}
+
+
+def write_summary(demo: Demo, results: Dict[str, Dict[str, float]],
+                  pretrain_summary: Dict[str, Any], det_cfg: Any,
+                  pictures: List[str], plots: List[str]) -> Dict[str, Any]:
+    """``summary.json``: both runs' AP, the pre-training, the settings, timings and outputs."""
+    out = demo.out
     summary: Dict[str, Any] = {run: results[run] for run in RUNS}
     summary["pretraining"] = pretrain_summary
     summary["settings"] = {
-        "seed": args.seed, "smoke": bool(args.smoke), "threads": threads,
+        "seed": demo.seed, "smoke": bool(demo.smoke), "threads": demo.threads,
         "detector_config": str(DETECTOR_CONFIG.relative_to(REPO)),
         "pretrain_config": str(PRETRAIN_CONFIG.relative_to(REPO)),
         "detector_iterations": {run: _iterations(out / run / "metrics.json") for run in RUNS},
-        "ims_per_batch": int(det_cfg.SOLVER.IMS_PER_BATCH), "data": data_args,
+        "ims_per_batch": int(det_cfg.SOLVER.IMS_PER_BATCH), "data": data_args(demo.smoke),
     }
-    summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    summary["outputs"] = {"detections": [os.path.relpath(p, out) for p in vis],
-                          "plots": [os.path.relpath(p, out) for p in curves]}
-    (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    summary["timings_s"] = {k: round(v, 1) for k, v in demo.timings.items()}
+    summary["outputs"] = {"detections": [os.path.relpath(p, out) for p in pictures],
+                          "plots": [os.path.relpath(p, out) for p in plots]}
+    text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
+    (out / "summary.json").write_text(text, encoding="utf-8")
+    return summary
 
+
+def print_table(demo: Demo, summary: Dict[str, Any], data_summary: Dict[str, Any],
+                det_iters: int) -> None:
+    """Stage 5: the AP table, where the outputs are and how long each stage took."""
+    out = demo.out
     print()
-    print(f"COCO box AP on shapes_val ({summary_data['detection']['val']['images']} images), "
+    print(f"COCO box AP on shapes_val ({data_summary['detection']['val']['images']} images), "
           f"Faster R-CNN C4, {det_iters} iterations each:")
     print(format_table(summary))
     print()
-    log(f"summary: {out / 'summary.json'}; detections: {out / 'detections'}; curves: {out / 'curves.png'}")
-    log("time: " + ", ".join(f"{k} {fmt_time(v)}" for k, v in timings.items()))
+    log(f"summary: {out / 'summary.json'}; detections: {out / 'detections'}; "
+        f"curves: {out / 'curves.png'}")
+    log("time: " + ", ".join(f"{k} {fmt_time(v)}" for k, v in demo.timings.items()))
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: Optional[List[str]] = None) -> int:
+    """The demo's stages in order; see the module docstring."""
+    args = parse_args(argv)
+    demo = Demo(out=args.output.resolve(), seed=args.seed, smoke=bool(args.smoke),
+                threads=args.threads or available_cpus())
+    data_dir, data_summary = make_data(demo)
+    pretrain_summary = pretrain(demo, data_dir, data_summary)
+    det_cfg = finetune(demo)
+
+    t = time.perf_counter()
+    results = evaluate(demo.out)
+    num_images = SMOKE_NUM_VIS_IMAGES if demo.smoke else NUM_VIS_IMAGES
+    pictures = draw_comparisons(demo.out, data_dir, num_images, demo.threads)
+    plots = draw_curves(demo.out)
+    demo.timings["visualize"] = time.perf_counter() - t
+    demo.timings["total"] = time.perf_counter() - demo.start
+
+    summary = write_summary(demo, results, pretrain_summary, det_cfg, pictures, plots)
+    print_table(demo, summary, data_summary, int(det_cfg.SOLVER.MAX_ITER))
     return 0
 
 
