@@ -51,12 +51,15 @@ def _quiet_tracing() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.trace")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(TorchScript|dynamo=False)")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"The feature will be removed")
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message=r".*(TorchScript|dynamo=False)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message=r"The feature will be removed")
         yield
 
 
-def export_torchscript(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...], path: str) -> torch.jit.ScriptModule:
+def export_torchscript(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...],
+                       path: str) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` ``module`` (in eval mode, without gradients) and save it to ``path``."""
     module.eval()
     with _quiet_tracing(), torch.no_grad():
@@ -101,7 +104,8 @@ def export_onnx(
     return path
 
 
-def example_image(height: int, width: int, input_format: str = "BGR", seed: int = 0) -> torch.Tensor:
+def example_image(height: int, width: int, input_format: str = "BGR",
+                  seed: int = 0) -> torch.Tensor:
     """A ``(3, H, W)`` float 0-255 shapes image in ``input_format``: a realistic tracing input."""
     from ..data.shapes import render_detection_image
 
@@ -140,7 +144,8 @@ def _load_weights(model: nn.Module, weights: str, backbone_only: bool) -> None:
     logger.info("weights: %s", report)
 
 
-def _run_exported(fmt: str, path: str, inputs: Tuple[torch.Tensor, ...], traced: Any) -> Optional[List[torch.Tensor]]:
+def _run_exported(fmt: str, path: str, inputs: Tuple[torch.Tensor, ...],
+                  traced: Any) -> Optional[List[torch.Tensor]]:
     if fmt == "torchscript":
         with torch.no_grad():
             out = traced(*inputs)
@@ -159,6 +164,107 @@ def _max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> Optio
         return None
     diffs = [(x.double() - y.double()).abs().max().item() for x, y in zip(a, b) if x.numel()]
     return max(diffs, default=0.0)
+
+
+@dataclass
+class _ExportSpec:
+    """What is exported: the wrapped model, its example inputs and how the file names them."""
+
+    wrapper: nn.Module
+    inputs: Tuple[torch.Tensor, ...]
+    input_names: List[str]
+    output_names: List[str]
+    dynamic_axes: Dict[str, Dict[int, str]]
+    notes: List[str]
+
+
+def _export_cfg(cfg: Any) -> Any:
+    """A mutable copy of ``cfg`` on the CPU (exports are traced on the CPU)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def _backbone_spec(cfg: Any, height: int, width: int) -> Tuple[nn.Module, _ExportSpec]:
+    """The backbone of ``cfg``, built, and its export: normalized images of any batch and size."""
+    from ..modeling import build_backbone
+
+    model = build_backbone(cfg)
+    wrapper = BackboneExportWrapper(model)
+    inputs = (torch.randn(1, len(cfg.MODEL.PIXEL_MEAN), height, width),)
+    output_names = list(wrapper.output_names)
+    dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    for name in output_names:
+        dynamic_axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+    notes = ["input: normalized images, (x - MODEL.PIXEL_MEAN) / MODEL.PIXEL_STD, "
+             "any batch and size"]
+    return model, _ExportSpec(wrapper, inputs, ["images"], output_names, dynamic_axes, notes)
+
+
+def _detector_spec(cfg: Any, height: int, width: int) -> Tuple[nn.Module, _ExportSpec]:
+    """The detector of ``cfg``, built, and its export: one resized image of a fixed size."""
+    from ..modeling import build_model
+
+    model = build_model(cfg)
+    wrapper = DetectorExportWrapper(model)
+    inputs = (example_image(height, width, cfg.INPUT.FORMAT),)
+    output_names = ["boxes", "scores", "classes"]
+    dynamic_axes = {name: {0: "detections"} for name in output_names}
+    notes = [
+        f"input: one (3, {height}, {width}) image, float 0-255, {cfg.INPUT.FORMAT} order, already "
+        f"resized (ResizeShortestEdge to MIN_SIZE_TEST={cfg.INPUT.MIN_SIZE_TEST}, max "
+        f"{cfg.INPUT.MAX_SIZE_TEST}); the anchors are fixed for this size: export once per size",
+        "outputs: boxes (D, 4) x0,y0,x1,y1 in input pixels; scores (D,) descending; "
+        "classes (D,) int64, 0-based",
+    ]
+    return model, _ExportSpec(wrapper, inputs, ["image"], output_names, dynamic_axes, notes)
+
+
+def _prepare_model(model: nn.Module, cfg: Any, backbone_only: bool) -> List[str]:
+    """Gets a built model ready to export: ``MODEL.WEIGHTS`` loaded (if set), eval mode.
+
+    Returns notes for ``export_info.json``. Kept on its own so that the preparation can be
+    replaced in one place.
+    """
+    notes: List[str] = []
+    if cfg.MODEL.WEIGHTS:
+        _load_weights(model, cfg.MODEL.WEIGHTS, backbone_only)
+    else:
+        notes.append("MODEL.WEIGHTS is empty: exported with randomly initialized weights")
+    model.eval()
+    return notes
+
+
+def _write_exported(fmt: str, spec: _ExportSpec, output_dir: str, opset_version: int,
+                    dynamo: bool) -> Tuple[str, Optional[torch.jit.ScriptModule]]:
+    """Writes ``model.ts`` or ``model.onnx``; returns its path and the traced module (TorchScript
+    only, to check it without loading the file again)."""
+    if fmt == "torchscript":
+        path = os.path.join(output_dir, "model.ts")
+        return path, export_torchscript(spec.wrapper, spec.inputs, path)
+    path = os.path.join(output_dir, "model.onnx")
+    export_onnx(spec.wrapper, spec.inputs, path, input_names=spec.input_names,
+                output_names=spec.output_names, dynamic_axes=spec.dynamic_axes,
+                opset_version=opset_version, dynamo=dynamo)
+    return path, None
+
+
+def _check_exported(fmt: str, path: str, spec: _ExportSpec, traced: Any) -> Optional[float]:
+    """Largest difference between the exported file and the eager model on the example input;
+    None where it cannot be run (ONNX without onnxruntime) or the outputs do not line up."""
+    with torch.no_grad():
+        eager = list(spec.wrapper(*spec.inputs))
+    exported = _run_exported(fmt, path, spec.inputs, traced)
+    return None if exported is None else _max_abs_diff(eager, exported)
+
+
+def _write_info(result: ExportResult, cfg: Any, output_dir: str) -> None:
+    """``export_info.json`` (the result) and ``config.yaml`` (the config exported) next to it."""
+    with open(os.path.join(output_dir, "export_info.json"), "w", encoding="utf-8") as f:
+        json.dump(asdict(result), f, indent=2)
+    with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(cfg.dump())
 
 
 def export_model(
@@ -183,68 +289,24 @@ def export_model(
         check: run the exported file on the example input and record the largest difference to
             the eager model (ONNX: only if onnxruntime is installed).
     """
-    from ..modeling import build_backbone, build_model
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = _export_cfg(cfg)
     os.makedirs(output_dir, exist_ok=True)
     height, width = input_size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
-    notes: List[str] = []
-    if backbone_only:
-        model = build_backbone(cfg)
-        wrapper: nn.Module = BackboneExportWrapper(model)
-        inputs: Tuple[torch.Tensor, ...] = (torch.randn(1, len(cfg.MODEL.PIXEL_MEAN), height, width),)
-        input_names = ["images"]
-        output_names = list(wrapper.output_names)
-        dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
-        for name in output_names:
-            dynamic_axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
-        notes.append("input: normalized images, (x - MODEL.PIXEL_MEAN) / MODEL.PIXEL_STD, any batch and size")
-    else:
-        model = build_model(cfg)
-        wrapper = DetectorExportWrapper(model)
-        inputs = (example_image(height, width, cfg.INPUT.FORMAT),)
-        input_names = ["image"]
-        output_names = ["boxes", "scores", "classes"]
-        dynamic_axes = {name: {0: "detections"} for name in output_names}
-        notes.append(
-            f"input: one (3, {height}, {width}) image, float 0-255, {cfg.INPUT.FORMAT} order, already "
-            f"resized (ResizeShortestEdge to MIN_SIZE_TEST={cfg.INPUT.MIN_SIZE_TEST}, max "
-            f"{cfg.INPUT.MAX_SIZE_TEST}); the anchors are fixed for this size: export once per size"
-        )
-        notes.append("outputs: boxes (D, 4) x0,y0,x1,y1 in input pixels; scores (D,) descending; "
-                     "classes (D,) int64, 0-based")
-    if cfg.MODEL.WEIGHTS:
-        _load_weights(model, cfg.MODEL.WEIGHTS, backbone_only)
-    else:
-        notes.append("MODEL.WEIGHTS is empty: exported with randomly initialized weights")
-    wrapper.eval()
+    model, spec = (_backbone_spec if backbone_only else _detector_spec)(cfg, height, width)
+    spec.notes += _prepare_model(model, cfg, backbone_only)
+    spec.wrapper.eval()
 
-    if fmt == "torchscript":
-        path = os.path.join(output_dir, "model.ts")
-        traced = export_torchscript(wrapper, inputs, path)
-    else:
-        path = os.path.join(output_dir, "model.onnx")
-        export_onnx(wrapper, inputs, path, input_names=input_names, output_names=output_names,
-                    dynamic_axes=dynamic_axes, opset_version=opset_version, dynamo=dynamo)
-        traced = None
+    path, traced = _write_exported(fmt, spec, output_dir, opset_version, dynamo)
     result = ExportResult(
         format=fmt, what="backbone" if backbone_only else "detector", path=path,
-        input_names=input_names, input_shape=list(inputs[0].shape), output_names=output_names,
-        dynamic_axes=dynamic_axes, input_format=cfg.INPUT.FORMAT,
-        pixel_mean=list(cfg.MODEL.PIXEL_MEAN), pixel_std=list(cfg.MODEL.PIXEL_STD), notes=notes,
+        input_names=spec.input_names, input_shape=list(spec.inputs[0].shape),
+        output_names=spec.output_names, dynamic_axes=spec.dynamic_axes,
+        input_format=cfg.INPUT.FORMAT, pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+        pixel_std=list(cfg.MODEL.PIXEL_STD), notes=spec.notes,
     )
     if check:
-        with torch.no_grad():
-            eager = list(wrapper(*inputs))
-        exported = _run_exported(fmt, path, inputs, traced)
-        if exported is not None:
-            result.max_abs_diff = _max_abs_diff(eager, exported)
-    with open(os.path.join(output_dir, "export_info.json"), "w", encoding="utf-8") as f:
-        json.dump(asdict(result), f, indent=2)
-    with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(cfg.dump())
+        result.max_abs_diff = _check_exported(fmt, path, spec, traced)
+    _write_info(result, cfg, output_dir)
     return result
