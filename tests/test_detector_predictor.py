@@ -106,9 +106,70 @@ def test_real_model_end_to_end():
     assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
 
 
-def test_predictor_rejects_bad_images():
+@pytest.fixture(scope="module")
+def predictor():
     pred = DefaultPredictor(tiny_cfg())
+    pred.model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep all
+    return pred
+
+
+def test_predictor_rejects_bad_images(predictor):
     with pytest.raises(ValueError, match="uint8"):
-        pred(np.zeros((20, 20, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="HxWx3"):
-        pred(np.zeros((20, 20), dtype=np.uint8))
+        predictor(np.zeros((20, 20, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"expected an HxWx3 image .*got shape \(20, 20, 2\)"):
+        predictor(np.zeros((20, 20, 2), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"got shape \(2, 20, 20, 3\)"):
+        predictor(np.zeros((2, 20, 20, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 40, 3), (40, 0, 3), (0, 0)])
+def test_predictor_empty_image_names_the_shape(predictor, shape):
+    # it was a ZeroDivisionError in the resize
+    with pytest.raises(ValueError) as info:
+        predictor(np.zeros(shape, dtype=np.uint8))
+    assert str(info.value) == (
+        f"DefaultPredictor input: the image is empty (shape {shape}); "
+        "height and width must be 1 or more"
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16, np.int64, bool])
+def test_predictor_non_uint8_image_names_the_dtype(predictor, dtype):
+    with pytest.raises(ValueError) as info:
+        predictor(np.zeros((20, 30, 3), dtype=dtype))
+    msg = str(info.value)
+    assert msg.startswith(
+        "DefaultPredictor input: expected a uint8 image with values 0-255, "
+        f"got dtype {np.dtype(dtype)}"
+    )
+    is_float = np.dtype(dtype).kind == "f"
+    assert ("(image * 255).round().clip(0, 255).astype(np.uint8)" in msg) == is_float
+
+
+def test_predictor_rgba_image_is_refused_with_the_conversion(predictor):
+    with pytest.raises(ValueError) as info:
+        predictor(np.zeros((20, 30, 4), dtype=np.uint8))
+    msg = str(info.value)
+    assert "4-channel image of shape (20, 30, 4)" in msg
+    assert "cv2.COLOR_BGRA2BGR" in msg and "cv2.COLOR_RGBA2BGR" in msg
+
+
+def test_predictor_non_array_input_names_its_type(predictor):
+    from PIL import Image
+
+    pil_hint = r"got Image \(for a PIL RGB image: np.asarray\(image\)\[:, :, ::-1\]\)"
+    with pytest.raises(ValueError, match=pil_hint):
+        predictor(Image.new("RGB", (30, 20)))
+    with pytest.raises(ValueError, match="HxWx3 uint8 numpy array in BGR order .*got Tensor"):
+        predictor(torch.zeros(20, 30, 3, dtype=torch.uint8))
+
+
+def test_predictor_grayscale_is_replicated_to_three_channels(predictor):
+    gray = np.random.default_rng(2).integers(0, 256, size=(50, 70), dtype=np.uint8)
+    expected = predictor(np.repeat(gray[:, :, None], 3, axis=2))["instances"]
+    assert len(expected) > 0
+    for image in (gray, gray[:, :, None]):
+        got = predictor(image)["instances"]
+        assert got.image_size == (50, 70)
+        assert torch.equal(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+        assert torch.equal(got.scores, expected.scores)

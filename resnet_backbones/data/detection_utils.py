@@ -16,6 +16,7 @@ __all__ = [
     "SizeMismatchError",
     "read_image",
     "check_image_size",
+    "check_image_array",
     "transform_instance_annotations",
     "annotations_to_instances",
     "transformed_instances",
@@ -76,6 +77,55 @@ def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
             )
     dataset_dict.setdefault("width", real_w)
     dataset_dict.setdefault("height", real_h)
+
+
+def check_image_array(image: Any, what: str = "DefaultPredictor input") -> np.ndarray:
+    """Check an in-memory image for the model and return it as HxWx3 uint8 (BGR/RGB as given).
+
+    Grayscale (HxW or HxWx1) is replicated to 3 channels: it means the same in either channel
+    order. Anything else that is not HxWx3 uint8 with a non-zero size raises ValueError naming
+    ``what``, the shape and dtype, and the conversion to use: a 4-channel image is refused rather
+    than cut to 3 channels, because BGRA (OpenCV) and RGBA (PIL) would need different fixes, and
+    a float image because its scale (0-1 or 0-255) cannot be told from its values.
+    """
+    if not isinstance(image, np.ndarray):
+        pil_hint = ""
+        if isinstance(image, Image.Image):
+            pil_hint = " (for a PIL RGB image: np.asarray(image)[:, :, ::-1])"
+        raise ValueError(
+            f"{what}: expected an HxWx3 uint8 numpy array in BGR order (cv2.imread), got "
+            f"{type(image).__name__}{pil_hint}"
+        )
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[2] == 4:
+        raise ValueError(
+            f"{what}: got a 4-channel image of shape {shape} (with alpha); convert it to 3 "
+            f"channels first: cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) for cv2.imread(..., "
+            f"IMREAD_UNCHANGED), cv2.COLOR_RGBA2BGR for a PIL RGBA image"
+        )
+    if image.ndim not in (2, 3) or (image.ndim == 3 and shape[2] not in (1, 3)):
+        raise ValueError(
+            f"{what}: expected an HxWx3 image (or HxW / HxWx1 grayscale), got shape {shape}"
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(
+            f"{what}: the image is empty (shape {shape}); height and width must be 1 or more"
+        )
+    if image.dtype != np.uint8:
+        hint = ""
+        if image.dtype.kind == "f":
+            hint = (
+                " (floats in 0-1: (image * 255).round().clip(0, 255).astype(np.uint8); "
+                "in 0-255: image.round().clip(0, 255).astype(np.uint8))"
+            )
+        raise ValueError(
+            f"{what}: expected a uint8 image with values 0-255, got dtype {image.dtype}{hint}"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image
 
 
 def transform_instance_annotations(

@@ -70,14 +70,11 @@ class DefaultPredictor:
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
-        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
-            shape = getattr(original_image, "shape", None)
-            raise ValueError(
-                f"DefaultPredictor takes an HxWx3 BGR uint8 numpy image, got "
-                f"{type(original_image).__name__} {shape}"
-            )
-        if original_image.dtype != np.uint8:
-            raise ValueError(f"DefaultPredictor takes a uint8 image (0-255), got dtype {original_image.dtype}")
+        """Detections for one HxWx3 uint8 BGR image (HxW / HxWx1 grayscale is replicated to 3
+        channels; empty, 4-channel and non-uint8 images raise ValueError: ``check_image_array``)."""
+        from ..data.detection_utils import check_image_array
+
+        original_image = check_image_array(original_image, "DefaultPredictor input")
         amp = autocast_context(self.model.device, self.autocast_dtype is not None, self.autocast_dtype or "bfloat16")
         with torch.no_grad(), amp:
             if self.input_format == "RGB":
