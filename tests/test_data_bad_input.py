@@ -198,3 +198,26 @@ def test_loader_names_the_bad_image_file(tmp_path, case):
         next(iter(build_detection_train_loader(cfg, dataset=dicts)))
     assert "Traceback" not in str(info.value)
     assert {"missing": "FileNotFoundError", "corrupt": "ImageReadError", "size": "SizeMismatchError"}[case] in str(info.value)
+
+
+def test_malformed_json_names_the_line(tmp_path):
+    (tmp_path / "broken.json").write_text('{\n  "images": [],\n  "annotations": [,]\n}\n')
+    with pytest.raises(ValueError) as info:
+        load_coco_json(tmp_path / "broken.json", tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'broken.json'}: malformed JSON: ")
+    assert "line 3 column" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["BGR", "RGB"])
+def test_grayscale_and_cmyk_images_are_read_as_three_channels(tmp_path, fmt):
+    from PIL import Image
+
+    Image.new("L", (30, 20), 77).save(tmp_path / "gray.png")
+    Image.new("CMYK", (30, 20), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # pure red
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    gray = read_image(str(tmp_path / "gray.png"), fmt)
+    assert gray.shape == (20, 30, 3) and gray.dtype == np.uint8 and (gray == 77).all()
+    red = read_image(str(tmp_path / "cmyk.jpg"), fmt)
+    assert red.shape == (20, 30, 3)
+    expected = [0, 0, 255] if fmt == "BGR" else [255, 0, 0]
+    assert np.abs(red.astype(int) - expected).max() <= 2  # JPEG rounding
