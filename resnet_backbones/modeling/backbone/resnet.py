@@ -16,6 +16,7 @@ Entry points:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -38,6 +39,10 @@ __all__ = [
     "CifarStem",
     "ResNet",
     "make_stage",
+    "StageSpec",
+    "ResNetLayout",
+    "imagenet_uses_bottleneck",
+    "resnet_layout",
     "build_resnet",
     "build_resnet_backbone",
     "create_backbone",
@@ -516,6 +521,11 @@ IMAGENET_BLOCKS_PER_STAGE: Dict[int, Tuple[int, int, int, int]] = {
 }
 
 
+def imagenet_uses_bottleneck(depth: int) -> bool:
+    """Whether ImageNet ResNet-``depth`` has bottleneck blocks (CVPR 2016: from 50 layers on)."""
+    return depth >= 50
+
+
 def _cifar_blocks_per_stage(depth: int, bottleneck: bool) -> Tuple[int, int, int]:
     """CIFAR nets have 3 stages of n blocks: depth 6n+2 (basic, CVPR 2016 Sec. 4.2) or 9n+2 (bottleneck)."""
     layers_per_block = 3 if bottleneck else 2
@@ -527,6 +537,122 @@ def _cifar_blocks_per_stage(depth: int, bottleneck: bool) -> Tuple[int, int, int
             f"(e.g. {examples})"
         )
     return (n, n, n)
+
+
+def _blocks_per_stage(
+    depth: int, cifar: bool, bottleneck: Optional[bool]
+) -> Tuple[bool, Tuple[int, ...], int]:
+    """``(bottleneck, blocks per stage, base width)`` of a depth: the depth table, checked."""
+    if cifar:
+        bottleneck = bool(bottleneck)
+        return bottleneck, _cifar_blocks_per_stage(depth, bottleneck), 16
+    if depth not in IMAGENET_BLOCKS_PER_STAGE:
+        raise ValueError(
+            f"depth {depth} is not an ImageNet ResNet depth; expected one of "
+            f"{sorted(IMAGENET_BLOCKS_PER_STAGE)}"
+        )
+    own = imagenet_uses_bottleneck(depth)
+    if bottleneck is not None and bottleneck != own:
+        raise ValueError(f"ResNet-{depth} uses {'bottleneck' if own else 'basic'} blocks")
+    return own, IMAGENET_BLOCKS_PER_STAGE[depth], 64
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage to build: the arguments of :meth:`ResNet.make_stage`, and the stage's name."""
+
+    name: str
+    block_class: Type[ResNetBlockBase]
+    num_blocks: int
+    in_channels: int
+    out_channels: int
+    first_stride: int
+    block_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> List[ResNetBlockBase]:
+        """The blocks of this stage (new modules, freshly initialised)."""
+        return ResNet.make_stage(
+            self.block_class, self.num_blocks, in_channels=self.in_channels,
+            out_channels=self.out_channels, first_stride=self.first_stride, **self.block_kwargs,
+        )
+
+
+@dataclass(frozen=True)
+class ResNetLayout:
+    """What :func:`build_resnet` builds, before building it: the stem and every stage."""
+
+    stem_class: Type[ResNetBlockBase]
+    stem_out_channels: int
+    bottleneck: bool
+    stages: Tuple[StageSpec, ...]
+
+
+_BLOCK_CLASSES: Dict[Tuple[bool, bool], Type[ResNetBlockBase]] = {
+    (False, False): BasicBlock,
+    (True, False): BottleneckBlock,
+    (False, True): PreActBasicBlock,
+    (True, True): PreActBottleneckBlock,
+}
+
+
+def resnet_layout(
+    depth: int,
+    *,
+    cifar: bool = False,
+    bottleneck: Optional[bool] = None,
+    preact: bool = False,
+    shortcut: str = "B",
+    norm: NormSpec = "BN",
+    stride_in_1x1: bool = False,
+    num_groups: int = 1,
+    width_per_group: Optional[int] = None,
+    stem_out_channels: Optional[int] = None,
+    res2_out_channels: Optional[int] = None,
+    res5_dilation: int = 1,
+) -> ResNetLayout:
+    """The stem and stages of a ResNet, from the depth table and the options (checked).
+
+    Arguments as in :func:`build_resnet`. Nothing is built, so this costs no time and draws no
+    random numbers: ``resnet_layout(50).stages[3]`` is ResNet-50's res5, ready to build alone.
+    """
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation}")
+    bottleneck, blocks_per_stage, base = _blocks_per_stage(depth, cifar, bottleneck)
+    if cifar and res5_dilation != 1:
+        raise ValueError(f"res5_dilation={res5_dilation}: CIFAR ResNets have no res5")
+    if not bottleneck and num_groups != 1:
+        raise ValueError(
+            f"num_groups={num_groups} needs bottleneck blocks; basic blocks have no groups"
+        )
+    if not bottleneck and res5_dilation != 1:
+        raise ValueError(
+            f"res5_dilation={res5_dilation} needs bottleneck blocks (ResNet-50 and deeper)"
+        )
+
+    block_class = _BLOCK_CLASSES[(bottleneck, preact)]
+    stem_out = stem_out_channels or base
+    stage_in = stem_out
+    stage_out = res2_out_channels or (4 * base if bottleneck else base)
+    bottleneck_channels = num_groups * (width_per_group or base)
+    stages = []
+    for idx, num_blocks in enumerate(blocks_per_stage):
+        dilation = res5_dilation if idx == 3 else 1
+        kwargs: Dict[str, Any] = {"norm": norm, "shortcut": shortcut}
+        if bottleneck:
+            kwargs.update(
+                bottleneck_channels=bottleneck_channels, num_groups=num_groups,
+                stride_in_1x1=stride_in_1x1, dilation=dilation,
+            )
+        if preact:  # the paper's first block of a stage splits both paths after the activation
+            kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
+        stages.append(StageSpec(
+            name=f"res{idx + 2}", block_class=block_class, num_blocks=num_blocks,
+            in_channels=stage_in, out_channels=stage_out,
+            first_stride=1 if idx == 0 or dilation > 1 else 2, block_kwargs=kwargs,
+        ))
+        stage_in, stage_out, bottleneck_channels = stage_out, 2 * stage_out, 2 * bottleneck_channels
+    stem_class = CifarStem if cifar else BasicStem
+    return ResNetLayout(stem_class, stem_out, bottleneck, tuple(stages))
 
 
 def build_resnet(
@@ -567,68 +693,26 @@ def build_resnet(
             16 and 16 / 64 on CIFAR; stage widths double from res2 on.
         res5_dilation: 2 replaces res5's stride by dilation (output stride 16), bottlenecks only.
         out_features, freeze_at, zero_init_residual, channels_last: see :class:`ResNet`.
-    """
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation}")
-    if cifar:
-        bottleneck = bool(bottleneck)
-        blocks_per_stage: Tuple[int, ...] = _cifar_blocks_per_stage(depth, bottleneck)
-        base = 16
-        if res5_dilation != 1:
-            raise ValueError(f"res5_dilation={res5_dilation}: CIFAR ResNets have no res5")
-    else:
-        if depth not in IMAGENET_BLOCKS_PER_STAGE:
-            raise ValueError(
-                f"depth {depth} is not an ImageNet ResNet depth; expected one of "
-                f"{sorted(IMAGENET_BLOCKS_PER_STAGE)}"
-            )
-        if bottleneck is not None and bottleneck != (depth >= 50):
-            raise ValueError(f"ResNet-{depth} uses {'bottleneck' if depth >= 50 else 'basic'} blocks")
-        bottleneck = depth >= 50
-        blocks_per_stage = IMAGENET_BLOCKS_PER_STAGE[depth]
-        base = 64
-    if not bottleneck and num_groups != 1:
-        raise ValueError(f"num_groups={num_groups} needs bottleneck blocks; basic blocks have no groups")
-    if not bottleneck and res5_dilation != 1:
-        raise ValueError(f"res5_dilation={res5_dilation} needs bottleneck blocks (ResNet-50 and deeper)")
 
-    stem_class = CifarStem if cifar else BasicStem
-    stem = stem_class(in_channels, stem_out_channels or base, norm=norm, preact=preact)
-    block_class = {
-        (False, False): BasicBlock,
-        (True, False): BottleneckBlock,
-        (False, True): PreActBasicBlock,
-        (True, True): PreActBottleneckBlock,
-    }[(bottleneck, preact)]
-    stage_in = stem.out_channels
-    stage_out = res2_out_channels or (4 * base if bottleneck else base)
-    bottleneck_channels = num_groups * (width_per_group or base)
-    stages = []
-    for idx, num_blocks in enumerate(blocks_per_stage):
-        dilation = res5_dilation if idx == 3 else 1
-        first_stride = 1 if idx == 0 or dilation > 1 else 2
-        kwargs: Dict[str, Any] = {"norm": norm, "shortcut": shortcut}
-        if bottleneck:
-            kwargs.update(
-                bottleneck_channels=bottleneck_channels, num_groups=num_groups,
-                stride_in_1x1=stride_in_1x1, dilation=dilation,
-            )
-        if preact:
-            kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
-        stages.append(
-            ResNet.make_stage(
-                block_class, num_blocks, in_channels=stage_in, out_channels=stage_out,
-                first_stride=first_stride, **kwargs,
-            )
-        )
-        stage_in, stage_out, bottleneck_channels = stage_out, 2 * stage_out, 2 * bottleneck_channels
+    The layout (stem, blocks, widths, strides) comes from :func:`resnet_layout`; every stage is
+    then built (a C4 feature extractor drops res5 afterwards, in :class:`ResNet`).
+    """
+    layout = resnet_layout(
+        depth, cifar=cifar, bottleneck=bottleneck, preact=preact, shortcut=shortcut, norm=norm,
+        stride_in_1x1=stride_in_1x1, num_groups=num_groups, width_per_group=width_per_group,
+        stem_out_channels=stem_out_channels, res2_out_channels=res2_out_channels,
+        res5_dilation=res5_dilation,
+    )
+    stem = layout.stem_class(in_channels, layout.stem_out_channels, norm=norm, preact=preact)
+    stages = [spec.build() for spec in layout.stages]
+    last_channels = layout.stages[-1].out_channels
     return ResNet(
         stem,
         stages,
         num_classes=num_classes,
         out_features=out_features,
         freeze_at=freeze_at,
-        post_norm=_norm_or_identity(norm, stage_in) if preact else None,
+        post_norm=_norm_or_identity(norm, last_channels) if preact else None,
         zero_init_residual=zero_init_residual,
         channels_last=channels_last,
     )
