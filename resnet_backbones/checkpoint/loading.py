@@ -129,10 +129,25 @@ def _torch_load(path: str) -> Any:
             f"re-save just its weights: torch.save(obj.state_dict(), ...) (torch said: {first_line})"
         ) from e
     except Exception as e:  # zip errors, bad magic number, truncated files
+        detail = f"{type(e).__name__}: {_torch_detail(str(e))}"
+        size = os.path.getsize(path)
+        if size == 0 or _starts_with(path, b"PK\x03\x04"):  # torch.save's zip, cut short or damaged
+            raise CheckpointFormatError(
+                f"{path}: truncated or corrupted torch.save file ({size} bytes; "
+                f"an interrupted copy, download or save?): torch.load cannot read it ({detail})"
+            ) from e
         raise CheckpointFormatError(
-            f"{path}: not a PyTorch checkpoint that torch.load can read ({type(e).__name__}: {e}); "
+            f"{path}: not a PyTorch checkpoint that torch.load can read ({detail}); "
             f"expected a file written by torch.save (.pth/.pt) or a pickle (.pkl)"
         ) from e
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _read_object(path: str) -> Any:
@@ -313,6 +328,8 @@ class LoadReport:
             (FrozenBN ignores BatchNorm's ``num_batches_tracked``).
         renamed: ``(checkpoint name, model name)`` matched by unique name suffix.
         notes, metadata, source: from the conversion, if :func:`load_checkpoint` did one.
+        architecture: when checkpoint and model are ResNets of different depth or block type,
+            one line saying so (e.g. ResNet-101 weights into a ResNet-50); else "".
     """
 
     matched: List[str] = field(default_factory=list)
@@ -327,6 +344,7 @@ class LoadReport:
     notes: List[str] = field(default_factory=list)
     metadata: Dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    architecture: str = ""
 
     @property
     def ok(self) -> bool:
@@ -340,6 +358,8 @@ class LoadReport:
             f"shape mismatch {len(self.shape_mismatch)}, dropped {len(self.dropped)}"
         )
         lines = [head + counts]
+        if self.architecture:
+            lines.append(self.architecture)
         if self.missing:
             lines.append(f"missing from the checkpoint ({len(self.missing)}), left as initialized:")
             lines.extend("  " + g for g in group_names(self.missing))
@@ -389,6 +409,52 @@ def group_names(names: Iterable[str]) -> List[str]:
     return out
 
 
+_BLOCK_RE = re.compile(r"(?:^|\.)(res[2-5])\.(\d+)\.")
+_STAGES = ("res2", "res3", "res4", "res5")
+_RESNET_DEPTHS = {
+    ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34, ("bottleneck", (3, 4, 6, 3)): 50,
+    ("bottleneck", (3, 4, 23, 3)): 101, ("bottleneck", (3, 8, 36, 3)): 152,
+    ("bottleneck", (3, 24, 36, 3)): 200,
+}
+
+
+def _resnet_layout(names: Iterable[str]) -> Tuple[str, Dict[str, int]]:
+    """(block type, {stage: number of blocks}) of the ResNet stages named in ``names``."""
+    blocks: Dict[str, int] = {}
+    bottleneck = False
+    for name in names:
+        m = _BLOCK_RE.search(name)
+        if m:
+            blocks[m.group(1)] = max(blocks.get(m.group(1), 0), int(m.group(2)) + 1)
+            bottleneck = bottleneck or ".conv3." in name[m.end() - 1:]
+    return ("bottleneck" if bottleneck else "basic"), blocks
+
+
+def _describe_layout(kind: str, blocks: Dict[str, int]) -> str:
+    stages = [s for s in _STAGES if s in blocks]
+    counts = tuple(blocks[s] for s in stages)
+    depth = _RESNET_DEPTHS.get((kind, counts)) if len(stages) == 4 else None
+    text = f"{kind} blocks, {'/'.join(stages)} = {'/'.join(map(str, counts))}"
+    return f"a ResNet-{depth} ({text})" if depth else f"a ResNet with {text}"
+
+
+def architecture_mismatch(checkpoint_names: Iterable[str], model_names: Iterable[str]) -> str:
+    """One line if the two name lists are ResNets of different block type or stage depths
+    (compared on the stages both have, so that a res4 backbone takes a full ResNet); else ""."""
+    ckpt_kind, ckpt_blocks = _resnet_layout(checkpoint_names)
+    model_kind, model_blocks = _resnet_layout(model_names)
+    shared = [s for s in _STAGES if s in ckpt_blocks and s in model_blocks]
+    if not shared:
+        return ""
+    if ckpt_kind == model_kind and all(ckpt_blocks[s] == model_blocks[s] for s in shared):
+        return ""
+    return (
+        f"architecture mismatch: the checkpoint is {_describe_layout(ckpt_kind, ckpt_blocks)}, "
+        f"the model {_describe_layout(model_kind, model_blocks)}; check MODEL.RESNETS.DEPTH "
+        f"(or the model name) against the weights file"
+    )
+
+
 def _matches(name: str, patterns: Sequence[str]) -> Optional[str]:
     for pattern in patterns:
         if fnmatch.fnmatchcase(name, pattern):
@@ -401,6 +467,87 @@ _STRICT_FAILED = (
     "drop_classifier=True for a classification checkpoint in a backbone, or ignore_missing / "
     "ignore_unexpected patterns."
 )
+
+
+def _may_be_missing(name: str, drop_classifier: bool, ignore_missing: Sequence[str]) -> bool:
+    """Whether model tensor ``name`` may be absent: ``ignore_missing`` or a dropped classifier."""
+    return _matches(name, ignore_missing) is not None or bool(
+        drop_classifier and CLASSIFIER_RE.match(name))
+
+
+def _loadable_tensors(
+    state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
+    report: LoadReport, drop_classifier: bool, ignore_unexpected: Sequence[str],
+) -> Dict[str, torch.Tensor]:
+    """The checkpoint tensors to load: the classifier (on request), ``ignore_unexpected``
+    matches and shape mismatches go to ``report`` instead."""
+    ckpt: Dict[str, torch.Tensor] = {}
+    for name, value in state_dict.items():
+        if drop_classifier and CLASSIFIER_RE.match(name):
+            report.dropped.append((name, "classification head (drop_classifier=True)"))
+            continue
+        pattern = _matches(name, ignore_unexpected) if name not in model_state else None
+        if pattern is not None:
+            report.dropped.append((name, f"matches ignore_unexpected pattern {pattern!r}"))
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict[{name!r}] is a {type(value).__name__}, not a tensor")
+        ckpt[name] = value
+    for name in list(ckpt):
+        if name in model_state and tuple(ckpt[name].shape) != tuple(model_state[name].shape):
+            report.shape_mismatch.append(
+                (name, tuple(ckpt[name].shape), tuple(model_state[name].shape)))
+            del ckpt[name]
+    return ckpt
+
+
+def _backup_if_may_fail(
+    ckpt: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
+    report: LoadReport, drop_classifier: bool, ignore_missing: Sequence[str],
+) -> Optional[Dict[str, torch.Tensor]]:
+    """A copy of the model's tensors if a strict load of ``ckpt`` could fail, else None.
+
+    A strict load must leave the model unchanged on failure. When every checkpoint name is a
+    model name and every model name is provided or may be missing, it cannot fail; otherwise
+    module hooks (FrozenBN) may still resolve the difference, so load and restore the backup if
+    they do not (a copy of the weights only on that path).
+    """
+    may_fail = bool(report.shape_mismatch) or any(k not in model_state for k in ckpt) or any(
+        k not in ckpt and not _may_be_missing(k, drop_classifier, ignore_missing)
+        for k in model_state
+    )
+    return {k: v.detach().clone() for k, v in model_state.items()} if may_fail else None
+
+
+def _record_outcome(
+    report: LoadReport, incompatible: Any, ckpt: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor], drop_classifier: bool, ignore_missing: Sequence[str],
+) -> None:
+    """Sorts ``load_state_dict``'s result into ``report``: unexpected, missing (or ignored),
+    matched, absorbed and defaulted tensors."""
+    mismatched = {name for name, _, _ in report.shape_mismatch}
+    report.unexpected = list(incompatible.unexpected_keys)
+    for name in incompatible.missing_keys:
+        if name in mismatched:
+            continue
+        if _may_be_missing(name, drop_classifier, ignore_missing):
+            report.ignored_missing.append(name)
+        else:
+            report.missing.append(name)
+    unexpected = set(report.unexpected)
+    report.matched = [k for k in ckpt if k in model_state]
+    report.absorbed = [k for k in ckpt if k not in model_state and k not in unexpected]
+    reported_missing = set(incompatible.missing_keys)
+    report.defaulted = [k for k in model_state
+                        if k not in ckpt and k not in reported_missing and k not in mismatched]
+
+
+def _restore(model: nn.Module, backup: Mapping[str, torch.Tensor]) -> None:
+    """Copies ``backup`` back into the model's tensors (a failed strict load)."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in backup:
+                tensor.copy_(backup[name])
 
 
 def load_state_dict_with_report(
@@ -423,63 +570,24 @@ def load_state_dict_with_report(
             a classifier the model has then stays as initialized (listed in ``ignored_missing``).
         ignore_missing: shell patterns (``fnmatch``) of model tensors that may be absent
             (reported under ``ignored_missing``), e.g. ``("pixel_mean", "pixel_std")``.
-        ignore_unexpected: shell patterns of checkpoint tensors to drop (reported under ``dropped``),
-            e.g. ``("res5.*",)`` to put a full ResNet into a res4 backbone.
+        ignore_unexpected: shell patterns of checkpoint tensors to drop (reported under
+            ``dropped``), e.g. ``("res5.*",)`` to put a full ResNet into a res4 backbone.
 
     Returns:
         a :class:`LoadReport`; ``str(report)`` is a readable account.
     """
     report = LoadReport()
     model_state = model.state_dict()
-    ckpt: Dict[str, torch.Tensor] = {}
-    for name, value in state_dict.items():
-        if drop_classifier and CLASSIFIER_RE.match(name):
-            report.dropped.append((name, "classification head (drop_classifier=True)"))
-            continue
-        pattern = _matches(name, ignore_unexpected) if name not in model_state else None
-        if pattern is not None:
-            report.dropped.append((name, f"matches ignore_unexpected pattern {pattern!r}"))
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"state_dict[{name!r}] is a {type(value).__name__}, not a tensor")
-        ckpt[name] = value
-    for name in list(ckpt):
-        if name in model_state and tuple(ckpt[name].shape) != tuple(model_state[name].shape):
-            report.shape_mismatch.append((name, tuple(ckpt[name].shape), tuple(model_state[name].shape)))
-            del ckpt[name]
-    # A strict load must leave the model unchanged on failure. When every checkpoint name is a
-    # model name and every model name is provided or may be missing, it cannot fail; otherwise
-    # module hooks (FrozenBN) may still resolve the difference, so load and restore a backup if
-    # they do not (a copy of the weights only on that path).
-    may_fail = bool(report.shape_mismatch) or any(k not in model_state for k in ckpt) or any(
-        k not in ckpt and _matches(k, ignore_missing) is None
-        and not (drop_classifier and CLASSIFIER_RE.match(k))
-        for k in model_state
-    )
-    backup = {k: v.detach().clone() for k, v in model_state.items()} if strict and may_fail else None
-
+    ckpt = _loadable_tensors(state_dict, model_state, report, drop_classifier, ignore_unexpected)
+    backup = (_backup_if_may_fail(ckpt, model_state, report, drop_classifier, ignore_missing)
+              if strict else None)
     incompatible = model.load_state_dict(ckpt, strict=False)
-    mismatched = {name for name, _, _ in report.shape_mismatch}
-    report.unexpected = list(incompatible.unexpected_keys)
-    for name in incompatible.missing_keys:
-        if name in mismatched:
-            continue
-        if _matches(name, ignore_missing) is not None or (drop_classifier and CLASSIFIER_RE.match(name)):
-            report.ignored_missing.append(name)
-        else:
-            report.missing.append(name)
-    unexpected = set(report.unexpected)
-    report.matched = [k for k in ckpt if k in model_state]
-    report.absorbed = [k for k in ckpt if k not in model_state and k not in unexpected]
-    reported_missing = set(incompatible.missing_keys)
-    report.defaulted = [k for k in model_state if k not in ckpt and k not in reported_missing and k not in mismatched]
-
+    _record_outcome(report, incompatible, ckpt, model_state, drop_classifier, ignore_missing)
+    if not report.ok:
+        report.architecture = architecture_mismatch(state_dict, model_state)
     if strict and not report.ok:
         if backup is not None:
-            with torch.no_grad():
-                for name, tensor in model.state_dict().items():
-                    if name in backup:
-                        tensor.copy_(backup[name])
+            _restore(model, backup)
         raise StateDictLoadError(_STRICT_FAILED + "\n" + str(report), report)
     return report
 
