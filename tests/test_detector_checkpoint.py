@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resnet_backbones import build_model, get_cfg
-from resnet_backbones.checkpoint import ours_to_msra, ours_to_torchvision
+from resnet_backbones.checkpoint import CheckpointFormatError, ours_to_msra, ours_to_torchvision
 from resnet_backbones.checkpoint.detection_checkpoint import DetectionCheckpointer, resolve_weights_path
 from resnet_backbones.modeling.backbone.resnet import build_resnet
 
@@ -16,11 +16,14 @@ TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
 
 
 
-def tiny_detector(norm="FrozenBN"):
+def tiny_detector(norm="FrozenBN", depth=50, num_classes=None):
     cfg = get_cfg()
     cfg.merge_from_file(TINY)
     cfg.MODEL.RESNETS.NORM = norm
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
+    cfg.MODEL.RESNETS.DEPTH = depth
+    if num_classes is not None:
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     return build_model(cfg)
 
 
@@ -142,3 +145,73 @@ def test_warns_when_weights_expect_other_conventions(tmp_path, caplog):
         DetectionCheckpointer(det).load(str(path))
     text = caplog.text
     assert "INPUT.FORMAT is BGR" in text and "STRIDE_IN_1X1 False" in text and "PIXEL_MEAN" in text
+
+
+def test_truncated_and_empty_checkpoints_name_the_file(tmp_path):
+    src = tiny_detector()
+    DetectionCheckpointer(src, save_dir=str(tmp_path), save_to_disk=True).save("model_good")
+    data = (tmp_path / "model_good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name, size in (("cut.pth", len(data) // 2), ("empty.pth", 0)):
+        det = tiny_detector()
+        before = {k: v.clone() for k, v in det.state_dict().items()}
+        with pytest.raises(CheckpointFormatError) as info:
+            DetectionCheckpointer(det).load(str(tmp_path / name))
+        assert str(info.value).startswith(
+            f"{tmp_path / name}: truncated or corrupted torch.save file ({size} bytes; "
+            "an interrupted copy, download or save?): torch.load cannot read it"
+        )
+        _same(det, _Frozen(before))  # nothing was loaded
+
+
+class _Frozen:
+    def __init__(self, sd):
+        self.sd = sd
+
+    def state_dict(self):
+        return self.sd
+
+
+def test_r101_weights_into_r50_detector_are_reported(tmp_path, caplog):
+    src = tiny_detector(depth=101)
+    DetectionCheckpointer(src, save_dir=str(tmp_path), save_to_disk=True).save("r101")
+    ckpt = DetectionCheckpointer(tiny_detector(depth=50))
+    with caplog.at_level("WARNING"):
+        ckpt.load(str(tmp_path / "r101.pth"))
+    expected = (
+        "architecture mismatch: the checkpoint is a ResNet-101 (bottleneck blocks, "
+        "res2/res3/res4/res5 = 3/4/23/3), the model a ResNet-50 (bottleneck blocks, "
+        "res2/res3/res4/res5 = 3/4/6/3); check MODEL.RESNETS.DEPTH"
+    )
+    assert expected in caplog.text and "r101.pth" in caplog.text
+    report = ckpt.last_report
+    assert report.architecture.startswith(expected) and expected in str(report)
+    assert "backbone.res4.22.conv3.weight" in report.unexpected and not report.missing
+
+
+def test_r50_weights_into_r18_strict_load_names_both_architectures():
+    from resnet_backbones import create_model
+    from resnet_backbones.checkpoint import StateDictLoadError, load_checkpoint
+
+    r18 = create_model("resnet18", num_classes=None)
+    with pytest.raises(StateDictLoadError) as info:
+        load_checkpoint(r18, create_model("resnet50", num_classes=None).state_dict(), strict=True)
+    msg = str(info.value)
+    assert "the model was left unchanged" in msg
+    assert ("architecture mismatch: the checkpoint is a ResNet-50 (bottleneck blocks, "
+            "res2/res3/res4/res5 = 3/4/6/3), the model a ResNet-18 (basic blocks, "
+            "res2/res3/res4/res5 = 2/2/2/2)") in msg
+
+
+def test_same_architecture_with_another_head_is_not_an_architecture_mismatch(tmp_path, caplog):
+    """Another NUM_CLASSES (fine-tuning a detector): the box predictor is skipped with a warning."""
+    src = tiny_detector(num_classes=5)
+    DetectionCheckpointer(src, save_dir=str(tmp_path), save_to_disk=True).save("c5")
+    ckpt = DetectionCheckpointer(tiny_detector(num_classes=3))
+    with caplog.at_level("WARNING"):
+        ckpt.load(str(tmp_path / "c5.pth"))
+    assert "architecture mismatch" not in caplog.text and ckpt.last_report.architecture == ""
+    assert ("c5.pth: 4 tensors not loaded, their shapes differ from the model's "
+            "(left as initialized): roi_heads.box_predictor.cls_score.weight: "
+            "checkpoint (6, 256) vs model (4, 256)") in caplog.text

@@ -116,6 +116,16 @@ class DetectionCheckpointer(Checkpointer):
                 f"{where}: no tensor of this checkpoint fits the model ({source} names); is it a "
                 f"ResNet/detector checkpoint of the same architecture?\n{report}"
             )
+        if report.architecture:
+            self.logger.warning("%s: %s", where, report.architecture)
+        mismatch = report.shape_mismatch
+        if mismatch:  # e.g. another NUM_CLASSES: detectron2 warns too
+            shown = "; ".join(f"{n}: checkpoint {c} vs model {m}" for n, c, m in mismatch[:8])
+            more = f"; ... ({len(mismatch) - 8} more)" if len(mismatch) > 8 else ""
+            self.logger.warning(
+                "%s: %d tensors not loaded, their shapes differ from the model's "
+                "(left as initialized): %s%s", where, len(mismatch), shown, more,
+            )
         for problem in self._convention_mismatches(report.metadata):
             self.logger.warning("%s: %s", where, problem)
         return None
