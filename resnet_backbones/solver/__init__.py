@@ -1,4 +1,5 @@
-"""Optimizer, gradient clipping and learning-rate schedules (detectron2's ``SOLVER.*`` semantics)."""
+"""Optimizer, gradient clipping and learning-rate schedules (detectron2's ``SOLVER.*`` semantics),
+and the classification trainer's (:mod:`.classification`)."""
 from .build import (
     GradientClipType,
     auto_scale_workers,
@@ -7,6 +8,13 @@ from .build import (
     get_default_optimizer_params,
     maybe_add_gradient_clipping,
     reduce_param_groups,
+    step_decay,
+)
+from .classification import (
+    Schedule,
+    build_classification_lr_scheduler,
+    build_classification_optimizer,
+    compute_schedule,
 )
 from .lr_scheduler import (
     LRMultiplier,
@@ -19,14 +27,19 @@ from .lr_scheduler import (
 __all__ = [
     "GradientClipType",
     "LRMultiplier",
+    "Schedule",
     "WarmupCosineLR",
     "WarmupMultiStepLR",
     "WarmupParamScheduler",
     "auto_scale_workers",
+    "build_classification_lr_scheduler",
+    "build_classification_optimizer",
     "build_lr_scheduler",
     "build_optimizer",
+    "compute_schedule",
     "get_default_optimizer_params",
     "get_warmup_factor_at_iter",
     "maybe_add_gradient_clipping",
     "reduce_param_groups",
+    "step_decay",
 ]

@@ -19,7 +19,7 @@ import logging
 import re
 from collections import defaultdict
 from enum import Enum
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Type
 
 import torch
 from fvcore.common.param_scheduler import (
@@ -38,6 +38,7 @@ __all__ = [
     "get_default_optimizer_params",
     "maybe_add_gradient_clipping",
     "reduce_param_groups",
+    "step_decay",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,16 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 # ------------------------------------------------------------------------------ LR schedule
+def step_decay(gamma: float, steps: Sequence[int], max_iter: int) -> MultiStepParamScheduler:
+    """LR multiplier ``gamma ** k`` after the k-th of ``steps`` (iterations), over ``max_iter``.
+
+    The step schedule of both the detector (``WarmupMultiStepLR``) and the classifier.
+    """
+    return MultiStepParamScheduler(
+        values=[gamma**k for k in range(len(steps) + 1)], milestones=list(steps), num_updates=max_iter
+    )
+
+
 def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     """The per-iteration LR schedule of ``SOLVER.LR_SCHEDULER_NAME`` with warmup."""
     s = cfg.SOLVER
@@ -201,9 +212,7 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultipli
             )
         if any(x <= 0 for x in steps) or steps != sorted(set(steps)):
             raise ValueError(f"SOLVER.STEPS must be strictly increasing positive iterations, got {list(s.STEPS)}")
-        sched = MultiStepParamScheduler(
-            values=[s.GAMMA**k for k in range(len(steps) + 1)], milestones=steps, num_updates=max_iter
-        )
+        sched = step_decay(s.GAMMA, steps, max_iter)
     elif name == "WarmupCosineLR":
         end_value = s.BASE_LR_END / s.BASE_LR if s.BASE_LR else 0.0
         if not 0.0 <= end_value <= 1.0:
