@@ -80,3 +80,18 @@ def test_meta_arch_registry_builds_on_the_configured_device():
         assert isinstance(model, LinearArch) and model.weight.device.type == "cpu"
     finally:
         META_ARCH_REGISTRY._obj_map.pop("LinearArch")
+
+
+def test_unknown_config_names_suggest_close_ones():
+    """utils.registry.lookup: the key, the bad value, the closest names and all registered names."""
+    from resnet_backbones.utils.registry import did_you_mean, lookup
+
+    with pytest.raises(KeyError, match=r"MODEL\.META_ARCHITECTURE: unknown meta-architecture "
+                                       r"'GeneralizedRCN'; did you mean 'GeneralizedRCNN'\? "
+                                       r"\(registered: .*GeneralizedRCNN"):
+        lookup(META_ARCH_REGISTRY, "GeneralizedRCN", "MODEL.META_ARCHITECTURE", "meta-architecture")
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "BUILD_RESNET_BACKBONE"  # differs only by case
+    with pytest.raises(KeyError, match="did you mean 'build_resnet_backbone'"):
+        build_backbone(cfg)
+    assert did_you_mean("zzz", ["resnet50"]) == ""

@@ -6,15 +6,10 @@ evaluator_type, json_file, ...). Names and behaviour mirror detectron2 so that u
 """
 from __future__ import annotations
 
-import difflib
 from collections import UserDict
 from typing import Any, Callable, Dict, List
 
-
-def _unknown(kind: str, name: str, known: List[str]) -> KeyError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return KeyError(f"{kind} '{name}' is not registered{hint} (registered: {', '.join(sorted(known))})")
+from ..utils.registry import not_registered
 
 
 class _DatasetCatalog(UserDict):
@@ -32,7 +27,7 @@ class _DatasetCatalog(UserDict):
         try:
             func = self[name]
         except KeyError:
-            raise _unknown("dataset", name, list(self.keys())) from None
+            raise not_registered("dataset", name, self.keys()) from None
         return func()
 
     def list(self) -> List[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import io
 import itertools
 import json
@@ -26,6 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..structures import BoxMode, Instances
 from ..utils import comm
+from ..utils.registry import not_registered
 from .coco_format import convert_to_coco_json
 from .evaluator import DatasetEvaluator, check_class_ids
 from .fast_coco_eval import STAT_NAMES, DetectionColumns, FastCOCOeval, quiet_coco, summarize_coco_eval
@@ -113,10 +113,8 @@ def _check_registered(dataset_name: str) -> None:
             f"dataset '{dataset_name}' has metadata but neither metadata.json_file nor a DatasetCatalog loader "
             "to convert to COCO format"
         )
-    known = sorted(set(DatasetCatalog.list()) | set(MetadataCatalog.list()))
-    close = difflib.get_close_matches(dataset_name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"dataset '{dataset_name}' is not registered{hint} (registered: {', '.join(known) or 'none'})")
+    known = set(DatasetCatalog.list()) | set(MetadataCatalog.list())
+    raise not_registered("dataset", dataset_name, known)
 
 
 class COCOEvaluator(DatasetEvaluator):

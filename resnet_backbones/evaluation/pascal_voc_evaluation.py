@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data.catalog import MetadataCatalog
 from ..utils import comm
+from ..utils.registry import not_registered
 from .evaluator import DatasetEvaluator, check_class_ids
 from .tables import markdown_table
 
@@ -93,8 +94,7 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
 
     def __init__(self, dataset_name: str, distributed: bool = True) -> None:
         if dataset_name not in MetadataCatalog:
-            known = ", ".join(sorted(MetadataCatalog.list()))
-            raise KeyError(f"dataset '{dataset_name}' is not registered (registered: {known})")
+            raise not_registered("dataset", dataset_name, MetadataCatalog.list())
         meta = MetadataCatalog.get(dataset_name)
         missing = [k for k in ("dirname", "split", "year", "thing_classes") if meta.get(k) is None]
         if missing:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..layers import ShapeSpec
 from ..structures import Boxes
+from ..utils.registry import lookup
 
 __all__ = [
     "ANCHOR_GENERATOR_REGISTRY",
@@ -165,8 +166,5 @@ def build_anchor_generator(cfg: Any, input_shape: Union[ShapeSpec, List[ShapeSpe
     if isinstance(input_shape, ShapeSpec):
         input_shape = [input_shape]
     name = cfg.MODEL.ANCHOR_GENERATOR.NAME
-    if name not in ANCHOR_GENERATOR_REGISTRY:
-        known = sorted(n for n, _ in ANCHOR_GENERATOR_REGISTRY)
-        raise KeyError(f"MODEL.ANCHOR_GENERATOR.NAME: unknown anchor generator '{name}'; registered: {known}")
-    cls = ANCHOR_GENERATOR_REGISTRY.get(name)
+    cls = lookup(ANCHOR_GENERATOR_REGISTRY, name, "MODEL.ANCHOR_GENERATOR.NAME", "anchor generator")
     return cls(**cls.from_config(cfg, input_shape))

@@ -6,6 +6,7 @@ from typing import Optional
 from fvcore.common.registry import Registry
 
 from ...layers import ShapeSpec
+from ...utils.registry import build_from_registry
 from .backbone import Backbone
 
 BACKBONE_REGISTRY = Registry("BACKBONE")
@@ -19,10 +20,9 @@ def build_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
     name = cfg.MODEL.BACKBONE.NAME
-    if name not in BACKBONE_REGISTRY:
-        known = sorted(n for n, _ in BACKBONE_REGISTRY)
-        raise KeyError(f"MODEL.BACKBONE.NAME: unknown backbone builder '{name}'; registered: {known}")
-    backbone = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+    backbone = build_from_registry(BACKBONE_REGISTRY, name, "MODEL.BACKBONE.NAME",
+                                   "backbone builder", cfg, input_shape)
     if not isinstance(backbone, Backbone):
-        raise TypeError(f"MODEL.BACKBONE.NAME '{name}' returned {type(backbone).__name__}, not a Backbone")
+        raise TypeError(f"MODEL.BACKBONE.NAME '{name}' returned {type(backbone).__name__}, "
+                        f"not a Backbone")
     return backbone

@@ -1,12 +1,13 @@
 """Models by name, timm style: one decorator to register, ``list_models`` and ``create_model``."""
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from typing import Any, Callable, TypeVar
 
 from fvcore.common.registry import Registry
 from torch import nn
+
+from ...utils.registry import did_you_mean
 
 MODEL_REGISTRY = Registry("MODELS")
 MODEL_REGISTRY.__doc__ = """
@@ -31,9 +32,8 @@ def list_models(pattern: str = "*") -> list[str]:
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered as ``name``; an unknown name fails with the closest names."""
     if name not in MODEL_REGISTRY:
-        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown model '{name}'{hint} (resnet_backbones.list_models() lists all)")
+        raise KeyError(f"unknown model '{name}'{did_you_mean(name, list_models())} "
+                       f"(resnet_backbones.list_models() lists all)")
     return MODEL_REGISTRY.get(name)
 
 

@@ -5,6 +5,8 @@ import torch
 from fvcore.common.registry import Registry
 from torch import nn
 
+from ...utils.registry import build_from_registry
+
 META_ARCH_REGISTRY = Registry("META_ARCH")
 META_ARCH_REGISTRY.__doc__ = """
 Meta-architectures ``(cfg) -> nn.Module`` (``GeneralizedRCNN``), chosen by MODEL.META_ARCHITECTURE.
@@ -16,10 +18,7 @@ def build_model(cfg) -> nn.Module:
 
     Weights are not loaded here; use the checkpointer with ``cfg.MODEL.WEIGHTS``.
     """
-    name = cfg.MODEL.META_ARCHITECTURE
-    if name not in META_ARCH_REGISTRY:
-        known = sorted(n for n, _ in META_ARCH_REGISTRY)
-        raise KeyError(f"MODEL.META_ARCHITECTURE: unknown meta-architecture '{name}'; registered: {known}")
-    model = META_ARCH_REGISTRY.get(name)(cfg)
+    model = build_from_registry(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE,
+                                "MODEL.META_ARCHITECTURE", "meta-architecture", cfg)
     model.to(torch.device(cfg.MODEL.DEVICE))
     return model

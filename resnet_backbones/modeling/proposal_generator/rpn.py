@@ -21,6 +21,7 @@ from ...layers import ShapeSpec
 from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
+from ...utils.registry import lookup
 from ..anchor_generator import build_anchor_generator
 from ..box_regression import Box2BoxTransform, dense_box_regression_loss
 from ..matcher import Matcher
@@ -289,8 +290,5 @@ def build_proposal_generator(cfg: Any, input_shape: Dict[str, ShapeSpec]) -> Opt
     name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
     if name == "PrecomputedProposals":
         return None
-    if name not in PROPOSAL_GENERATOR_REGISTRY:
-        known = sorted(n for n, _ in PROPOSAL_GENERATOR_REGISTRY)
-        raise KeyError(f"MODEL.PROPOSAL_GENERATOR.NAME: unknown proposal generator '{name}'; registered: {known}")
-    cls = PROPOSAL_GENERATOR_REGISTRY.get(name)
+    cls = lookup(PROPOSAL_GENERATOR_REGISTRY, name, "MODEL.PROPOSAL_GENERATOR.NAME", "proposal generator")
     return cls(**cls.from_config(cfg, input_shape))

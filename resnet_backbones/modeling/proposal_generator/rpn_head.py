@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import Conv2d, ShapeSpec
+from ...utils.registry import lookup
 from ..anchor_generator import build_anchor_generator
 
 __all__ = ["RPN_HEAD_REGISTRY", "StandardRPNHead", "build_rpn_head"]
@@ -99,8 +100,5 @@ class StandardRPNHead(nn.Module):
 def build_rpn_head(cfg: Any, input_shape: List[ShapeSpec]) -> nn.Module:
     """The RPN head named by ``cfg.MODEL.RPN.HEAD_NAME``."""
     name = cfg.MODEL.RPN.HEAD_NAME
-    if name not in RPN_HEAD_REGISTRY:
-        known = sorted(n for n, _ in RPN_HEAD_REGISTRY)
-        raise KeyError(f"MODEL.RPN.HEAD_NAME: unknown RPN head '{name}'; registered: {known}")
-    cls = RPN_HEAD_REGISTRY.get(name)
+    cls = lookup(RPN_HEAD_REGISTRY, name, "MODEL.RPN.HEAD_NAME", "RPN head")
     return cls(**cls.from_config(cfg, input_shape))
