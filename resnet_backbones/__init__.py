@@ -1,7 +1,7 @@
 """resnet-backbones: paper-faithful, fast ResNet backbones and a Faster R-CNN C4 pipeline."""
 from .config import get_cfg
 from .data import DatasetCatalog, MetadataCatalog
-from .modeling import build_model, create_model, list_models, register_model
+from .modeling import build_model, create_model, list_models, prepare_model, register_model
 from .modeling.backbone import create_backbone
 from .engine import DefaultPredictor
 
@@ -12,6 +12,7 @@ __all__ = [
     "DatasetCatalog",
     "MetadataCatalog",
     "build_model",
+    "prepare_model",
     "DefaultPredictor",
     "create_backbone",
     "create_model",

@@ -1,21 +1,27 @@
-"""Mixed precision (autocast) helpers shared by inference, training and the benchmarks.
+"""Mixed precision (autocast): the one place where ``TEST.AMP`` and ``SOLVER.AMP`` are read.
 
-Config keys (all off by default, so that the default stays numerically equal to detectron2):
+Config keys (autocast is off by default, so that the default stays numerically equal to
+detectron2):
 
-* ``TEST.AMP.ENABLED`` / ``TEST.AMP.DTYPE`` ("bfloat16" default, or "float16"): inference
-  (``DefaultPredictor``, evaluation);
+* ``TEST.AMP.ENABLED`` / ``TEST.AMP.DTYPE`` ("auto" default, "bfloat16" or "float16") /
+  ``TEST.AMP.SCOPE``: inference (``DefaultPredictor``, ``DefaultTrainer.test``, evaluation),
+  read by :func:`inference_amp_dtype` and :func:`inference_amp_scope`; the autocast itself is
+  entered through :func:`inference_autocast`.
 * ``SOLVER.AMP.ENABLED`` (detectron2's key) / ``SOLVER.AMP.DTYPE`` ("float16" default, detectron2's
-  AMP, or "bfloat16"): training through ``AMPTrainer``.
+  AMP; "bfloat16"; or "auto"): training through ``AMPTrainer``, read by :func:`training_amp_dtype`.
 
 Where each dtype runs:
 
 * CUDA: float16 (training with a ``GradScaler``: loss scaling, steps with inf/NaN gradients
-  skipped) or bfloat16 (no scaler needed).
+  skipped) or bfloat16 (no scaler needed). "auto" picks bfloat16 where the GPU supports it.
 * CPU: bfloat16 only. ``torch.autocast("cpu", dtype=torch.float16)`` exists, but CPUs without
-  native float16 arithmetic emulate it: a res5 3x3 conv measured ~5x *slower* than float32 (and
-  ~10x slower than bfloat16) on the AVX512-BF16 EPYC this project is benchmarked on, and float16's
-  narrow range would need loss scaling in training. float16 on CPU is refused with a message
-  saying so.
+  native float16 arithmetic emulate it (a res5 3x3 conv measured ~5x *slower* than float32) and
+  float16's narrow range would need loss scaling in training: float16 on CPU is refused.
+* bfloat16 is not faster on every CPU: an AMD EPYC with AVX512-BF16 runs the res5 convolutions
+  ~4x faster than float32, an Intel Xeon with AVX512-BF16 and no AMX ~0.6x. "auto" measures it
+  once per process (:func:`measure_cpu_bf16_speed`: the res5 convolutions of a C4 head, well
+  under a second) and autocasts only where bfloat16 is faster; an explicit "bfloat16" on a CPU
+  where it is slower runs as asked and logs one warning with both measured rates.
 
 Scope of the inference autocast (``TEST.AMP.SCOPE``):
 
@@ -38,23 +44,37 @@ box-predictor outputs are cast to float32 before any of them).
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import time
+from dataclasses import dataclass
 from typing import Any, ContextManager, Optional, Union
 
 import torch
+from torch.nn import functional as F
 
 __all__ = [
     "AMP_DTYPES",
-    "REDUCED_PRECISION_DTYPES",
     "AMP_SCOPES",
+    "AUTO",
+    "Bf16Speed",
+    "REDUCED_PRECISION_DTYPES",
     "autocast_context",
     "check_amp_device",
+    "check_amp_scope",
     "fp32_if_reduced",
     "fp32_outside_scope",
     "inference_amp_dtype",
+    "inference_amp_scope",
+    "inference_autocast",
+    "measure_cpu_bf16_speed",
     "needs_grad_scaler",
     "parse_amp_dtype",
+    "resolve_amp_dtype",
     "training_amp_dtype",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Accepted spellings of the two autocast dtypes.
 AMP_DTYPES = {
@@ -64,6 +84,9 @@ AMP_DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
+
+#: The dtype name that lets the device decide (see :func:`resolve_amp_dtype`).
+AUTO = "auto"
 
 #: Values of TEST.AMP.SCOPE: the parts of the detector an inference autocast covers.
 AMP_SCOPES = ("roi_heads", "all")
@@ -80,25 +103,32 @@ def fp32_if_reduced(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in REDUCED_PRECISION_DTYPES else x
 
 
+# ------------------------------------------------------------------------------ dtypes
 def parse_amp_dtype(dtype: DTypeLike, key: str = "AMP dtype") -> torch.dtype:
-    """``torch.bfloat16`` or ``torch.float16`` from a name ("bfloat16"/"bf16", "float16"/"fp16"/"half",
-    case-insensitive, optional "torch." prefix) or a dtype; anything else raises ``ValueError``
-    naming ``key`` and the accepted values."""
+    """``torch.bfloat16`` or ``torch.float16`` from a name ("bfloat16"/"bf16",
+    "float16"/"fp16"/"half", case-insensitive, optional "torch." prefix) or a dtype; anything else
+    raises ``ValueError`` naming ``key`` and the accepted values. ("auto" is resolved by
+    :func:`resolve_amp_dtype`, which knows the device.)"""
     if isinstance(dtype, torch.dtype):
         if dtype in (torch.bfloat16, torch.float16):
             return dtype
         raise ValueError(f"{key}: autocast runs in bfloat16 or float16, not {dtype}")
     if not isinstance(dtype, str):
-        raise ValueError(f"{key}: expected 'bfloat16' or 'float16', got {type(dtype).__name__} {dtype!r}")
-    name = dtype.strip().lower()
-    if name.startswith("torch."):
-        name = name[len("torch."):]
+        raise ValueError(
+            f"{key}: expected 'bfloat16' or 'float16', got {type(dtype).__name__} {dtype!r}"
+        )
+    name = _normalized(dtype)
     if name not in AMP_DTYPES:
         raise ValueError(
-            f"{key}: unknown autocast dtype {dtype!r}; expected 'bfloat16' (alias 'bf16') or 'float16' "
-            f"(aliases 'fp16', 'half')"
+            f"{key}: unknown autocast dtype {dtype!r}; expected 'auto', 'bfloat16' (alias 'bf16') "
+            f"or 'float16' (aliases 'fp16', 'half')"
         )
     return AMP_DTYPES[name]
+
+
+def _normalized(name: str) -> str:
+    name = name.strip().lower()
+    return name[len("torch."):] if name.startswith("torch.") else name
 
 
 def check_amp_device(device_type: str, dtype: torch.dtype, key: str = "AMP dtype") -> None:
@@ -107,9 +137,10 @@ def check_amp_device(device_type: str, dtype: torch.dtype, key: str = "AMP dtype
         raise ValueError(f"{key}: autocast is not available for device type {device_type!r}")
     if device_type == "cpu" and dtype == torch.float16:
         raise ValueError(
-            f"{key}: float16 autocast on the CPU is not supported here: CPUs without native float16 "
-            f"arithmetic emulate it (measured ~5x slower than float32 on this project's benchmark CPU) "
-            f"and float16 training needs loss scaling. Use 'bfloat16' on the CPU (float16 is for CUDA)."
+            f"{key}: float16 autocast on the CPU is not supported here: CPUs without native "
+            f"float16 arithmetic emulate it (measured ~5x slower than float32 on this project's "
+            f"benchmark CPU) and float16 training needs loss scaling. Use 'bfloat16' or 'auto' "
+            f"on the CPU (float16 is for CUDA)."
         )
 
 
@@ -119,7 +150,120 @@ def _device_type(device: Any) -> str:
     return torch.device(device).type
 
 
-def autocast_context(device_type: Any, enabled: bool = True, dtype: DTypeLike = "bfloat16") -> ContextManager:
+def resolve_amp_dtype(dtype: DTypeLike, device: Any, key: str = "AMP dtype") -> Optional[torch.dtype]:
+    """The autocast dtype to use on ``device`` for the setting ``dtype``, or ``None`` (float32).
+
+    * "auto" (or an empty string): CUDA -> bfloat16 where the GPU supports it, else float16;
+      CPU -> bfloat16 where :func:`measure_cpu_bf16_speed` finds it faster than float32, else
+      ``None``; other devices -> bfloat16.
+    * a dtype name: that dtype, validated for the device (:func:`check_amp_device`); an explicit
+      bfloat16 on a CPU where it is slower than float32 logs one warning with both rates.
+    """
+    device_type = _device_type(device)
+    if isinstance(dtype, str) and _normalized(dtype) in (AUTO, ""):
+        if device_type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device_type == "cpu":
+            return torch.bfloat16 if measure_cpu_bf16_speed().bf16_faster else None
+        return torch.bfloat16
+    dt = parse_amp_dtype(dtype, key)
+    check_amp_device(device_type, dt, key)
+    if device_type == "cpu" and dt == torch.bfloat16:
+        speed = measure_cpu_bf16_speed()
+        if not speed.bf16_faster:
+            _warn_bf16_slower(key, speed)
+    return dt
+
+
+# ------------------------------------------------------------------------ bf16 on this CPU
+@dataclass(frozen=True)
+class Bf16Speed:
+    """Measured rates (GFLOP/s) of the res5 convolutions of a C4 head in float32 and bfloat16."""
+
+    fp32_gflops: float
+    bf16_gflops: float
+    threads: int
+
+    @property
+    def bf16_faster(self) -> bool:
+        return self.bf16_gflops > self.fp32_gflops
+
+    def __str__(self) -> str:
+        return (
+            f"bfloat16 {self.bf16_gflops:.0f} GFLOP/s vs float32 {self.fp32_gflops:.0f} GFLOP/s "
+            f"({self.threads} threads)"
+        )
+
+
+# res5 of a C4 head after the fast path's subsampled RoIAlign: 7x7 maps, 1x1 1024->512,
+# 3x3 512->512, 1x1 512->2048 (channels_last, as the fast path runs them).
+_RES5_CONVS = ((1024, 512, 1), (512, 512, 3), (512, 2048, 1))
+_MEASURE_ROIS = 16
+
+
+def _res5_convs_gflop() -> float:
+    macs = sum(cin * cout * k * k for cin, cout, k in _RES5_CONVS) * 49 * _MEASURE_ROIS
+    return 2 * macs / 1e9
+
+
+@functools.lru_cache(maxsize=None)
+def _measure_cpu_bf16_speed(threads: int) -> Bf16Speed:
+    gen = torch.Generator().manual_seed(0)
+    weights = [
+        (torch.randn(cout, cin, k, k, generator=gen) * (2.0 / (cin * k * k)) ** 0.5)
+        .contiguous(memory_format=torch.channels_last)
+        for cin, cout, k in _RES5_CONVS
+    ]
+    x0 = torch.randn(_MEASURE_ROIS, 1024, 7, 7, generator=gen).contiguous(
+        memory_format=torch.channels_last
+    )
+
+    def run() -> None:
+        x = x0
+        for w in weights:
+            x = F.relu(F.conv2d(x, w, padding=w.shape[-1] // 2))
+
+    def timed(dtype: Optional[torch.dtype]) -> float:
+        ctx = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+
+    timed(None), timed(torch.bfloat16)  # warm-up: oneDNN picks and caches its kernels
+    # alternate, best of three each: a load change on a shared machine hits both alike
+    fp32 = bf16 = float("inf")
+    for _ in range(3):
+        fp32 = min(fp32, timed(None))
+        bf16 = min(bf16, timed(torch.bfloat16))
+    gflop = _res5_convs_gflop()
+    speed = Bf16Speed(fp32_gflops=gflop / fp32, bf16_gflops=gflop / bf16, threads=threads)
+    logger.info("bfloat16 on this CPU: %s", speed)
+    return speed
+
+
+def measure_cpu_bf16_speed() -> Bf16Speed:
+    """float32 vs bfloat16 autocast rates of a C4 head's res5 convolutions on this CPU.
+
+    Measured once per process and thread count (a few hundred milliseconds on 2 cores), then
+    cached: whether bfloat16 pays depends on the CPU (AVX512-BF16, AMX) far more than on the
+    model, and the res5 head is where a C4 detector spends ~90% of its inference time.
+    """
+    return _measure_cpu_bf16_speed(torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_bf16_slower(key: str, speed: Bf16Speed) -> None:
+    logger.warning(
+        "%s: bfloat16 was asked for, but on this CPU it is slower than float32 (%s); it runs as "
+        "asked. Set it to 'auto' to use bfloat16 only where it is faster.", key, speed,
+    )
+
+
+# ------------------------------------------------------------------------------ contexts
+def autocast_context(
+    device_type: Any, enabled: bool = True, dtype: DTypeLike = "bfloat16"
+) -> ContextManager:
     """``torch.autocast(device_type, dtype)`` when ``enabled``, else a no-op context.
 
     ``device_type`` may be "cpu"/"cuda", a ``torch.device`` or a device string ("cuda:1");
@@ -134,43 +278,59 @@ def autocast_context(device_type: Any, enabled: bool = True, dtype: DTypeLike = 
     return torch.autocast(device_type=device_type, dtype=dt)
 
 
+def inference_autocast(device: Any, dtype: Optional[torch.dtype]) -> ContextManager:
+    """The inference autocast: ``dtype`` from :func:`inference_amp_dtype` (``None``: float32, a
+    no-op context). Used by ``DefaultPredictor``, ``inference_on_dataset`` and so
+    ``DefaultTrainer.test``."""
+    return autocast_context(device, dtype is not None, dtype or "bfloat16")
+
+
 def fp32_outside_scope(device: Any, scope: str, part: str) -> ContextManager:
     """A context that turns autocast off (float32) for ``part`` ("backbone" or "rpn") of a
     detector when an autocast is active on ``device`` and ``scope`` (``TEST.AMP.SCOPE``) leaves the
     part out; otherwise a no-op, so fp32 inference is unaffected."""
-    if scope not in AMP_SCOPES:
-        raise ValueError(f"TEST.AMP.SCOPE must be one of {AMP_SCOPES}, got {scope!r}")
+    check_amp_scope(scope)
     device_type = _device_type(device)
     if scope == "all" or part not in ("backbone", "rpn") or not torch.is_autocast_enabled(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+# ------------------------------------------------------------------------------ config
 def needs_grad_scaler(device_type: Any, dtype: DTypeLike) -> bool:
     """float16 training needs loss scaling (a ``GradScaler``); bfloat16 has float32's range."""
     return parse_amp_dtype(dtype) == torch.float16 and _device_type(device_type) != "cpu"
 
 
+def inference_amp_scope(cfg: Any) -> str:
+    """``TEST.AMP.SCOPE`` of ``cfg``, validated (``"roi_heads"`` where the key is absent)."""
+    amp = cfg.TEST.get("AMP", None)
+    return check_amp_scope(amp.get("SCOPE", "roi_heads") if amp is not None else "roi_heads")
+
+
+def check_amp_scope(scope: str) -> str:
+    """``scope`` if it is one of :data:`AMP_SCOPES`, else a ``ValueError`` naming the key."""
+    if scope not in AMP_SCOPES:
+        raise ValueError(f"TEST.AMP.SCOPE must be one of {AMP_SCOPES}, got {scope!r}")
+    return scope
+
+
 def inference_amp_dtype(cfg: Any) -> Optional[torch.dtype]:
-    """The inference autocast dtype of ``cfg`` (``TEST.AMP``), or ``None`` when disabled; validated
-    against ``MODEL.DEVICE``."""
+    """The inference autocast dtype of ``cfg`` (``TEST.AMP``), or ``None`` for float32: disabled,
+    or "auto" on a CPU where bfloat16 is slower. Validated against ``MODEL.DEVICE``."""
     amp = cfg.TEST.get("AMP", None)
     if amp is None or not amp.get("ENABLED", False):
         return None
-    dtype = parse_amp_dtype(amp.get("DTYPE", "bfloat16"), "TEST.AMP.DTYPE")
-    check_amp_device(_device_type(cfg.MODEL.DEVICE), dtype, "TEST.AMP.DTYPE")
-    scope = amp.get("SCOPE", "roi_heads")
-    if scope not in AMP_SCOPES:
-        raise ValueError(f"TEST.AMP.SCOPE must be one of {AMP_SCOPES}, got {scope!r}")
-    return dtype
+    inference_amp_scope(cfg)
+    return resolve_amp_dtype(amp.get("DTYPE", AUTO), cfg.MODEL.DEVICE, "TEST.AMP.DTYPE")
 
 
-def training_amp_dtype(cfg: Any) -> Optional[torch.dtype]:
-    """The training autocast dtype of ``cfg`` (``SOLVER.AMP``), or ``None`` when disabled;
-    ``SOLVER.AMP.DTYPE`` defaults to float16 (detectron2's AMP); validated against ``MODEL.DEVICE``."""
+def training_amp_dtype(cfg: Any, device: Any = None) -> Optional[torch.dtype]:
+    """The training autocast dtype of ``cfg`` (``SOLVER.AMP``), or ``None``: disabled, or "auto"
+    on a CPU where bfloat16 is slower. An empty ``SOLVER.AMP.DTYPE`` (the classification
+    config's default) means "auto". ``device`` defaults to ``cfg.MODEL.DEVICE``."""
     amp = cfg.SOLVER.AMP
     if not amp.get("ENABLED", False):
         return None
-    dtype = parse_amp_dtype(amp.get("DTYPE", "float16") or "float16", "SOLVER.AMP.DTYPE")
-    check_amp_device(_device_type(cfg.MODEL.DEVICE), dtype, "SOLVER.AMP.DTYPE")
-    return dtype
+    device = cfg.MODEL.DEVICE if device is None else device
+    return resolve_amp_dtype(amp.get("DTYPE", "float16"), device, "SOLVER.AMP.DTYPE")

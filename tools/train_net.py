@@ -36,6 +36,7 @@ from resnet_backbones.engine.defaults import (
     default_setup,
 )
 from resnet_backbones.engine.launch import ProcessFailedError, launch
+from resnet_backbones.modeling import prepare_model
 from resnet_backbones.utils import comm
 
 logger = logging.getLogger("resnet_backbones.train_net")
@@ -66,7 +67,7 @@ def main(args: Any) -> Any:
     if args.eval_only:
         model = Trainer.build_model(cfg)
         Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        res = Trainer.test(cfg, model)
+        res = Trainer.test(cfg, prepare_model(model, cfg, "inference"))
         if comm.is_main_process() and len(cfg.TEST.EXPECTED_RESULTS):
             from resnet_backbones.evaluation import verify_results
 

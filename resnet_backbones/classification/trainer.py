@@ -43,6 +43,7 @@ from ..engine import hooks
 from ..engine.defaults import DelegatingTrainer, create_ddp_model, default_writers
 from ..engine.train_loop import AMPTrainer, HookBase, SimpleTrainer
 from ..modeling.backbone import create_model
+from ..precision import inference_autocast, training_amp_dtype
 from ..solver.classification import (  # moved to solver/; importable from here as before
     Schedule,
     compute_schedule,
@@ -159,16 +160,9 @@ def load_classifier_weights(model: nn.Module, path: str) -> LoadReport:
 
 # ------------------------------------------------------------------------------ optimization
 def amp_dtype(cfg: Any, device: torch.device) -> Optional[torch.dtype]:
-    """None without AMP; else SOLVER.AMP.DTYPE, by default bfloat16 on CPU and float16 on CUDA."""
-    if not cfg.SOLVER.AMP.ENABLED:
-        return None
-    name = cfg.SOLVER.AMP.DTYPE or ("float16" if device.type == "cuda" else "bfloat16")
-    dtypes = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"SOLVER.AMP.DTYPE must be float16 or bfloat16, got {name!r}")
-    if device.type == "cpu" and dtypes[name] == torch.float16:
-        raise ValueError("SOLVER.AMP.DTYPE float16 needs CUDA; use bfloat16 on the CPU")
-    return dtypes[name]
+    """None without AMP; else SOLVER.AMP.DTYPE on ``device`` ("" = "auto": bfloat16 where it
+    pays, see :func:`resnet_backbones.precision.training_amp_dtype`)."""
+    return training_amp_dtype(cfg, device)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -199,7 +193,7 @@ def evaluate(model: nn.Module, data_loader: Any, *, device: Optional[torch.devic
                    disable=_progress_enabled(progress))
         for images, labels in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            with inference_autocast(device, autocast_dtype):
                 logits = model(images)
             logits = logits.float()
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

@@ -20,10 +20,11 @@ _C.MODEL.DEVICE = "cuda"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
 # A checkpoint: ours (.pth), torchvision/timm (.pth), MSRA/Caffe2 or detectron2 (.pkl).
 _C.MODEL.WEIGHTS = ""
-# ours: the C4 fast path (resnet_backbones.modeling.fast_path.optimize_detector_for_training) in
-# DefaultTrainer and DefaultPredictor: RoIAlign only at the bins res5 reads, FrozenBN applied
-# through the conv weights, channels_last. Same function and state-dict names as detectron2's model,
-# results equal up to float rounding (~1e-5 relative); False builds exactly detectron2's operations.
+# ours: the C4 fast path, applied by resnet_backbones.modeling.prepare_model (DefaultTrainer,
+# train_net --eval-only, DefaultPredictor, export, benchmarks): RoIAlign only at the bins res5 reads,
+# channels_last, and FrozenBN applied through the conv weights (training: same state dict) or folded
+# into them (inference, after loading). Results equal up to float rounding (~1e-5 relative); False
+# runs exactly detectron2's operations.
 _C.MODEL.FAST_PATH = True
 # Pixel statistics in the order of INPUT.FORMAT. Defaults are MSRA's (BGR, std 1.0, 0-255 range).
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
@@ -205,7 +206,8 @@ _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 _C.SOLVER.AMP = CN({"ENABLED": False})
 # ours: the autocast dtype of training with SOLVER.AMP.ENABLED: "float16" (detectron2's AMP, with a
-# GradScaler; CUDA only) or "bfloat16" (no scaler; CPU or CUDA).
+# GradScaler; CUDA only), "bfloat16" (no scaler; CPU or CUDA) or "auto" (bfloat16 where the GPU
+# supports it or this CPU runs it faster than float32, else float32; resnet_backbones.precision).
 _C.SOLVER.AMP.DTYPE = "float16"
 
 # ---------------------------------------------------------------------------- #
@@ -220,11 +222,12 @@ _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
-# ours: autocast for inference (DefaultPredictor, evaluation): "bfloat16" (CPU or CUDA) or "float16"
-# (CUDA only). Off by default: outputs then equal detectron2's fp32 outputs. Box decoding, NMS,
-# RoIAlign and scores stay float32.
+# ours: autocast for inference (DefaultPredictor, evaluation): "auto" (bfloat16 where this CPU runs
+# it faster than float32 -- measured once per process -- or the GPU supports it; else float32),
+# "bfloat16" (CPU or CUDA) or "float16" (CUDA only). Off by default: outputs then equal detectron2's
+# fp32 outputs. Box decoding, NMS, RoIAlign and scores stay float32 (resnet_backbones.precision).
 _C.TEST.AMP = CN({"ENABLED": False})
-_C.TEST.AMP.DTYPE = "bfloat16"
+_C.TEST.AMP.DTYPE = "auto"
 # ours: which parts the inference autocast covers: "roi_heads" (RoIAlign, res5 head, box predictor;
 # the backbone and RPN stay float32, so proposals equal fp32 ones) or "all" (see resnet_backbones.precision).
 _C.TEST.AMP.SCOPE = "roi_heads"

@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.atomic import atomic_write_text, with_atomic_save
 from ..config import CfgNode
+from ..modeling.meta_arch.build import prepare_model
+from ..precision import inference_amp_dtype, training_amp_dtype
 from ..solver import auto_scale_workers as _auto_scale_workers
 from ..solver import build_lr_scheduler as _build_lr_scheduler
 from ..solver import build_optimizer as _build_optimizer
@@ -249,13 +251,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (DistributedDataParallel, nn.DataParallel)) else model
 
 
-def _amp_precision(cfg: CfgNode) -> str:
-    """SOLVER.AMP.DTYPE, validated against MODEL.DEVICE (float16, detectron2's AMP, by default)."""
-    from ..precision import training_amp_dtype
-
-    return str(training_amp_dtype(cfg)).replace("torch.", "")
-
-
 def _truncate_metrics(path: str, start_iter: int) -> None:
     """Drop ``metrics.json`` lines of iterations a resumed run recomputes (``>= start_iter``)."""
     if not os.path.isfile(path):
@@ -360,12 +355,13 @@ class DefaultTrainer(DelegatingTrainer):
         cfg = self._fix_data_seed(cfg)
         self.cfg = cfg
 
-        model = self.build_model(cfg)
+        model = prepare_model(self.build_model(cfg), cfg, "train")
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        if cfg.SOLVER.AMP.ENABLED:
-            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=_amp_precision(cfg))
+        amp_dtype = training_amp_dtype(cfg)
+        if amp_dtype is not None:
+            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=amp_dtype)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self._trainer.include_rng_states = False  # this trainer's state carries them
@@ -478,15 +474,13 @@ class DefaultTrainer(DelegatingTrainer):
     # ------------------------------------------------------------------------------ builders
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
-        """``modeling.build_model(cfg)``; SyncBN falls back to BN on CPU with several processes;
-        with ``MODEL.FAST_PATH`` the C4 fast path (same parameters and state-dict names)."""
+        """``modeling.build_model(cfg)``; SyncBN falls back to BN on CPU with several processes.
+        ``__init__`` then applies ``MODEL.FAST_PATH`` through ``prepare_model(model, cfg, "train")``
+        (same parameters and state-dict names)."""
         from ..modeling import build_model
-        from ..modeling.fast_path import optimize_detector_for_training
 
         model = build_model(cfg)
         model = _adapt_sync_bn(model, cfg.MODEL.DEVICE)
-        if cfg.MODEL.FAST_PATH:
-            model = optimize_detector_for_training(model)
         logging.getLogger("resnet_backbones").info("Model:\n%s", model)
         return model
 
@@ -540,7 +534,6 @@ class DefaultTrainer(DelegatingTrainer):
         """Evaluate ``model`` on every ``DATASETS.TEST`` (one result dict, or one per dataset), under
         ``TEST.AMP`` autocast when it is enabled."""
         from ..evaluation import inference_on_dataset, print_csv_format
-        from ..precision import inference_amp_dtype
 
         names = list(cfg.DATASETS.TEST)
         if evaluators is not None and not isinstance(evaluators, (list, tuple)):
@@ -596,9 +589,14 @@ def check_inputs_exist(cfg: CfgNode, *, eval_only: bool = False, resume: bool = 
     last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
     if resume and os.path.isfile(last):
         with open(last, encoding="utf-8") as f:
-            ckpt = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"--resume: {last} names the checkpoint '{ckpt}', which does not exist")
+            name = f.read().strip()
+        if not name or not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, name)):
+            from ..checkpoint.atomic import unusable_last_checkpoint
+            from ..checkpoint.loading import read_checkpoint
+
+            raise FileNotFoundError(unusable_last_checkpoint(
+                cfg.OUTPUT_DIR, "does not exist", lambda path: read_checkpoint(path).extra
+            ))
     else:
         weights = str(cfg.MODEL.WEIGHTS)
         if weights and not _is_remote(weights) and not os.path.isfile(os.path.expanduser(weights)):

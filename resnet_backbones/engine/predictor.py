@@ -9,22 +9,22 @@ The image is resized so that its short side is ``INPUT.MIN_SIZE_TEST`` and its l
 detectron2, so pixels match), converted to ``INPUT.FORMAT`` and fed to the model; detections are
 mapped back to the original image size.
 
-Speed switches (both off by default, where outputs equal detectron2's):
+Speed and precision, decided by the config through :func:`~resnet_backbones.modeling.prepare_model`
+(``mode="inference"``, after the weights are loaded):
 
-* ``TEST.AMP.ENABLED`` / ``TEST.AMP.DTYPE``: run the model under ``torch.autocast`` ("bfloat16" on
-  CPU or CUDA, "float16" on CUDA); box decoding, NMS and scores stay float32.
-* ``MODEL.FAST_PATH`` (default on): the C4 fast path of training
-  (:func:`~resnet_backbones.modeling.fast_path.optimize_detector_for_training`), which keeps the
-  state-dict names, so ``predictor.model`` still loads detectron2 checkpoints.
-* ``DefaultPredictor(cfg, optimize=True)``: the inference fast path
-  (:func:`~resnet_backbones.modeling.fast_path.optimize_detector_for_inference`: FrozenBN folded
-  into the convs, channels_last, RoIAlign only where res5 reads it), applied after the weights
-  are loaded; fp32 detections equal the unoptimized model's up to float rounding. The model's
-  state dict then has the folded form (build a new predictor to load other weights).
+* ``MODEL.FAST_PATH`` (on by default): the inference fast path
+  (:func:`~resnet_backbones.modeling.fast_path.optimize_folding_state_dict`: BN folded into the
+  convs, channels_last, RoIAlign only where res5 reads it, res5 over chunks of RoIs); detections
+  equal those of the plain model (``MODEL.FAST_PATH False``, detectron2's operations) up to float
+  rounding. ``predictor.model``'s state dict then has the folded form: to run other weights, set
+  ``MODEL.WEIGHTS`` and build a new predictor.
+* ``TEST.AMP.ENABLED`` (off by default) / ``TEST.AMP.DTYPE`` ("auto": bfloat16 where this CPU or
+  GPU runs it faster than float32) / ``TEST.AMP.SCOPE``: run the model under ``torch.autocast``;
+  box decoding, NMS and scores stay float32 (:mod:`resnet_backbones.precision`).
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ import torch
 from ..checkpoint.detection_checkpoint import DetectionCheckpointer
 from ..data import MetadataCatalog
 from ..data.transforms import ResizeShortestEdge
-from ..modeling import build_model
-from ..precision import autocast_context, inference_amp_dtype
+from ..modeling import build_model, prepare_model
+from ..precision import inference_amp_dtype, inference_autocast
 
 __all__ = ["DefaultPredictor", "ResizeShortestEdge"]
 
@@ -47,8 +47,12 @@ class DefaultPredictor:
     ``predictor.model`` directly.
     """
 
-    def __init__(self, cfg: Any, optimize: bool = False) -> None:
+    def __init__(self, cfg: Any, optimize: Optional[bool] = None) -> None:
+        """``optimize`` overrides ``MODEL.FAST_PATH`` (None: follow the config)."""
         self.cfg = cfg.clone()
+        if optimize is not None:
+            self.cfg.defrost()
+            self.cfg.MODEL.FAST_PATH = bool(optimize)
         # None, or the autocast dtype of TEST.AMP (validated before the model is built)
         self.autocast_dtype = inference_amp_dtype(self.cfg)
         self.model = build_model(self.cfg)
@@ -56,14 +60,7 @@ class DefaultPredictor:
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
         self.checkpointer = DetectionCheckpointer(self.model)
         self.checkpointer.load(cfg.MODEL.WEIGHTS)
-        if optimize:
-            from ..modeling.fast_path import optimize_detector_for_inference
-
-            self.model = optimize_detector_for_inference(self.model, inplace=True)
-        elif cfg.MODEL.FAST_PATH:
-            from ..modeling.fast_path import optimize_detector_for_training
-
-            self.model = optimize_detector_for_training(self.model).eval()
+        self.model = prepare_model(self.model, self.cfg, "inference")
         self.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
@@ -75,8 +72,7 @@ class DefaultPredictor:
         from ..data.detection_utils import check_image_array
 
         original_image = check_image_array(original_image, "DefaultPredictor input")
-        amp = autocast_context(self.model.device, self.autocast_dtype is not None, self.autocast_dtype or "bfloat16")
-        with torch.no_grad(), amp:
+        with torch.no_grad(), inference_autocast(self.model.device, self.autocast_dtype):
             if self.input_format == "RGB":
                 original_image = original_image[:, :, ::-1]
             height, width = original_image.shape[:2]

@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..precision import check_amp_device, parse_amp_dtype
 from ..utils import comm
 from ..utils.env import get_rng_states, set_rng_states
 from ..utils.events import EventStorage, get_event_storage
@@ -371,23 +372,6 @@ class SimpleTrainer(TrainerBase):
         self.optimizer.load_state_dict(state_dict["optimizer"])
 
 
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def _as_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
-    if isinstance(precision, torch.dtype):
-        dtype = precision
-    else:
-        key = str(precision).lower().replace("torch.", "")
-        if key not in _DTYPES:
-            raise ValueError(f"unknown AMP precision {precision!r}; expected float16 or bfloat16")
-        dtype = _DTYPES[key]
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"AMP precision must be float16 or bfloat16, got {dtype}")
-    return dtype
-
-
 class AMPTrainer(SimpleTrainer):
     """:class:`SimpleTrainer` with automatic mixed precision.
 
@@ -410,15 +394,12 @@ class AMPTrainer(SimpleTrainer):
         device_type: Optional[str] = None,
     ) -> None:
         super().__init__(model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward)
-        self.precision = _as_dtype(precision)
+        self.precision = parse_amp_dtype(precision, "AMPTrainer precision")
         if device_type is None:
             p = next(iter(_unwrap(model).parameters()), None)
             device_type = p.device.type if p is not None else "cpu"
         self.device_type = device_type
-        if self.device_type == "cpu" and self.precision == torch.float16:
-            raise ValueError(
-                "AMP with float16 needs CUDA (MODEL.DEVICE is cpu); use bfloat16 on CPU or disable SOLVER.AMP"
-            )
+        check_amp_device(self.device_type, self.precision, "AMPTrainer precision")
         if grad_scaler is None:
             grad_scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == torch.float16)
         self.grad_scaler = grad_scaler

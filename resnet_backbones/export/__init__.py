@@ -222,17 +222,19 @@ def _detector_spec(cfg: Any, height: int, width: int) -> Tuple[nn.Module, _Expor
 
 
 def _prepare_model(model: nn.Module, cfg: Any, backbone_only: bool) -> List[str]:
-    """Gets a built model ready to export: ``MODEL.WEIGHTS`` loaded (if set), eval mode.
+    """Gets a built model ready to export: ``MODEL.WEIGHTS`` loaded (if set), then
+    ``prepare_model(model, cfg, "export")`` (with ``MODEL.FAST_PATH``, BN folded into the convs;
+    eval mode). Returns notes for ``export_info.json``."""
+    from ..modeling import prepare_model
 
-    Returns notes for ``export_info.json``. Kept on its own so that the preparation can be
-    replaced in one place.
-    """
     notes: List[str] = []
     if cfg.MODEL.WEIGHTS:
         _load_weights(model, cfg.MODEL.WEIGHTS, backbone_only)
     else:
         notes.append("MODEL.WEIGHTS is empty: exported with randomly initialized weights")
-    model.eval()
+    prepare_model(model, cfg, "export")
+    if cfg.MODEL.FAST_PATH:
+        notes.append("MODEL.FAST_PATH: BatchNorm folded into the convolutions")
     return notes
 
 

@@ -1,8 +1,13 @@
 """Networks: backbones (modeling/backbone) and detectors (modeling/meta_arch, ...)."""
 from .backbone import BACKBONE_REGISTRY, Backbone, build_backbone, create_model, list_models, register_model
-from .fast_path import optimize_detector_for_inference, optimize_detector_for_training
+from .fast_path import (
+    optimize_detector_for_inference,
+    optimize_detector_for_training,
+    optimize_folding_state_dict,
+    optimize_keeping_state_dict,
+)
 from .fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
-from .meta_arch import META_ARCH_REGISTRY, build_model
+from .meta_arch import META_ARCH_REGISTRY, PREPARE_MODES, build_model, prepare_model
 
 __all__ = [
     "BACKBONE_REGISTRY",
@@ -13,9 +18,13 @@ __all__ = [
     "register_model",
     "META_ARCH_REGISTRY",
     "build_model",
+    "prepare_model",
+    "PREPARE_MODES",
     "fold_batch_norm",
     "freeze_for_inference",
     "optimize_for_inference",
     "optimize_detector_for_inference",
     "optimize_detector_for_training",
+    "optimize_folding_state_dict",
+    "optimize_keeping_state_dict",
 ]

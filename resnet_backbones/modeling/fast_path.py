@@ -2,12 +2,18 @@
 
 Everything here transforms an already built :class:`~resnet_backbones.modeling.meta_arch.GeneralizedRCNN`
 (or any module tree with the same parts); nothing changes the default model, its state-dict names,
-or detectron2 parity. Two entry points:
+or detectron2 parity. ``MODEL.FAST_PATH`` applies them through
+:func:`~resnet_backbones.modeling.prepare_model`, the one place that decides which runs where.
+Two entry points, named after what they do to the state dict:
 
-* :func:`optimize_detector_for_inference`: an eval-mode copy for fast fp32 (or autocast) inference.
-* :func:`optimize_detector_for_training`: the same model, trained with less work per step. The
-  state dict (names, shapes, values) is unchanged, so checkpoints, optimizers and detectron2
-  loading are unaffected.
+* :func:`optimize_keeping_state_dict` (training, and evaluation during training): the same model
+  with less work per step. The state dict (names, shapes, values) is unchanged, so checkpoints,
+  optimizers and detectron2 loading are unaffected.
+* :func:`optimize_folding_state_dict` (inference, weights already loaded): BN folded into the
+  convs as well, so the state dict changes (convs gain a bias, norms disappear).
+
+(Their former names, ``optimize_detector_for_training`` and ``optimize_detector_for_inference``,
+still work.)
 
 The transformations, each exact in real arithmetic (float results differ by rounding only,
 ~1e-6 relative on a full detector; the tests check 1e-4):
@@ -57,6 +63,8 @@ __all__ = [
     "fuse_frozen_bn_into_convs",
     "optimize_detector_for_inference",
     "optimize_detector_for_training",
+    "optimize_folding_state_dict",
+    "optimize_keeping_state_dict",
     "roi_align_subsampled",
     "subsample_res5_roi_pooling",
 ]
@@ -456,7 +464,7 @@ def _roi_heads(model: nn.Module) -> Optional[nn.Module]:
     return getattr(model, "roi_heads", None)
 
 
-def optimize_detector_for_inference(
+def optimize_folding_state_dict(
     model: nn.Module,
     *,
     fold_bn: bool = True,
@@ -465,7 +473,8 @@ def optimize_detector_for_inference(
     res5_chunk_size: Optional[int] = RES5_CHUNK_SIZE,
     inplace: bool = False,
 ) -> nn.Module:
-    """An eval-mode detector computing ``model``'s detections with less work (module docstring).
+    """An eval-mode detector computing ``model``'s detections with less work, its BN folded into
+    the convs (module docstring). Load the weights first: the state dict changes.
 
     Args:
         model: a built detector (``GeneralizedRCNN``), weights loaded.
@@ -498,14 +507,14 @@ def optimize_detector_for_inference(
     return model
 
 
-def optimize_detector_for_training(
+def optimize_keeping_state_dict(
     model: nn.Module,
     *,
     fuse_frozen_bn: bool = True,
     channels_last: bool = True,
     subsample_roi_pooling: bool = True,
 ) -> nn.Module:
-    """Transform ``model`` in place for faster training steps; returns it.
+    """Transform ``model`` in place for faster training steps (and evaluations); returns it.
 
     Parameters stay the same objects with the same values (an optimizer built before or after
     works alike), and the state dict keeps its names and shapes, so checkpoints load both ways
@@ -526,3 +535,8 @@ def optimize_detector_for_training(
         _pool_inside_res5(roi_heads, chunk_size=RES5_CHUNK_SIZE)  # chunks in evaluation only
         _to_channels_last(model)
     return model
+
+
+# the former names (PR history, user code)
+optimize_detector_for_inference = optimize_folding_state_dict
+optimize_detector_for_training = optimize_keeping_state_dict

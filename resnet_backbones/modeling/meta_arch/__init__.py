@@ -1,5 +1,5 @@
 """Whole-model architectures (GeneralizedRCNN), built by name from a config."""
-from .build import META_ARCH_REGISTRY, build_model
+from .build import META_ARCH_REGISTRY, PREPARE_MODES, build_model, prepare_model
 from .rcnn import GeneralizedRCNN
 
-__all__ = ["META_ARCH_REGISTRY", "build_model", "GeneralizedRCNN"]
+__all__ = ["META_ARCH_REGISTRY", "PREPARE_MODES", "build_model", "prepare_model", "GeneralizedRCNN"]

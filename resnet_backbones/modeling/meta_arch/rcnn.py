@@ -105,8 +105,9 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError(f"INPUT.FORMAT must be one of {INPUT_FORMATS}, got {input_format!r}")
         self.input_format = input_format
         self.vis_period = vis_period
-        # TEST.AMP.SCOPE: under an inference autocast, "roi_heads" keeps the backbone and the RPN in
-        # float32 (see resnet_backbones.precision); "all" leaves every part to the autocast.
+        # TEST.AMP.SCOPE, set by prepare_model: under an inference autocast, "roi_heads" keeps the
+        # backbone and the RPN in float32 (see resnet_backbones.precision); "all" leaves every part
+        # to the autocast.
         self.inference_amp_scope = inference_amp_scope
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
@@ -131,7 +132,6 @@ class GeneralizedRCNN(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
-            "inference_amp_scope": cfg.TEST.AMP.SCOPE,
         }
 
     @property
