@@ -411,3 +411,228 @@ def test_default_setup_writes_config_and_env(tmp_path):
     a = torch.rand(1)
     seed_all_rng(11)
     assert torch.equal(torch.rand(1), a)  # seeded with SEED + rank
+
+
+# ----------------------------------------------------------------------------- bad runs lose nothing
+class Snapshot(hooks.HookBase):
+    """The model's state after each iteration, kept in ``states[iteration]``."""
+
+    def __init__(self):
+        self.states = {}
+
+    def after_step(self):
+        self.states[self.trainer.iter] = state(self.trainer)
+
+
+def _trainer(cfg, trainer_cls=ToyTrainer, resume=False):
+    setup_logger(cfg.OUTPUT_DIR)
+    seed_all_rng(cfg.SEED)
+    trainer = trainer_cls(cfg)
+    snap = Snapshot()
+    trainer.register_hooks([snap])
+    trainer.resume_or_load(resume=resume)
+    return trainer, snap
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
+    class NanTrainer(ToyTrainer):
+        nan_at = 5  # checkpoints after iterations 3 and 7 (CHECKPOINT_PERIOD 4)
+
+    cfg = make_cfg(tmp_path)
+    trainer, snap = _trainer(cfg, NanTrainer)
+    with pytest.raises(FloatingPointError) as info:
+        trainer.train()
+    msg = str(info.value)
+    assert msg.startswith("Loss became infinite or NaN at iteration=5: loss_l1=nan (rank 0). "
+                          "Loss terms (rank 0): loss_mse=")
+    assert msg.endswith(", loss_l1=nan. Training stopped before the weights were updated "
+                        "(lower SOLVER.BASE_LR, check the data, or enable SOLVER.CLIP_GRADIENTS).")
+    weights = [k for k, _ in trainer.model.named_parameters()]
+    assert weights and all(torch.equal(state(trainer)[k], snap.states[4][k]) for k in weights)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth")) == ["model_0000003.pth"]
+    resumed, _ = _trainer(cfg, resume=True)
+    assert resumed.start_iter == 4
+    assert_same_state(state(resumed), snap.states[3])
+
+
+@pytest.mark.parametrize("failing", ["checkpoint", "pointer"])
+def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch, failing):
+    import errno
+
+    from resnet_backbones.checkpoint import atomic
+
+    def full(what):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_save, real_write = torch.save, atomic.atomic_write_text
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("iteration") == 7 and failing == "checkpoint":
+            f.write(b"PK\x03\x04 the first bytes of a checkpoint")
+            full("checkpoint")
+        return real_save(obj, f, *args, **kwargs)
+
+    def write_text(path, text, *args, **kwargs):
+        if text == "model_0000007.pth" and failing == "pointer":
+            full("pointer")
+        return real_write(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(atomic, "atomic_write_text", write_text)
+    cfg = make_cfg(tmp_path)
+    trainer, snap = _trainer(cfg)
+    with pytest.raises(OSError) as info:
+        trainer.train()
+    path = tmp_path / "model_0000007.pth"
+    kept = "last_checkpoint still names model_0000003.pth, which is unchanged"
+    assert info.value.errno == errno.ENOSPC
+    if failing == "checkpoint":
+        assert str(info.value) == (
+            f"[Errno {errno.ENOSPC}] No space left on device: "
+            f"checkpoint {path} was not written ({kept})")
+        names = [n for n in os.listdir(tmp_path) if not n.startswith("events.out.tfevents")]
+        assert sorted(names) == [  # no partial file left behind
+            "last_checkpoint", "log.txt", "metrics.json", "model_0000003.pth"]
+    else:
+        assert str(info.value) == (
+            f"[Errno {errno.ENOSPC}] No space left on device: "
+            f"checkpoint {path} was written, but {kept}")
+        assert torch.load(path, weights_only=False)["iteration"] == 7
+    monkeypatch.undo()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    resumed, _ = _trainer(cfg, resume=True)
+    assert resumed.start_iter == 4
+    assert_same_state(state(resumed), snap.states[3])
+
+
+_KILLED_WHILE_SAVING = """
+import io, os, sys, time
+import torch
+from torch import nn
+from resnet_backbones.checkpoint.atomic import AtomicCheckpointer
+
+out, marker = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+model = nn.Linear(64, 64)
+ck = AtomicCheckpointer(model, out)
+ck.save("model_0000001", iteration=1)
+real_save = torch.save
+
+def slow_save(obj, f, *args, **kwargs):  # half the file written, then the process is killed
+    buf = io.BytesIO()
+    real_save(obj, buf, *args, **kwargs)
+    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    f.flush()
+    open(marker, "w").close()
+    time.sleep(600)
+
+torch.save = slow_save
+with torch.no_grad():
+    model.weight.add_(1.0)
+ck.save("model_0000002", iteration=2)
+"""
+
+
+def test_kill_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, caplog):
+    import subprocess
+    import sys
+    import time
+
+    out, marker = tmp_path / "out", tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_SAVING, str(out), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300  # a bound on a stuck child, not a timing check
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate(timeout=60)[1].decode()[-3000:]
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    left = [n for n in os.listdir(out)
+            if n.startswith(".model_0000002.pth.") and n.endswith(".tmp")]
+    assert sorted(os.listdir(out)) == sorted(["last_checkpoint", "model_0000001.pth", *left])
+    assert len(left) == 1  # the half-written temporary file, never under the checkpoint's name
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.zero_()
+    with caplog.at_level(logging.WARNING):
+        extra = AtomicCheckpointer(model, str(out)).resume_or_load("", resume=True)
+    assert extra == {"iteration": 1}
+    assert_same_state(model.state_dict(), expected)
+    assert f"{out}: {left[0]} left by an interrupted save; not used, safe to delete" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished toy run (checkpoints of iterations 3, 7 and 9 = model_final) to damage."""
+    out = tmp_path_factory.mktemp("finished")
+    trainer, snap = _trainer(make_cfg(out))
+    trainer.train()
+    return out, snap.states
+
+
+def _damaged_copy(finished_run, tmp_path):
+    import shutil
+
+    src, states = finished_run
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    return out, states
+
+
+def test_resume_with_a_missing_last_checkpoint_lists_the_ones_that_load(finished_run, tmp_path):
+    from resnet_backbones.checkpoint.atomic import ResumeError
+    from resnet_backbones.engine.defaults import check_inputs_exist
+
+    out, states = _damaged_copy(finished_run, tmp_path)
+    (out / "model_final.pth").unlink()
+    cfg = make_cfg(out)
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    expected = (
+        f"--resume: {out}/last_checkpoint names 'model_final.pth', which does not exist. "
+        f"Nothing was loaded, changed or deleted. Checkpoints in {out} that load: "
+        f"model_0000007.pth (iteration 7), model_0000003.pth (iteration 3). To resume from one, "
+        f"write its name into {out}/last_checkpoint "
+        f"(e.g. echo model_0000007.pth > {out}/last_checkpoint); to start over, run without "
+        f"--resume or with another OUTPUT_DIR."
+    )
+    with pytest.raises(ResumeError) as info:
+        _trainer(cfg, resume=True)
+    assert str(info.value) == expected
+    # tools/train_net.py checks it before any process starts, with the same message
+    with pytest.raises(FileNotFoundError) as info:
+        check_inputs_exist(cfg, resume=True)
+    assert str(info.value) == expected
+    assert {n: (out / n).read_bytes() for n in os.listdir(out) if n in before} == before
+    # following the advice resumes
+    (out / "last_checkpoint").write_text("model_0000007.pth")
+    resumed, _ = _trainer(cfg, resume=True)
+    assert resumed.start_iter == 8
+    assert_same_state(state(resumed), states[7])
+
+
+def test_resume_with_a_corrupt_last_checkpoint_names_it(finished_run, tmp_path):
+    from resnet_backbones.checkpoint.atomic import ResumeError
+
+    out, states = _damaged_copy(finished_run, tmp_path)
+    final = (out / "model_final.pth").read_bytes()
+    (out / "model_final.pth").write_bytes(final[: len(final) // 2])
+    (out / "model_0000007.pth").write_bytes(b"")  # unreadable too: not offered
+    with pytest.raises(ResumeError) as info:
+        _trainer(make_cfg(out), resume=True)
+    msg = str(info.value)
+    assert msg.startswith(f"--resume: {out}/last_checkpoint names 'model_final.pth', which cannot "
+                          f"be read (")
+    assert (f"Nothing was loaded, changed or deleted. Checkpoints in {out} that load: "
+            f"model_0000003.pth (iteration 3). To resume from one") in msg
+    assert (out / "model_final.pth").read_bytes() == final[: len(final) // 2]  # left for the user
+    (out / "last_checkpoint").write_text("")
+    empty = f"^--resume: {out}/last_checkpoint is empty. Nothing was loaded"
+    with pytest.raises(ResumeError, match=empty):
+        _trainer(make_cfg(out), resume=True)
