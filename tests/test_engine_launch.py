@@ -179,3 +179,22 @@ def test_bad_arguments():
             launch(print, 2, backend="nccl")
     with pytest.raises(ValueError, match="one machine"):
         launch(print, 1, num_machines=2, dist_url="auto", backend="gloo")
+
+
+@pytest.mark.slow
+def test_failing_worker_fails_the_train_net_job(monkeypatch, capsys):
+    """tools/train_net.py with 2 gloo workers, rank 1 raising and rank 0 stuck: exit code 1 and
+    rank 1's traceback on stderr (rank 0 is killed after launch's grace period, no hang)."""
+    import importlib.util
+
+    path = os.path.join(REPO, "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("rb_train_net_launch", path)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    monkeypatch.setattr(train_net, "main", _failing_main)  # spawned by reference: importable
+    code = train_net.invoke_main(["--num-gpus", "2", "MODEL.DEVICE", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: a training process failed:" in err
+    assert "ValueError: boom from rank 1" in err and "Traceback" in err
+    assert "rank 0 was killed by SIGKILL" in err
