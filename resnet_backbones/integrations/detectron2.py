@@ -6,10 +6,10 @@ Importing this module (it needs detectron2) registers
   from ``cfg.MODEL.RESNETS`` exactly as our own ``build_resnet_backbone`` does, adapted to be a
   ``detectron2.modeling.Backbone`` (:class:`D2ResNet`) with the same module and state-dict names;
 * ``RBRes5ROIHeads`` in detectron2's ``ROI_HEADS_REGISTRY``: detectron2's ``Res5ROIHeads`` whose
-  res5 head is built by our ``ResNet.make_stage``, so our block options (``SHORTCUT``, ``PREACT``,
-  ``ZERO_INIT_RESIDUAL``) reach the C4 head too. detectron2's own ``Res5ROIHeads`` builds res5
-  with detectron2's blocks, which is identical for the default (post-activation, option B)
-  network but ignores our keys.
+  res5 head is the one our own ``Res5ROIHeads`` builds (``build_res5_head_from_config``), so our
+  block options (``SHORTCUT``, ``PREACT``, ``ZERO_INIT_RESIDUAL``) reach the C4 head too.
+  detectron2's own ``Res5ROIHeads`` builds res5 with detectron2's blocks, which is identical for
+  the default (post-activation, option B) network but ignores our keys.
 
 Usage::
 
@@ -30,10 +30,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import nn
 
 try:
@@ -52,14 +50,13 @@ from detectron2.modeling import Backbone as D2Backbone
 from detectron2.modeling.roi_heads import Res5ROIHeads as D2Res5ROIHeads
 
 from ..config import get_cfg as get_rb_cfg
-from ..layers import get_norm
 from ..modeling.backbone.backbone import Backbone
 from ..modeling.backbone.resnet import (
     ResNet,
+    build_res5_head_from_config,
     build_resnet,
     resnet_args_from_config,
 )
-from ..modeling.roi_heads.roi_heads import make_res5_head_blocks
 
 __all__ = [
     "RB_RESNETS_KEYS",
@@ -181,32 +178,22 @@ def build_rb_resnet_backbone(cfg: D2CfgNode, input_shape: D2ShapeSpec) -> D2ResN
 
 # ------------------------------------------------------------------------------------ res5 head
 def build_rb_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
-    """The C4 res5 head from ``cfg.MODEL.RESNETS``, built by our ``ResNet.make_stage``.
+    """The C4 res5 head from ``cfg.MODEL.RESNETS``: ``(res5, out_channels)``.
 
-    Like detectron2's ``Res5ROIHeads._build_res5_block`` (three bottleneck blocks, the first with
-    stride 2, widths from ``RES2_OUT_CHANNELS``/``NUM_GROUPS``/``WIDTH_PER_GROUP``), plus our keys:
-    ``SHORTCUT`` (paper option A/B/C), ``PREACT`` (pre-activation blocks followed by the final
-    norm and ReLU, named ``res5.post_norm``, where an ImageNet ``post_norm.*`` loads) and
-    ``ZERO_INIT_RESIDUAL`` and ``RES5_HEAD_BLOCK`` ("basic": ResNet-18/34's own basic-block res5).
-    Returns ``(res5, out_channels)``.
+    The one builder our own ``Res5ROIHeads`` uses too (``build_res5_head_from_config``): the
+    backbone's res5 stage built alone. Like detectron2's ``Res5ROIHeads._build_res5_block``
+    (three bottleneck blocks, the first with stride 2, widths from ``RES2_OUT_CHANNELS`` /
+    ``NUM_GROUPS`` / ``WIDTH_PER_GROUP``), plus our keys: ``SHORTCUT`` (paper option A/B/C),
+    ``PREACT`` (pre-activation blocks followed by the final norm and ReLU, named
+    ``res5.post_norm``, where an ImageNet ``post_norm.*`` loads), ``ZERO_INIT_RESIDUAL`` and
+    ``RES5_HEAD_BLOCK`` ("basic": ResNet-18/34's own basic-block res5).
     """
-    r = cfg.MODEL.RESNETS
-    blocks, out_channels = make_res5_head_blocks(r, preact=r.PREACT)
-    if r.ZERO_INIT_RESIDUAL:
-        for block in blocks:
-            with torch.no_grad():
-                block.last_norm.weight.zero_()
-    modules: "OrderedDict[str, nn.Module]" = OrderedDict((str(i), b) for i, b in enumerate(blocks))
-    if r.PREACT:
-        post_norm = get_norm(r.NORM, out_channels)
-        modules["post_norm"] = nn.Identity() if post_norm is None else post_norm
-        modules["post_relu"] = nn.ReLU()
-    return nn.Sequential(modules), out_channels
+    return build_res5_head_from_config(cfg)
 
 
 @D2_ROI_HEADS_REGISTRY.register()
 class RBRes5ROIHeads(D2Res5ROIHeads):
-    """detectron2's ``Res5ROIHeads`` with the res5 head of :func:`build_rb_res5_head`.
+    """detectron2's ``Res5ROIHeads`` with our res5 head (:func:`build_rb_res5_head`).
 
     Select it with ``MODEL.ROI_HEADS.NAME: RBRes5ROIHeads`` (after :func:`add_rb_config`).
     """
@@ -214,7 +201,7 @@ class RBRes5ROIHeads(D2Res5ROIHeads):
     @classmethod
     def _build_res5_block(cls, cfg: D2CfgNode) -> Tuple[nn.Sequential, int]:
         _check_rb_config(cfg, "RBRes5ROIHeads")
-        return build_rb_res5_head(cfg)
+        return build_res5_head_from_config(cfg)
 
 
 # -------------------------------------------------------------------------------------- datasets

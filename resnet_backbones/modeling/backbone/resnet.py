@@ -12,12 +12,16 @@ Entry points:
 * ``create_backbone("resnet50")``: a detection :class:`Backbone`, ``model(x)`` returns
   ``{"res4": tensor}`` (detectron2's C4 defaults: FrozenBN, stride in 1x1, freeze_at=2).
 * ``build_resnet_backbone(cfg, input_shape)``: the same from a detectron2-style config.
-* ``ResNet.make_stage(BottleneckBlock, 3, ...)``: one stage, e.g. the res5 head of Res5ROIHeads.
+* ``ResNet.make_stage(BottleneckBlock, 3, ...)``: one stage (detectron2's ``make_stage``).
+* ``resnet_layout(50)``: what ``build_resnet`` builds (stem class, each stage's blocks and widths).
+* ``build_res5_head_from_config(cfg)``: the C4 box head's res5, the backbone's res5 stage built
+  alone (``Res5ROIHeads`` and detectron2's ``RBRes5ROIHeads`` both use it).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -44,6 +48,10 @@ __all__ = [
     "imagenet_uses_bottleneck",
     "resnet_layout",
     "build_resnet",
+    "build_res5_head",
+    "build_res5_head_from_config",
+    "res5_head_args_from_config",
+    "RES5_HEAD_BLOCKS",
     "build_resnet_backbone",
     "create_backbone",
     "resnet_args_from_config",
@@ -117,6 +125,19 @@ def _make_shortcut(
     if reshapes:
         return PadShortcut(in_channels, out_channels, stride)
     return None
+
+
+def _zero_init_last_norms(blocks: Iterable[nn.Module]) -> None:
+    """Zero each block's last norm gamma: every block starts as its shortcut (Goyal et al.)."""
+    for block in blocks:
+        weight = getattr(block.last_norm, "weight", None)
+        if weight is None:
+            raise ValueError(
+                f"zero_init_residual needs norms with a weight (gamma); the last norm of "
+                f"{type(block).__name__} is {block.last_norm!r}"
+            )
+        with torch.no_grad():
+            weight.zero_()
 
 
 def _norm_or_identity(norm: NormSpec, channels: int) -> nn.Module:
@@ -412,17 +433,9 @@ class ResNet(Backbone):
             self.to(memory_format=torch.channels_last)
 
     def _zero_init_residual(self) -> None:
-        """Zero the gamma of each block's last norm, so every block starts as its shortcut (Goyal et al.)."""
+        """Zero the gamma of each block's last norm (:func:`_zero_init_last_norms`)."""
         for stage in self.stages:
-            for block in stage:
-                weight = getattr(block.last_norm, "weight", None)
-                if weight is None:
-                    raise ValueError(
-                        f"zero_init_residual needs norms with a weight (gamma); the last norm of "
-                        f"{type(block).__name__} is {block.last_norm!r}"
-                    )
-                with torch.no_grad():
-                    weight.zero_()
+            _zero_init_last_norms(stage)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         """Logits (classifier mode) or ``{name: feature}`` for ``out_features`` (feature mode)."""
@@ -718,6 +731,47 @@ def build_resnet(
     )
 
 
+def build_res5_head(
+    depth: int,
+    *,
+    bottleneck: Optional[bool] = None,
+    preact: bool = False,
+    shortcut: str = "B",
+    norm: NormSpec = "BN",
+    stride_in_1x1: bool = False,
+    num_groups: int = 1,
+    width_per_group: Optional[int] = None,
+    res2_out_channels: Optional[int] = None,
+    zero_init_residual: bool = False,
+) -> Tuple[nn.Sequential, int]:
+    """The res5 stage of :func:`build_resnet` as a C4 box head: ``(res5, out_channels)``.
+
+    The blocks are those of ``build_resnet(depth, ...)``'s res5 (same layout, same options, stride
+    2: a head never dilates, as in detectron2), named ``"0"``, ``"1"``, ... With ``preact`` the
+    paper's final norm and ReLU follow as ``post_norm`` and ``post_relu`` (so an ImageNet
+    ``post_norm.*`` loads into ``res5.post_norm.*``); ``zero_init_residual`` zeroes each block's
+    last norm as :class:`ResNet` does. ``bottleneck=True`` on a basic-block depth (18, 34) gives
+    detectron2's C4 head: ResNet-50's res5, three bottleneck blocks, at these widths.
+    """
+    own = _blocks_per_stage(depth, cifar=False, bottleneck=None)[0]  # checks the depth
+    if bottleneck is False and own:
+        raise ValueError(f"a basic-block res5 head needs ResNet-18 or -34, got depth {depth}")
+    layout_depth = 50 if bottleneck and not own else depth
+    spec = resnet_layout(
+        layout_depth, preact=preact, shortcut=shortcut, norm=norm, stride_in_1x1=stride_in_1x1,
+        num_groups=num_groups, width_per_group=width_per_group,
+        res2_out_channels=res2_out_channels,
+    ).stages[3]
+    blocks = spec.build()
+    if zero_init_residual:
+        _zero_init_last_norms(blocks)
+    modules: "OrderedDict[str, nn.Module]" = OrderedDict((str(i), b) for i, b in enumerate(blocks))
+    if preact:
+        modules["post_norm"] = _norm_or_identity(norm, spec.out_channels)
+        modules["post_relu"] = nn.ReLU()
+    return nn.Sequential(modules), spec.out_channels
+
+
 def create_backbone(
     name: str,
     *,
@@ -781,6 +835,60 @@ def resnet_args_from_config(cfg: Any, input_shape: ShapeSpec) -> Dict[str, Any]:
 def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
     """The ResNet backbone described by ``cfg`` (detectron2's ``build_resnet_backbone``)."""
     return build_resnet(**resnet_args_from_config(cfg, input_shape))
+
+
+RES5_HEAD_BLOCKS = ("bottleneck", "basic")
+
+
+def res5_head_is_basic(resnets_cfg: Any) -> bool:
+    """Whether ``MODEL.RESNETS.RES5_HEAD_BLOCK`` asks for ResNet-18/34's basic res5 (checked)."""
+    r = resnets_cfg
+    if r.RES5_HEAD_BLOCK not in RES5_HEAD_BLOCKS:
+        raise ValueError(
+            f"MODEL.RESNETS.RES5_HEAD_BLOCK={r.RES5_HEAD_BLOCK!r}: "
+            f"expected one of {RES5_HEAD_BLOCKS}"
+        )
+    if r.RES5_HEAD_BLOCK == "basic" and r.DEPTH not in (18, 34):
+        raise ValueError(
+            f"MODEL.RESNETS.RES5_HEAD_BLOCK='basic' needs a basic-block ResNet (DEPTH 18 or 34), "
+            f"got DEPTH={r.DEPTH}"
+        )
+    return r.RES5_HEAD_BLOCK == "basic"
+
+
+def _res5_head_args(resnets_cfg: Any) -> Dict[str, Any]:
+    """:func:`res5_head_args_from_config` from the ``MODEL.RESNETS`` node alone."""
+    r = resnets_cfg
+    if r.DEFORM_ON_PER_STAGE[-1]:
+        raise ValueError(
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]=True: deformable convolutions are not supported"
+        )
+    return {
+        "depth": r.DEPTH,
+        "bottleneck": not res5_head_is_basic(r),
+        "preact": r.PREACT,
+        "shortcut": r.SHORTCUT,
+        "norm": r.NORM,
+        "stride_in_1x1": r.STRIDE_IN_1X1,
+        "num_groups": r.NUM_GROUPS,
+        "width_per_group": r.WIDTH_PER_GROUP,
+        "res2_out_channels": r.RES2_OUT_CHANNELS,
+        "zero_init_residual": r.ZERO_INIT_RESIDUAL,
+    }
+
+
+def res5_head_args_from_config(cfg: Any) -> Dict[str, Any]:
+    """:func:`build_res5_head` arguments from ``cfg.MODEL.RESNETS``: the backbone's keys and
+    meaning (:func:`resnet_args_from_config`), plus ``RES5_HEAD_BLOCK``; ``RES5_DILATION`` is
+    the backbone's only (detectron2's C4 head strides)."""
+    return _res5_head_args(cfg.MODEL.RESNETS)
+
+
+def build_res5_head_from_config(cfg: Any) -> Tuple[nn.Sequential, int]:
+    """The C4 res5 head described by ``cfg``: ``(res5, out_channels)``; what both
+    ``Res5ROIHeads._build_res5_block`` (ours) and ``RBRes5ROIHeads._build_res5_block``
+    (detectron2's, ``integrations.detectron2``) return."""
+    return build_res5_head(**res5_head_args_from_config(cfg))
 
 
 # ------------------------------------------------------------------------------- named models

@@ -21,13 +21,12 @@ from ...layers import ShapeSpec
 from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
-from ..backbone.resnet import (
-    IMAGENET_BLOCKS_PER_STAGE,
-    BasicBlock,
-    BottleneckBlock,
-    PreActBasicBlock,
-    PreActBottleneckBlock,
-    ResNet,
+from ..backbone.resnet import (  # noqa: F401 - RES5_HEAD_BLOCKS, res5_head_is_basic: old path
+    RES5_HEAD_BLOCKS,
+    _res5_head_args,
+    build_res5_head,
+    build_res5_head_from_config,
+    res5_head_is_basic,
 )
 from ..matcher import Matcher
 from ..poolers import ROIPooler
@@ -155,60 +154,17 @@ class ROIHeads(nn.Module):
         raise NotImplementedError
 
 
-RES5_HEAD_BLOCKS = ("bottleneck", "basic")
-
-
-def res5_head_is_basic(resnets_cfg: Any) -> bool:
-    """Whether ``MODEL.RESNETS.RES5_HEAD_BLOCK`` asks for ResNet-18/34's basic-block res5 (checked)."""
-    r = resnets_cfg
-    if r.RES5_HEAD_BLOCK not in RES5_HEAD_BLOCKS:
-        raise ValueError(f"MODEL.RESNETS.RES5_HEAD_BLOCK={r.RES5_HEAD_BLOCK!r}: expected one of {RES5_HEAD_BLOCKS}")
-    if r.RES5_HEAD_BLOCK == "basic" and r.DEPTH not in (18, 34):
-        raise ValueError(
-            f"MODEL.RESNETS.RES5_HEAD_BLOCK='basic' needs a basic-block ResNet (DEPTH 18 or 34), got DEPTH={r.DEPTH}"
-        )
-    return r.RES5_HEAD_BLOCK == "basic"
-
-
 def make_res5_head_blocks(resnets_cfg: Any, preact: bool = False) -> Tuple[List[nn.Module], int]:
-    """The blocks of the res5 stage used as the per-RoI head (first with stride 2) and its output
-    channels, from ``MODEL.RESNETS`` (widths, groups, norm, stride-in-1x1, shortcut option).
+    """The blocks of the C4 res5 head and its output channels, from ``MODEL.RESNETS``.
 
-    ``RES5_HEAD_BLOCK="bottleneck"`` (detectron2's, the default) is always 3 bottleneck blocks,
-    whatever the backbone depth; ``"basic"`` is the res5 stage of ResNet-18/34 itself. ``preact``
-    builds pre-activation blocks (the caller adds the final norm and ReLU).
+    Kept for older callers. The head itself comes from
+    :func:`~resnet_backbones.modeling.backbone.resnet.build_res5_head_from_config`, which also
+    applies ``ZERO_INIT_RESIDUAL`` and, with ``PREACT``, adds the final norm and ReLU; here
+    ``preact`` replaces ``PREACT`` and neither is added.
     """
-    r = resnets_cfg
-    if r.DEFORM_ON_PER_STAGE[-1]:
-        raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]=True: deformable convolutions are not supported")
-    factor = 2 ** 3  # res5 is three stages after res2
-    out_channels = r.RES2_OUT_CHANNELS * factor
-    kwargs: Dict[str, Any] = {"norm": r.NORM, "shortcut": r.SHORTCUT}
-    if res5_head_is_basic(r):
-        num_blocks = IMAGENET_BLOCKS_PER_STAGE[r.DEPTH][3]
-        block_class = PreActBasicBlock if preact else BasicBlock
-    else:
-        num_blocks = 3
-        block_class = PreActBottleneckBlock if preact else BottleneckBlock
-        kwargs.update(
-            bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * factor,
-            num_groups=r.NUM_GROUPS,
-            stride_in_1x1=r.STRIDE_IN_1X1,
-        )
-    if preact:
-        kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
-    blocks = ResNet.make_stage(
-        block_class, num_blocks, first_stride=2, in_channels=out_channels // 2, out_channels=out_channels, **kwargs
-    )
-    return list(blocks), out_channels
-
-
-def _build_res5_head(cfg: Any) -> Tuple[nn.Sequential, int]:
-    """The post-activation res5 head of :class:`Res5ROIHeads` (:func:`make_res5_head_blocks`)."""
-    if cfg.MODEL.RESNETS.PREACT:
-        raise ValueError("MODEL.RESNETS.PREACT=True: Res5ROIHeads builds a post-activation res5 head only")
-    blocks, out_channels = make_res5_head_blocks(cfg.MODEL.RESNETS)
-    return nn.Sequential(*blocks), out_channels
+    args = {**_res5_head_args(resnets_cfg), "preact": preact, "zero_init_residual": False}
+    res5, out_channels = build_res5_head(**args)
+    return [m for name, m in res5.named_children() if name.isdigit()], out_channels
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -231,6 +187,14 @@ class Res5ROIHeads(ROIHeads):
         self.box_predictor = box_predictor
 
     @classmethod
+    def _build_res5_block(cls, cfg: Any) -> Tuple[nn.Sequential, int]:
+        """``(res5, out_channels)``: the backbone's res5 stage built alone, from ``MODEL.RESNETS``
+        (:func:`~resnet_backbones.modeling.backbone.resnet.build_res5_head_from_config`, every
+        backbone option, ``PREACT`` and ``ZERO_INIT_RESIDUAL`` included). Override it to build
+        another head, as with detectron2's ``Res5ROIHeads._build_res5_block``."""
+        return build_res5_head_from_config(cfg)
+
+    @classmethod
     def from_config(cls, cfg: Any, input_shape: Dict[str, ShapeSpec]) -> Dict[str, Any]:  # type: ignore[override]
         """Every key the C4 head uses, read here only."""
         ret = super().from_config(cfg)
@@ -250,7 +214,7 @@ class Res5ROIHeads(ROIHeads):
             sampling_ratio=h.POOLER_SAMPLING_RATIO,
             pooler_type=h.POOLER_TYPE,
         )
-        res5, out_channels = _build_res5_head(cfg)
+        res5, out_channels = cls._build_res5_block(cfg)
         predictor_shape = ShapeSpec(channels=out_channels, height=1, width=1)
         ret.update(
             in_features=in_features,
