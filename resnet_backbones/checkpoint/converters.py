@@ -37,6 +37,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from ..modeling.backbone.resnet import IMAGENET_BLOCKS_PER_STAGE, imagenet_uses_bottleneck
+
 __all__ = [
     "FORMATS",
     "SOURCE_FORMATS",
@@ -575,13 +577,10 @@ def convert_state_dict(
 
 
 # ------------------------------------------------------------------------- architecture guess
-_DEPTHS = {
-    (False, (2, 2, 2, 2)): 18,
-    (False, (3, 4, 6, 3)): 34,
-    (True, (3, 4, 6, 3)): 50,
-    (True, (3, 4, 23, 3)): 101,
-    (True, (3, 8, 36, 3)): 152,
-    (True, (3, 24, 36, 3)): 200,
+# (bottleneck, blocks per stage) -> depth, from the network's own depth table (18, 34, 50, ...).
+_DEPTHS: Dict[Tuple[bool, Tuple[int, ...]], int] = {
+    (imagenet_uses_bottleneck(depth), blocks): depth
+    for depth, blocks in IMAGENET_BLOCKS_PER_STAGE.items()
 }
 
 
