@@ -163,6 +163,14 @@ def test_truncated_and_empty_checkpoints_name_the_file(tmp_path):
             "an interrupted copy, download or save?): torch.load cannot read it"
         )
         _same(det, _Frozen(before))  # nothing was loaded
+    pkl = pickle.dumps({"model": {k: v.numpy() for k, v in src.state_dict().items()}})
+    (tmp_path / "cut.pkl").write_bytes(pkl[: len(pkl) // 2])
+    with pytest.raises(CheckpointFormatError) as info:
+        DetectionCheckpointer(tiny_detector()).load(str(tmp_path / "cut.pkl"))
+    assert str(info.value) == (
+        f"{tmp_path / 'cut.pkl'}: not a readable pickle (UnpicklingError: pickle data was truncated); "
+        "expected a detectron2 or Caffe2 .pkl weights file (truncated or corrupted?)"
+    )
 
 
 class _Frozen:

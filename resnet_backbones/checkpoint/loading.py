@@ -171,8 +171,11 @@ def _read_object(path: str) -> Any:
     except UnsafePickleError:
         raise
     except pickle.UnpicklingError as e:
+        detail = str(e)  # safe_load's message already names the file
+        if not detail.startswith(f"{path}: "):
+            detail = f"{path}: not a readable pickle ({detail})"
         raise CheckpointFormatError(
-            f"{path}: not a readable pickle ({e}); expected a detectron2 or Caffe2 .pkl weights file"
+            f"{detail}; expected a detectron2 or Caffe2 .pkl weights file (truncated or corrupted?)"
         ) from e
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
         return _torch_load(path)  # legacy torch.save format under a .pkl name
