@@ -12,3 +12,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def unregister():
+    """A list of dataset names that the test registers: popped from DatasetCatalog and
+    MetadataCatalog afterwards."""
+    from resnet_backbones.data import DatasetCatalog, MetadataCatalog
+
+    names = []
+    yield names
+    for name in names:
+        DatasetCatalog.pop(name, None)
+        MetadataCatalog.pop(name, None)

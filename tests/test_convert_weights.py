@@ -33,20 +33,7 @@ from resnet_backbones.modeling.backbone import BasicBlock, ResNet, create_backbo
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import convert_weights  # noqa: E402  (the CLI, run in-process)
-
-
-def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine values, so that a swapped or missing BN shows."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d) or type(m).__name__ == "FrozenBatchNorm2d":
-                n = m.weight.shape[0]
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(n, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-    return model.eval()
+from helpers import randomize_norms  # noqa: E402
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -57,7 +44,8 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 def test_torchvision_to_ours_gives_identical_logits(depth):
     torch.manual_seed(depth)
-    tv = _randomize_norms(getattr(torchvision.models, f"resnet{depth}")(weights=None), seed=depth)
+    tv = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    randomize_norms(tv, seed=depth).eval()
     result = convert_state_dict(tv.state_dict(), "torchvision", "ours")
     assert not result.dropped and len(result.mapped) == len(tv.state_dict())
     ours = rb.create_model(f"resnet{depth}").eval()
@@ -105,7 +93,7 @@ def test_ours_to_torchvision_adds_batchnorm_counters_for_frozen_bn():
 def _msra_model(depth=50, seed=0, identity_stats=True):
     torch.manual_seed(seed)
     model = rb.create_model(f"resnet{depth}", norm="FrozenBN", stride_in_1x1=True)
-    _randomize_norms(model, seed)
+    randomize_norms(model, seed)
     if identity_stats:  # what a Caffe2 model really is: an affine per channel
         with torch.no_grad():
             for m in model.modules():
@@ -301,7 +289,7 @@ def test_whole_detectron2_checkpoint_loads_into_detector(tmp_path, suffix):
 
 
 def test_imagenet_weights_into_detector_by_suffix_and_classifier_drop():
-    imagenet = _randomize_norms(rb.create_model("resnet18", norm="FrozenBN"))
+    imagenet = randomize_norms(rb.create_model("resnet18", norm="FrozenBN")).eval()
     tv_names = convert_state_dict(imagenet.state_dict(), "ours", "torchvision").state_dict
     detector = _FakeC4Detector()
     with pytest.raises(StateDictLoadError) as info:
@@ -424,7 +412,7 @@ def test_read_checkpoint_containers(tmp_path):
 
 # ------------------------------------------------------------------------------------------- CLI
 def test_cli_torchvision_auto_detect_and_round_trip(tmp_path, capsys):
-    tv = _randomize_norms(torchvision.models.resnet18(weights=None))
+    tv = randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     src = tmp_path / "resnet18.pth"
     torch.save(tv.state_dict(), src)
     d2 = tmp_path / "r18_d2.pkl"
@@ -498,7 +486,7 @@ def _as_detectron2_tool_writes(tv_state_dict):
 
 
 def test_detectron2_tool_converted_torchvision_pkl(tmp_path):
-    tv = _randomize_norms(torchvision.models.resnet18(weights=None))
+    tv = randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     path = tmp_path / "r18.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": _as_detectron2_tool_writes(tv.state_dict()), "__author__": "torchvision",

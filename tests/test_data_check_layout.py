@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet_backbones.data import DatasetCatalog, MetadataCatalog, register_coco_instances, register_pascal_voc
+from resnet_backbones.data import register_coco_instances, register_pascal_voc
+
+from helpers import write_voc
 
 SCRIPT = Path(__file__).resolve().parents[1] / "datasets" / "check_layout.py"
 
@@ -18,17 +20,8 @@ def check_layout():
     return mod
 
 
-@pytest.fixture
-def names():
-    registered = []
-    yield registered
-    for n in registered:
-        DatasetCatalog.pop(n, None)
-        MetadataCatalog.pop(n, None)
-
-
-def test_coco_layout(tmp_path, check_layout, names, capsys):
-    names.append("t_layout_coco")
+def test_coco_layout(tmp_path, check_layout, unregister, capsys):
+    unregister.append("t_layout_coco")
     register_coco_instances("t_layout_coco", {}, tmp_path / "ann.json", tmp_path / "imgs")
     assert check_layout.main(["t_layout_coco"]) == 1
     out = capsys.readouterr().out
@@ -48,18 +41,15 @@ def test_coco_layout(tmp_path, check_layout, names, capsys):
     assert "OK       t_layout_coco" in capsys.readouterr().out
 
 
-def test_voc_layout_and_unknown_name(tmp_path, check_layout, names, capsys):
-    names.append("t_layout_voc")
+def test_voc_layout_and_unknown_name(tmp_path, check_layout, unregister, capsys):
+    unregister.append("t_layout_voc")
     register_pascal_voc("t_layout_voc", tmp_path / "VOC2007", "test", 2007)
     assert check_layout.main(["t_layout_voc"]) == 1
     out = capsys.readouterr().out
     for d in ("Annotations", "ImageSets/Main", "JPEGImages"):
         assert f"missing directory: {tmp_path / 'VOC2007' / d}" in out
     assert f"missing split file: {tmp_path / 'VOC2007' / 'ImageSets' / 'Main' / 'test.txt'}" in out
-    for d in ("Annotations", "ImageSets/Main", "JPEGImages"):
-        (tmp_path / "VOC2007" / d).mkdir(parents=True)
-    (tmp_path / "VOC2007/ImageSets/Main/test.txt").write_text("000001\n")
-    (tmp_path / "VOC2007/Annotations/000001.xml").write_text("<annotation/>")
+    write_voc(tmp_path / "VOC2007", {"000001": []})  # the folders, test.txt, no image
     assert check_layout.main(["t_layout_voc"]) == 1
     assert f"missing image: {tmp_path / 'VOC2007' / 'JPEGImages' / '000001.jpg'}" in capsys.readouterr().out
     assert check_layout.main(["no_such_dataset"]) == 2

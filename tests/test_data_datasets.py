@@ -18,6 +18,8 @@ from resnet_backbones.data.datasets import (
 )
 from resnet_backbones.structures import BoxMode
 
+from helpers import write_voc
+
 
 def write_coco(path, images, annotations, categories):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,15 +39,6 @@ def small_coco(tmp_path):
     ]
     cats = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
     return write_coco(tmp_path / "ann.json", images, anns, cats)
-
-
-@pytest.fixture
-def unregister():
-    names = []
-    yield names
-    for n in names:
-        DatasetCatalog.pop(n, None)
-        MetadataCatalog.pop(n, None)
 
 
 def test_load_coco_json_gives_detectron2_dicts_with_contiguous_ids(tmp_path, unregister):
@@ -80,28 +73,11 @@ def test_register_coco_instances_is_lazy_and_sets_metadata(tmp_path, unregister)
     assert len(DatasetCatalog.get("t_coco_reg")) == 2
 
 
-def write_voc(root, ids, objects, split="trainval", size=(50, 40)):
-    """objects: {fileid: [(name, xmin, ymin, xmax, ymax, difficult)]}; size: (width, height)."""
-    for d in ("Annotations", "ImageSets/Main", "JPEGImages"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    for i in ids:
-        objs = "".join(
-            f"<object><name>{n}</name><difficult>{df}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-            for n, x0, y0, x1, y1, df in objects.get(i, [])
-        )
-        (root / "Annotations" / f"{i}.xml").write_text(
-            f"<annotation><filename>{i}.jpg</filename><size><width>{size[0]}</width><height>{size[1]}</height>"
-            f"<depth>3</depth></size>{objs}</annotation>"
-        )
-    return root
-
-
 def test_load_voc_converts_one_based_boxes_and_keeps_difficult(tmp_path):
-    root = write_voc(tmp_path / "VOC2007", ["000001", "000002"], {
-        "000001": [("dog", 1, 1, 50, 40, 0), ("person", 10, 5, 20, 30, 1)],
-    })
+    root = write_voc(tmp_path / "VOC2007", {
+        "000001": [("dog", (1, 1, 50, 40), 0), ("person", (10, 5, 20, 30), 1)],
+        "000002": [],
+    }, split="trainval", size=(50, 40))
     dicts = load_voc_instances(root, "trainval", VOC_CLASSES)
     assert [d["image_id"] for d in dicts] == ["000001", "000002"]
     d = dicts[0]

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_backbones.config import get_cfg
 from resnet_backbones.data import DatasetMapper
 from resnet_backbones.data.detection_utils import (
     annotations_to_instances,
@@ -23,6 +22,8 @@ from resnet_backbones.data.transforms import (
     apply_augmentations,
 )
 from resnet_backbones.structures import BoxMode
+
+from helpers import tiny_cfg
 
 
 def box_image(h, w, box):
@@ -148,15 +149,10 @@ def test_read_image_formats(tmp_path):
     assert read_image(str(tmp_path / "a.png"), "L").shape == (4, 5, 1)
 
 
-def tiny_cfg(**input_overrides):
-    cfg = get_cfg()
-    cfg.INPUT.MIN_SIZE_TRAIN = (32,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 100
-    cfg.INPUT.MIN_SIZE_TEST = 32
-    cfg.INPUT.MAX_SIZE_TEST = 100
-    for k, v in input_overrides.items():
-        setattr(cfg.INPUT, k, v)
-    return cfg
+SMALL_INPUT = {  # the defaults with 32-pixel images
+    "INPUT.MIN_SIZE_TRAIN": (32,), "INPUT.MAX_SIZE_TRAIN": 100,
+    "INPUT.MIN_SIZE_TEST": 32, "INPUT.MAX_SIZE_TEST": 100,
+}
 
 
 def test_dataset_mapper_train_and_test(tmp_path):
@@ -170,7 +166,7 @@ def test_dataset_mapper_train_and_test(tmp_path):
             {"bbox": [0, 0, 5, 5], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1, "iscrowd": 1},
         ],
     }
-    cfg = tiny_cfg(RANDOM_FLIP="none")
+    cfg = tiny_cfg(SMALL_INPUT, config_file=None, INPUT__RANDOM_FLIP="none")
     out = DatasetMapper(cfg, is_train=True)(d)
     assert out["image"].shape == (3, 32, 48) and out["image"].dtype == torch.uint8
     assert out["instances"].gt_boxes.tensor.tolist() == [[4, 8, 20, 24]]  # x2 scale; crowd dropped
@@ -178,5 +174,6 @@ def test_dataset_mapper_train_and_test(tmp_path):
     assert "annotations" in d and d["annotations"][0]["bbox"] == [2, 4, 8, 8]  # input untouched
     test_out = DatasetMapper(cfg, is_train=False)(d)
     assert "annotations" not in test_out and "instances" not in test_out
-    assert [type(a) for a in build_augmentation(tiny_cfg(), True)] == [ResizeShortestEdge, RandomFlip]
-    assert [type(a) for a in build_augmentation(tiny_cfg(), False)] == [ResizeShortestEdge]
+    small = tiny_cfg(SMALL_INPUT, config_file=None)
+    assert [type(a) for a in build_augmentation(small, True)] == [ResizeShortestEdge, RandomFlip]
+    assert [type(a) for a in build_augmentation(small, False)] == [ResizeShortestEdge]

@@ -35,8 +35,6 @@ from detectron2.checkpoint import DetectionCheckpointer as D2DetectionCheckpoint
 from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
 from detectron2.engine import DefaultPredictor as D2DefaultPredictor  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
-from detectron2.structures import Boxes as D2Boxes  # noqa: E402
-from detectron2.structures import Instances as D2Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
@@ -44,21 +42,19 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 from resnet_backbones import DefaultPredictor, get_cfg  # noqa: E402
 from resnet_backbones.data.shapes import render_detection_image  # noqa: E402
 from resnet_backbones.modeling import build_model  # noqa: E402
-from resnet_backbones.structures import Boxes, Instances, pairwise_iou  # noqa: E402
-from resnet_backbones.utils.testing import calibrate_random_detector_  # noqa: E402
+from resnet_backbones.structures import Boxes, pairwise_iou  # noqa: E402
+from resnet_backbones.utils.testing import (  # noqa: E402
+    calibrate_random_detector_,
+    detector_inputs,
+    random_scene,
+)
+
+from helpers import NARROW as NARROW_C4  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "Base-RCNN-C4.yaml")
-NUM_CLASSES = 5
-NARROW = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.DEPTH", 50,
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
-    "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
-    "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 300,
-]
+NARROW = ["MODEL.RESNETS.DEPTH", 50, *NARROW_C4]  # R50 at 1/8 width, 5 classes, 300 test proposals
+NUM_CLASSES = NARROW[NARROW.index("MODEL.ROI_HEADS.NUM_CLASSES") + 1]
 IMAGE_SIZES = [(160, 224), (192, 144)]  # different sizes: padding in the batch
 
 
@@ -72,28 +68,15 @@ def _both_configs(overrides, base=BASE):
 
 
 def _images():
-    out = []
-    for seed, (h, w) in enumerate(IMAGE_SIZES):
-        img, objects = render_detection_image(seed + 11, h, w)
-        out.append((torch.as_tensor(img.astype("float32").transpose(2, 0, 1)), objects))
-    return out
+    return [random_scene(seed + 11, h, w) for seed, (h, w) in enumerate(IMAGE_SIZES)]
 
 
 def _inputs(images, *, d2: bool, with_gt: bool, report_size=None):
-    batch = []
-    for image, objects in images:
-        d = {"image": image.clone()}
-        h, w = image.shape[-2:]
-        if report_size is not None:  # detections reported at another size: tests the rescaling
+    batch = detector_inputs(images, with_gt=with_gt, d2=d2)
+    if report_size is not None:  # detections reported at another size: tests the rescaling
+        for d in batch:
+            h, w = d["image"].shape[-2:]
             d["height"], d["width"] = int(h * report_size), int(w * report_size)
-        if with_gt:
-            boxes = torch.tensor([box for _, box in objects], dtype=torch.float32)
-            classes = torch.tensor([cls for cls, _ in objects], dtype=torch.int64)
-            inst = (D2Instances if d2 else Instances)((h, w))
-            inst.gt_boxes = (D2Boxes if d2 else Boxes)(boxes)
-            inst.gt_classes = classes
-            d["instances"] = inst
-        batch.append(d)
     return batch
 
 
@@ -187,9 +170,9 @@ def test_detections_match(models):
     with torch.no_grad():
         d2_out = d2_model(_inputs(images, d2=True, with_gt=False, report_size=1.5))
         out = ours(_inputs(images, d2=False, with_gt=False, report_size=1.5))
-    for d2_r, r, (image, _) in zip(d2_out, out, images):
+    for d2_r, r, scene in zip(d2_out, out, images):
         d2_i, i = d2_r["instances"], r["instances"]
-        h, w = image.shape[-2:]
+        h, w = scene["image"].shape[-2:]
         assert i.image_size == d2_i.image_size == (int(h * 1.5), int(w * 1.5))
         assert set(i.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
         assert len(d2_i) > 10, "too few detections for a meaningful comparison"

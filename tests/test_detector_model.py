@@ -15,21 +15,17 @@ from resnet_backbones.modeling.meta_arch import GeneralizedRCNN
 from resnet_backbones.structures import Boxes, Instances
 from resnet_backbones.utils.events import EventStorage
 
+from helpers import tiny_cfg
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
 LOSS_KEYS = ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"]
 
 
 
-def tiny_cfg(**overrides):
-    cfg = get_cfg()
-    cfg.merge_from_file(TINY)
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 48
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 64
-    cfg.merge_from_list([x for kv in overrides.items() for x in (kv[0].replace("__", "."), kv[1])])
-    return cfg
+SMALL_BATCHES = {  # fewer proposals and sampled anchors / RoIs than the yaml: fast on a CPU
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 48, "MODEL.RPN.POST_NMS_TOPK_TEST": 32,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32, "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 64,
+}
 
 
 def two_box_image():
@@ -105,7 +101,7 @@ def test_r50_c4_state_dict_is_detectron2s():
 
 
 def test_build_model_reads_config_values():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(SMALL_BATCHES)
     model = build_model(cfg)
     rpn, heads = model.proposal_generator, model.roi_heads
     assert rpn.in_features == ["res4"] and heads.in_features == ["res4"]
@@ -128,8 +124,9 @@ def test_basic_block_res5_head_is_resnet18s_own_res5():
     from resnet_backbones.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
     for depth, num_blocks in ((18, 2), (34, 3)):
-        cfg = tiny_cfg(MODEL__RESNETS__DEPTH=depth, MODEL__RESNETS__RES2_OUT_CHANNELS=16,
-                       MODEL__RESNETS__STEM_OUT_CHANNELS=16, MODEL__RESNETS__RES5_HEAD_BLOCK="basic")
+        cfg = tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__DEPTH=depth,
+                       MODEL__RESNETS__RES2_OUT_CHANNELS=16, MODEL__RESNETS__STEM_OUT_CHANNELS=16,
+                       MODEL__RESNETS__RES5_HEAD_BLOCK="basic")
         model = build_model(cfg)
         res5 = model.roi_heads.res5
         assert len(res5) == num_blocks and all(type(b) is BasicBlock for b in res5)
@@ -141,29 +138,30 @@ def test_basic_block_res5_head_is_resnet18s_own_res5():
             losses = model([{"image": img, "instances": inst}])
         assert sorted(losses) == sorted(LOSS_KEYS) and all(torch.isfinite(v) for v in losses.values())
 
-    default = build_model(tiny_cfg(MODEL__RESNETS__DEPTH=18, MODEL__RESNETS__RES2_OUT_CHANNELS=16))
+    default = build_model(tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__DEPTH=18,
+                                   MODEL__RESNETS__RES2_OUT_CHANNELS=16))
     assert len(default.roi_heads.res5) == 3 and all(type(b) is BottleneckBlock for b in default.roi_heads.res5)
     with pytest.raises(ValueError, match="RES5_HEAD_BLOCK='basic' needs .*DEPTH=50"):
-        build_model(tiny_cfg(MODEL__RESNETS__RES5_HEAD_BLOCK="basic"))
+        build_model(tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__RES5_HEAD_BLOCK="basic"))
     with pytest.raises(ValueError, match="RES5_HEAD_BLOCK='wide'"):
-        build_model(tiny_cfg(MODEL__RESNETS__RES5_HEAD_BLOCK="wide"))
+        build_model(tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__RES5_HEAD_BLOCK="wide"))
 
 
 def test_cuda_device_without_cuda_fails_with_a_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = tiny_cfg(MODEL__DEVICE="cuda")
+    cfg = tiny_cfg(SMALL_BATCHES, MODEL__DEVICE="cuda")
     with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
         build_model(cfg)
 
 
 def test_input_format_is_checked():
-    cfg = tiny_cfg(INPUT__FORMAT="YUV")
+    cfg = tiny_cfg(SMALL_BATCHES, INPUT__FORMAT="YUV")
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
         build_model(cfg)
 
 
 def test_images_of_different_sizes_are_normalized_and_padded():
-    model = build_model(tiny_cfg())
+    model = build_model(tiny_cfg(SMALL_BATCHES))
     a, b = torch.full((3, 50, 70), 100.0), torch.full((3, 66, 40), 100.0)
     images = model.preprocess_image([{"image": a}, {"image": b}])
     assert images.tensor.shape == (2, 3, 66, 70) and images.image_sizes == [(50, 70), (66, 40)]
@@ -181,7 +179,7 @@ def test_images_of_different_sizes_are_normalized_and_padded():
 # ---------------------------------------------------------------------------------- training
 def test_training_returns_detectron2_loss_dict():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).train()
+    model = build_model(tiny_cfg(SMALL_BATCHES)).train()
     img, inst = two_box_image()
     empty = Instances((48, 80))
     empty.gt_boxes = Boxes(torch.zeros(0, 4))
@@ -212,7 +210,8 @@ def test_sgd_steps_lower_the_loss():
     anchors / RoIs make every step see the same samples, so the loss is a deterministic function
     of the weights."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(MODEL__RPN__BATCH_SIZE_PER_IMAGE=512, MODEL__ROI_HEADS__BATCH_SIZE_PER_IMAGE=512)
+    cfg = tiny_cfg(SMALL_BATCHES, MODEL__RPN__BATCH_SIZE_PER_IMAGE=512,
+                   MODEL__ROI_HEADS__BATCH_SIZE_PER_IMAGE=512)
     model = build_model(cfg).train()
     img, inst = two_box_image()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -233,7 +232,7 @@ def test_sgd_steps_lower_the_loss():
 # --------------------------------------------------------------------------------- inference
 def test_inference_output_structure_and_coordinates():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).eval()
+    model = build_model(tiny_cfg(SMALL_BATCHES)).eval()
     model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep everything
     img, _ = two_box_image()
     with torch.no_grad():
@@ -260,7 +259,7 @@ def test_inference_output_structure_and_coordinates():
 
 
 def test_inference_with_no_detections():
-    model = build_model(tiny_cfg()).eval()
+    model = build_model(tiny_cfg(SMALL_BATCHES)).eval()
     model.roi_heads.box_predictor.test_score_thresh = 1.0  # nothing passes
     img, _ = two_box_image()
     with torch.no_grad():

@@ -1,24 +1,15 @@
 """``DefaultPredictor``: resizing, channel order, and detections mapped back to the original image."""
-import os
-
 import numpy as np
 import pytest
 import torch
 
-from resnet_backbones import DefaultPredictor, get_cfg
+from resnet_backbones import DefaultPredictor
 from resnet_backbones.engine import ResizeShortestEdge
 from resnet_backbones.structures import Boxes, Instances
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
+from helpers import tiny_cfg
 
-
-
-def tiny_cfg():
-    cfg = get_cfg()
-    cfg.merge_from_file(TINY)  # MIN_SIZE_TEST 160, MAX_SIZE_TEST 256
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 16
-    return cfg
+FEW_PROPOSALS = {"MODEL.RPN.POST_NMS_TOPK_TEST": 16}  # tiny_cfg: MIN_SIZE_TEST 160, MAX 256
 
 
 @pytest.mark.parametrize(
@@ -32,7 +23,7 @@ def tiny_cfg():
     ],
 )
 def test_predictor_resize_output_size(hw, short, max_size, expected):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(FEW_PROPOSALS)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = short, max_size
     aug = DefaultPredictor(cfg).aug
     image = np.zeros(hw + (3,), dtype=np.uint8)
@@ -59,7 +50,7 @@ class _Recorder:
 
 def test_detection_maps_back_to_the_original_image():
     """A 300x450 image is resized to 160x240; a detection there comes back in original pixels."""
-    pred = DefaultPredictor(tiny_cfg())
+    pred = DefaultPredictor(tiny_cfg(FEW_PROPOSALS))
     scale = 160 / 300
     original_box = [30.0, 60.0, 150.0, 240.0]
     recorder = _Recorder([c * scale for c in original_box])
@@ -79,7 +70,7 @@ def test_detection_maps_back_to_the_original_image():
 
 
 def test_rgb_models_get_rgb_input():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(FEW_PROPOSALS)
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [0.0, 0.0, 0.0]
     cfg.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
@@ -96,7 +87,7 @@ def test_rgb_models_get_rgb_input():
 
 
 def test_real_model_end_to_end():
-    pred = DefaultPredictor(tiny_cfg())
+    pred = DefaultPredictor(tiny_cfg(FEW_PROPOSALS))
     pred.model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep all
     image = np.random.default_rng(1).integers(0, 256, size=(90, 130, 3), dtype=np.uint8)
     inst = pred(image)["instances"]
@@ -108,7 +99,7 @@ def test_real_model_end_to_end():
 
 @pytest.fixture(scope="module")
 def predictor():
-    pred = DefaultPredictor(tiny_cfg())
+    pred = DefaultPredictor(tiny_cfg(FEW_PROPOSALS))
     pred.model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep all
     return pred
 

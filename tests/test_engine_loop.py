@@ -27,23 +27,15 @@ from resnet_backbones.engine.train_loop import AMPTrainer, SimpleTrainer
 from resnet_backbones.utils.env import get_rng_states, seed_all_rng, set_rng_states
 from resnet_backbones.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, get_event_storage
 
-LOGGERS = ("resnet_backbones", "fvcore", "__main__", "train_net")
+from helpers import logging_state, restore_logging_state
 
 
 @pytest.fixture(autouse=True, scope="module")
 def restore_logging():
     """The trainer configures logging (as detectron2's does); give other tests theirs back."""
-    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate, list(logging.getLogger(n).handlers))
-             for n in LOGGERS}
+    saved = logging_state()
     yield
-    for n, (level, propagate, handlers) in saved.items():
-        lg = logging.getLogger(n)
-        for h in list(lg.handlers):
-            if h not in handlers:
-                lg.removeHandler(h)
-                h.close()
-        lg.setLevel(level)
-        lg.propagate = propagate
+    restore_logging_state(saved)
 
 
 # ----------------------------------------------------------------------------- stand-ins
@@ -372,16 +364,16 @@ def test_revert_sync_batchnorm_keeps_state():
 
 
 def test_sync_bn_on_cpu_with_processes_falls_back_to_bn(monkeypatch, caplog):
-    from resnet_backbones.engine import defaults
+    from resnet_backbones.engine import ddp
 
     monkeypatch.setattr(logging.getLogger("resnet_backbones"), "propagate", True)  # to caplog
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4))
-    assert defaults._adapt_sync_bn(net, "cpu") is net and isinstance(net[1], nn.SyncBatchNorm)  # no group
+    assert ddp.adapt_sync_bn(net, "cpu") is net and isinstance(net[1], nn.SyncBatchNorm)  # no group
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(defaults.comm, "get_world_size", lambda: 2)
-    assert isinstance(defaults._adapt_sync_bn(net, "cuda")[1], nn.SyncBatchNorm)  # CUDA keeps SyncBN
-    with caplog.at_level(logging.WARNING, logger="resnet_backbones.engine.defaults"):
-        out = defaults._adapt_sync_bn(net, "cpu")
+    monkeypatch.setattr(ddp.comm, "get_world_size", lambda: 2)
+    assert isinstance(ddp.adapt_sync_bn(net, "cuda")[1], nn.SyncBatchNorm)  # CUDA keeps SyncBN
+    with caplog.at_level(logging.WARNING, logger="resnet_backbones.engine.ddp"):
+        out = ddp.adapt_sync_bn(net, "cpu")
     assert type(out[1]) is nn.BatchNorm2d and "only implemented for CUDA" in caplog.text
 
 

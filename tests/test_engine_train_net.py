@@ -30,9 +30,10 @@ from resnet_backbones.data import DatasetCatalog
 from resnet_backbones.data.datasets import register_coco_instances
 from resnet_backbones.data.shapes import SHAPES_CLASSES, generate_shapes_dataset
 
+from helpers import logging_state, restore_logging_state
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-LOGGERS = ("resnet_backbones", "fvcore", "__main__", "train_net")
 
 TINY_CONFIG = """
 _BASE_: "{repo}/configs/shapes/faster_rcnn_tiny_C4.yaml"
@@ -120,7 +121,7 @@ def _meta():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    saved = {n: (logging_state(n)) for n in LOGGERS}
+    saved = logging_state()
     root = tmp_path_factory.mktemp("rbtest")
     shapes = root / "shapes"
     generate_shapes_dataset(shapes, num_train=8, num_val=4, seed=0, num_cls_train=0, num_cls_val=0,
@@ -140,8 +141,7 @@ def env(tmp_path_factory):
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     yield {"root": root, "cfg": str(cfg_file), "driver": str(driver), "train_net": train_net}
-    for n, state in saved.items():
-        restore_logging_state(n, state)
+    restore_logging_state(saved)
 
 
 def _calibrated_init(cfg_file, path):
@@ -170,26 +170,6 @@ def _calibrated_init(cfg_file, path):
             # conditioned (without it, float rounding noise grows by 1e3-1e4 through its gradients)
             m.running_var.clamp_(min=3.0 * m.running_var.mean().item())
     torch.save({"model": model.state_dict()}, path)
-
-
-def logging_state(name):
-    import logging
-
-    lg = logging.getLogger(name)
-    return lg.level, lg.propagate, list(lg.handlers)
-
-
-def restore_logging_state(name, state):
-    import logging
-
-    lg = logging.getLogger(name)
-    level, propagate, handlers = state
-    for h in list(lg.handlers):
-        if h not in handlers:
-            lg.removeHandler(h)
-            h.close()
-    lg.setLevel(level)
-    lg.propagate = propagate
 
 
 class one_thread:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_backbones import build_model, get_cfg
+from resnet_backbones import build_model
 from resnet_backbones.export import (
     BackboneExportWrapper,
     DetectorExportWrapper,
@@ -19,32 +19,18 @@ from resnet_backbones.export import (
 )
 from resnet_backbones.modeling import build_backbone
 
+from helpers import TINY_C4, randomize_norms, tiny_cfg
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "shapes" / "faster_rcnn_tiny_C4.yaml"
 H, W = 96, 128
 
-
-
-def tiny_cfg(**overrides):
-    cfg = get_cfg()
-    cfg.merge_from_file(str(TINY))
-    cfg.MODEL.DEVICE = "cpu"
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so normalization matters
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.uniform_(-0.5, 0.5)
-            elif name.endswith("running_var"):
-                buf.uniform_(0.5, 2.0)
-    return model
+    # non-trivial FrozenBN statistics and affine values, so normalization matters
+    return randomize_norms(build_model(tiny_cfg()).eval())
 
 
 def images(n=3):
@@ -136,7 +122,7 @@ def test_export_model_with_weights_writes_info(tmp_path):
     model = build_model(tiny_cfg())
     weights = tmp_path / "model.pth"
     save_checkpoint(weights, model.state_dict())
-    cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(weights)})
+    cfg = tiny_cfg(MODEL__WEIGHTS=str(weights))
     result = export_model(cfg, "torchscript", str(tmp_path / "det"), input_size=(H, W))
     assert result.max_abs_diff == 0.0 and result.what == "detector"
     info = json.loads((tmp_path / "det" / "export_info.json").read_text())
@@ -161,7 +147,7 @@ def test_export_model_cli(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("export_model_tool", ROOT / "tools" / "export_model.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    code = tool.main(["--config-file", str(TINY), "--format", "onnx", "--output", str(tmp_path),
+    code = tool.main(["--config-file", str(TINY_C4), "--format", "onnx", "--output", str(tmp_path),
                       "--backbone-only", "--input-size", "64", "64",
                       "--opts", "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4']"])
     assert code == 0

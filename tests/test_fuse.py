@@ -12,22 +12,9 @@ from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbones.modeling.backbone import BottleneckBlock, ResNet, create_backbone, create_model
 from resnet_backbones.modeling.fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
 
+from helpers import randomize_norms
+
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
-
-
-def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial statistics and affine values in every BN / FrozenBN (fresh ones are identities)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, NORMS):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.4)
-                    m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-    return model
 
 
 def count_norms(model: nn.Module) -> int:

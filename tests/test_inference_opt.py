@@ -34,9 +34,9 @@ from resnet_backbones.modeling.fast_path import (
 )
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou
 from resnet_backbones.utils.events import EventStorage
-from resnet_backbones.utils.testing import calibrate_random_detector_
 
-from narrow_c4 import narrow_c4_cfg as _cfg  # tests/narrow_c4.py
+from helpers import calibrated_narrow_c4, scene_inputs
+from helpers import narrow_c4_cfg as _cfg
 
 TOL = 1e-4
 
@@ -116,25 +116,12 @@ def test_roi_align_subsampled_under_autocast_returns_the_feature_dtype():
 # ---------------------------------------------------------------------------- detector
 
 
-def _inputs(seed=3, h=192, w=256, with_gt=False):
-    img, objects = render_detection_image(seed, h, w)
-    d = {"image": torch.as_tensor(img.astype("float32").transpose(2, 0, 1))}
-    if with_gt:
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor([b for _, b in objects], dtype=torch.float32))
-        inst.gt_classes = torch.tensor([c for c, _ in objects], dtype=torch.int64)
-        d["instances"] = inst
-    return d
-
-
-def _sane(model, batch, residual_gain=(0.5, 1.5)):
-    return calibrate_random_detector_(model, batch, residual_gain, seed=0)
+CALIBRATION = ((3, 192, 256), (4, 160, 224))  # (seed, height, width) of the calibration images
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return _sane(build_model(_cfg()), [_inputs(), _inputs(seed=4, h=160, w=224)])
+    return calibrated_narrow_c4(scene_inputs(*CALIBRATION))
 
 
 def _same_detections(a: Instances, b: Instances):
@@ -195,7 +182,7 @@ def test_optimize_for_inference_same_outputs(model):
     assert fast is not model and isinstance(model.roi_heads.pooler, type(fast.roi_heads.pooler)) is False
     assert type(fast.roi_heads.res5) is PooledRes5
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # folded
-    batch = [_inputs(seed=9), _inputs(seed=10, h=160, w=224)]
+    batch = scene_inputs((9, 192, 256), (10, 160, 224))
     with torch.no_grad():
         images = model.preprocess_image(batch)
         f0, f1 = model.backbone(images.tensor), fast.backbone(images.tensor)
@@ -276,8 +263,7 @@ def test_default_predictor_optimize_switch(model, tmp_path):
 def test_optimize_for_training_same_state_losses_and_gradients():
     # Residual-branch gains of trained ResNets (0.1-0.3): with gains ~1 a random 50-layer ResNet is
     # chaotic, and its gradients change by ~7% between 1 and 2 threads (summation order alone).
-    torch.manual_seed(0)
-    model = _sane(build_model(_cfg()), [_inputs(), _inputs(seed=4, h=160, w=224)], residual_gain=(0.1, 0.3))
+    model = calibrated_narrow_c4(scene_inputs(*CALIBRATION), residual_gain=(0.1, 0.3))
     plain = copy.deepcopy(model).train()
     fast = copy.deepcopy(model).train()
     params_before = dict(fast.named_parameters())
@@ -290,7 +276,7 @@ def test_optimize_for_training_same_state_losses_and_gradients():
     assert isinstance(fast.roi_heads.pooler, SubsampledROIPooler)
     assert any(type(m) is FrozenBNConv2d for m in fast.modules())
 
-    batch = [_inputs(seed=5, with_gt=True), _inputs(seed=6, h=160, w=224, with_gt=True)]
+    batch = scene_inputs((5, 192, 256), (6, 160, 224), with_gt=True)
     results = {}
     for name, m in (("plain", plain), ("fast", fast)):
         m.zero_grad(set_to_none=True)

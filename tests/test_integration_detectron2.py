@@ -35,6 +35,8 @@ from resnet_backbones.integrations.detectron2 import (  # noqa: E402
 )
 from resnet_backbones.modeling.backbone import ResNet  # noqa: E402
 
+from helpers import randomize_norms  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.yaml): fast on a CPU
     "MODEL.RESNETS.STEM_OUT_CHANNELS": 16,
@@ -51,20 +53,6 @@ def our_cfg(narrow: bool = True, **overrides):
     for key, value in {**(NARROW if narrow else {}), **overrides}.items():
         cfg.merge_from_list([key, value])
     return cfg
-
-
-def randomize_norms(model: torch.nn.Module) -> None:
-    """Non-trivial FrozenBN statistics and affine values, so every tensor must travel correctly."""
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.uniform_(-0.5, 0.5)
-            elif name.endswith("running_var"):
-                buf.uniform_(0.5, 2.0)
-            elif name.endswith("norm.weight"):
-                buf.uniform_(0.5, 1.5)
-            elif name.endswith("norm.bias"):
-                buf.uniform_(-0.2, 0.2)
 
 
 def test_registration_and_config_keys():

@@ -15,7 +15,6 @@ import torch
 
 from resnet_backbones import get_cfg
 from resnet_backbones.data.shapes import render_detection_image
-from resnet_backbones.modeling import build_model
 from resnet_backbones.precision import (
     autocast_context,
     check_amp_device,
@@ -24,10 +23,10 @@ from resnet_backbones.precision import (
     training_amp_dtype,
     inference_amp_dtype,
 )
-from resnet_backbones.structures import Boxes, Instances, pairwise_iou
-from resnet_backbones.utils.testing import calibrate_random_detector_
+from resnet_backbones.structures import pairwise_iou
 
-from narrow_c4 import narrow_c4_cfg as _cfg  # tests/narrow_c4.py
+from helpers import calibrated_narrow_c4, scene_inputs
+from helpers import narrow_c4_cfg as _cfg
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -107,29 +106,12 @@ def test_config_keys_enable_and_validate():
 # ------------------------------------------------------------------------ bf16 vs fp32 detector
 
 
-def _image(seed=5, h=192, w=256):
-    img, objects = render_detection_image(seed, h, w)
-    return img, objects
-
-
-def _inputs(img, objects=None):
-    d = {"image": torch.as_tensor(img.astype("float32").transpose(2, 0, 1))}
-    if objects is not None:
-        inst = Instances(img.shape[:2])
-        inst.gt_boxes = Boxes(torch.tensor([b for _, b in objects], dtype=torch.float32))
-        inst.gt_classes = torch.tensor([c for c, _ in objects], dtype=torch.int64)
-        d["instances"] = inst
-    return [d]
-
-
+IMAGE = (5, 192, 256)  # (seed, height, width) of the calibration and comparison scene
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    model = build_model(_cfg())
-    img, _ = _image()
-    return calibrate_random_detector_(model, _inputs(img), residual_gain=(0.1, 0.3), seed=0)
+    return calibrated_narrow_c4(scene_inputs(IMAGE), residual_gain=(0.1, 0.3))
 
 
 def _match_fraction(ref, other, score_min=0.5, iou_min=0.8):
@@ -145,11 +127,10 @@ def _match_fraction(ref, other, score_min=0.5, iou_min=0.8):
 
 
 def test_bf16_inference_matches_fp32_within_tolerance(tiny_model):
-    img, _ = _image()
     with torch.no_grad():
-        fp32 = tiny_model(_inputs(img))[0]["instances"]
+        fp32 = tiny_model(scene_inputs(IMAGE))[0]["instances"]
         with autocast_context("cpu", True, "bfloat16"):
-            bf16 = tiny_model(_inputs(img))[0]["instances"]
+            bf16 = tiny_model(scene_inputs(IMAGE))[0]["instances"]
     # decoding, NMS and scores ran in float32
     assert bf16.pred_boxes.tensor.dtype == torch.float32 and bf16.scores.dtype == torch.float32
     frac, score_diff = _match_fraction(fp32, bf16)
@@ -159,10 +140,9 @@ def test_bf16_inference_matches_fp32_within_tolerance(tiny_model):
 
 
 def test_rpn_outputs_and_losses_are_float32_under_autocast(tiny_model):
-    img, objects = _image()
     model = tiny_model
     with torch.no_grad(), autocast_context("cpu", True, "bfloat16"):
-        images = model.preprocess_image(_inputs(img))
+        images = model.preprocess_image(scene_inputs(IMAGE))
         features = model.backbone(images.tensor)
         assert features["res4"].dtype == torch.bfloat16  # the convs did run in bf16
         proposals, _ = model.proposal_generator(images, features, None)
@@ -171,7 +151,7 @@ def test_rpn_outputs_and_losses_are_float32_under_autocast(tiny_model):
     model.train()
     try:
         with autocast_context("cpu", True, "bfloat16"):
-            losses = model(_inputs(img, objects))
+            losses = model(scene_inputs(IMAGE, with_gt=True))
         assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
         for k, v in losses.items():
             assert v.dtype == torch.float32 and torch.isfinite(v), k
@@ -188,7 +168,7 @@ def test_default_predictor_test_amp(tiny_model, tmp_path):
 
     weights = tmp_path / "tiny.pth"
     torch.save({"model": tiny_model.state_dict()}, weights)
-    img, _ = _image(seed=7, h=200, w=240)
+    img, _ = render_detection_image(7, 200, 240)
     cfg = _cfg(["MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 256])
     fp32 = DefaultPredictor(cfg)
     assert fp32.autocast_dtype is None
@@ -215,8 +195,7 @@ def test_amp_trainer_bfloat16_step_on_cpu(tiny_model):
     cfg = _cfg(["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"])
     dtype = training_amp_dtype(cfg)
     model = copy.deepcopy(tiny_model).train()
-    img, objects = _image(seed=8)
-    batches = [_inputs(img, objects)] * 2
+    batches = [scene_inputs((8, 192, 256), with_gt=True)] * 2
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     trainer = AMPTrainer(model, batches, torch.optim.SGD(params, lr=1e-3), precision=dtype)
@@ -227,13 +206,13 @@ def test_amp_trainer_bfloat16_step_on_cpu(tiny_model):
     assert all(p.dtype == torch.float32 for p in params)
 
 
-def _proposals_of(model, img, amp):
+def _proposals_of(model, inputs, amp):
     """The RPN proposals of one inference (through GeneralizedRCNN.inference), fp32 or bf16 autocast."""
     seen = []
     handle = model.proposal_generator.register_forward_hook(lambda m, i, out: seen.append(out[0][0]))
     try:
         with torch.no_grad(), autocast_context("cpu", amp, "bfloat16"):
-            model(_inputs(img))
+            model(inputs)
     finally:
         handle.remove()
     return seen[0]
@@ -242,15 +221,15 @@ def _proposals_of(model, img, amp):
 def test_test_amp_scope_roi_heads_keeps_fp32_proposals(tiny_model):
     """TEST.AMP.SCOPE "roi_heads" (default): the backbone and RPN run in float32 under the inference
     autocast, so the proposals equal fp32 ones exactly; "all" puts them in bf16 and they move."""
-    img, _ = _image(seed=9)
+    inputs = scene_inputs((9, 192, 256))
     assert get_cfg().TEST.AMP.SCOPE == "roi_heads" and tiny_model.inference_amp_scope == "roi_heads"
-    ref = _proposals_of(tiny_model, img, amp=False)
-    scoped = _proposals_of(tiny_model, img, amp=True)
+    ref = _proposals_of(tiny_model, inputs, amp=False)
+    scoped = _proposals_of(tiny_model, inputs, amp=True)
     assert torch.equal(ref.proposal_boxes.tensor, scoped.proposal_boxes.tensor)
     assert torch.equal(ref.objectness_logits, scoped.objectness_logits)
     tiny_model.inference_amp_scope = "all"
     try:
-        everything = _proposals_of(tiny_model, img, amp=True)
+        everything = _proposals_of(tiny_model, inputs, amp=True)
     finally:
         tiny_model.inference_amp_scope = "roi_heads"
     assert not torch.equal(ref.objectness_logits, everything.objectness_logits)

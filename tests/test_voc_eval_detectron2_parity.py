@@ -6,8 +6,7 @@ Run in the venv that has detectron2:  python -m pytest tests/test_voc_eval_detec
 from __future__ import annotations
 
 import json
-import os
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -27,15 +26,16 @@ from resnet_backbones.data.catalog import DatasetCatalog, MetadataCatalog  # noq
 from resnet_backbones.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
 from resnet_backbones.structures import Boxes, BoxMode, Instances  # noqa: E402
 
+from helpers import VocObject, write_voc  # noqa: E402
+
 CLASSES = ["cat", "dog", "bird", "boat"]  # "boat": ground truth but never predicted
 
 
-def write_voc(root: str, seed: int, num_images: int = 30,
-              duplicates: bool = True) -> Dict[str, List[Tuple[str, Tuple[int, ...], int]]]:
-    """Random VOC annotations (some difficult objects, duplicated boxes, images without objects)."""
+def random_voc(root: str, seed: int, num_images: int = 30,
+               duplicates: bool = True) -> Dict[str, List[VocObject]]:
+    """A VOC folder of random 500x375 annotations (some difficult objects, duplicated boxes, images
+    without objects); returns them."""
     rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(root, "Annotations"), exist_ok=True)
-    os.makedirs(os.path.join(root, "ImageSets", "Main"), exist_ok=True)
     images = {}
     for i in range(num_images):
         name = f"{2008 + i:06d}"
@@ -47,16 +47,7 @@ def write_voc(root: str, seed: int, num_images: int = 30,
             if rng.random() < 0.1 and duplicates:
                 objs.append(objs[-1])
         images[name] = objs
-        xml = [f"<annotation><filename>{name}.jpg</filename><size><width>500</width><height>375</height>"
-               "<depth>3</depth></size>"]
-        for cls, (x0, y0, x1, y1), diff in objs:
-            xml.append(f"<object><name>{cls}</name><pose>Left</pose><truncated>0</truncated><difficult>{diff}"
-                       f"</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
-                       "</bndbox></object>")
-        with open(os.path.join(root, "Annotations", f"{name}.xml"), "w") as f:
-            f.write("".join(xml) + "</annotation>")
-    with open(os.path.join(root, "ImageSets", "Main", "test.txt"), "w") as f:
-        f.write("\n".join(images) + "\n")
+    write_voc(root, images, size=(500, 375))
     return images
 
 
@@ -102,7 +93,7 @@ def run_both(ours, theirs, preds, image_size=(375, 500)):
 
 @pytest.fixture
 def voc(tmp_path, request):
-    images = write_voc(str(tmp_path), seed=len(request.node.name))
+    images = random_voc(str(tmp_path), seed=len(request.node.name))
     names = []
 
     def register(name, year, dirname=str(tmp_path)):
@@ -137,7 +128,7 @@ def test_voc_evaluator_equals_detectron2(voc, year, seed):
 def test_voc_perfect_detections_are_100_in_both(voc, year):
     root, _, register = voc
     # without duplicated boxes: of two identical ground truths the devkit can only ever match the first
-    images = write_voc(str(root / "nodup"), seed=5, duplicates=False)
+    images = random_voc(str(root / "nodup"), seed=5, duplicates=False)
     name = f"_parity_voc_perfect_{year}"
     register(name, year, str(root / "nodup"))
     preds = {}

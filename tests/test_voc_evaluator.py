@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -14,24 +14,7 @@ from resnet_backbones.data.catalog import MetadataCatalog
 from resnet_backbones.evaluation import PascalVOCDetectionEvaluator
 from resnet_backbones.structures import Boxes, Instances
 
-Obj = Tuple[str, Tuple[int, int, int, int], int]  # class, 1-based inclusive (x0, y0, x1, y1), difficult
-
-
-def write_voc(root: str, images: Dict[str, List[Obj]], split: str = "test") -> None:
-    """A minimal VOC folder: Annotations/<id>.xml and ImageSets/Main/<split>.txt."""
-    os.makedirs(os.path.join(root, "Annotations"), exist_ok=True)
-    os.makedirs(os.path.join(root, "ImageSets", "Main"), exist_ok=True)
-    for name, objs in images.items():
-        parts = [f"<annotation><filename>{name}.jpg</filename>"
-                 "<size><width>500</width><height>400</height><depth>3</depth></size>"]
-        for cls, (x0, y0, x1, y1), diff in objs:
-            parts.append(f"<object><name>{cls}</name><pose>Unspecified</pose><truncated>0</truncated>"
-                         f"<difficult>{diff}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-                         f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
-        with open(os.path.join(root, "Annotations", f"{name}.xml"), "w") as f:
-            f.write("".join(parts) + "</annotation>")
-    with open(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "w") as f:
-        f.write("\n".join(images) + "\n")
+from helpers import write_voc
 
 
 def register(name: str, root: str, year: int, classes: List[str]) -> None:

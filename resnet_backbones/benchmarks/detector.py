@@ -112,34 +112,15 @@ def d2_config(depth: int):
 
 def make_images(image_size: Tuple[int, int], count: int = 2, seed: int = 100) -> List[Dict[str, Any]]:
     """``count`` synthetic scenes: ``{"image": (3, H, W) float BGR, "boxes": (G, 4), "classes": (G,)}``."""
-    from ..data.shapes import render_detection_image
+    from ..utils.testing import random_scene
 
-    out = []
-    for i in range(count):
-        img, objects = render_detection_image(seed + i, image_size[0], image_size[1])
-        out.append({
-            "image": torch.as_tensor(img.astype("float32").transpose(2, 0, 1)).contiguous(),
-            "boxes": torch.tensor([b for _, b in objects], dtype=torch.float32).reshape(-1, 4),
-            "classes": torch.tensor([c for c, _ in objects], dtype=torch.int64),
-        })
-    return out
+    return [random_scene(seed + i, image_size[0], image_size[1]) for i in range(count)]
 
 
 def batch_inputs(images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool) -> List[Dict[str, Any]]:
-    if d2:
-        from detectron2.structures import Boxes, Instances
-    else:
-        from ..structures import Boxes, Instances
-    batch = []
-    for im in images:
-        d: Dict[str, Any] = {"image": im["image"]}
-        if with_gt:
-            inst = Instances(tuple(im["image"].shape[-2:]))
-            inst.gt_boxes = Boxes(im["boxes"].clone())
-            inst.gt_classes = im["classes"].clone()
-            d["instances"] = inst
-        batch.append(d)
-    return batch
+    from ..utils.testing import detector_inputs
+
+    return detector_inputs(images, with_gt=with_gt, d2=d2)
 
 
 @torch.no_grad()

@@ -5,16 +5,55 @@ vanish layer by layer and its scores are all alike: comparing two implementation
 bf16, on such a model says little. :func:`calibrate_random_detector_` gives every FrozenBN the
 mean/variance of its input on real images and a random affine map, and enlarges the predictor
 weights, so that the random model produces spread-out scores and boxes. (detectron2's
-``utils/testing.py`` plays the same role there.)
+``utils/testing.py`` plays the same role there.) :func:`random_scene` and :func:`detector_inputs`
+make the synthetic images and the model inputs that these comparisons run on.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["calibrate_random_detector_"]
+__all__ = ["calibrate_random_detector_", "detector_inputs", "random_scene"]
+
+
+def random_scene(seed: int, height: int, width: int) -> Dict[str, torch.Tensor]:
+    """A synthetic "shapes" scene (:func:`~resnet_backbones.data.shapes.render_detection_image`):
+    ``{"image": (3, H, W) float32 BGR, "boxes": (G, 4) float32 XYXY, "classes": (G,) int64}``."""
+    from ..data.shapes import render_detection_image
+
+    img, objects = render_detection_image(seed, height, width)
+    return {
+        "image": torch.as_tensor(img.astype("float32").transpose(2, 0, 1)).contiguous(),
+        "boxes": torch.tensor([b for _, b in objects], dtype=torch.float32).reshape(-1, 4),
+        "classes": torch.tensor([c for c, _ in objects], dtype=torch.int64),
+    }
+
+
+def detector_inputs(
+    scenes: Sequence[Dict[str, torch.Tensor]], *, with_gt: bool = False, d2: bool = False
+) -> List[Dict[str, Any]]:
+    """A detector's batched inputs for ``scenes`` (dicts as :func:`random_scene` returns them).
+
+    Each input is ``{"image": scene["image"]}`` (the same tensor: the models do not modify their
+    inputs), plus with ``with_gt`` ``"instances"`` holding copies of the boxes (``gt_boxes``) and
+    classes (``gt_classes``). ``d2``: detectron2's ``Boxes``/``Instances`` instead of ours.
+    """
+    if d2:
+        from detectron2.structures import Boxes, Instances
+    else:
+        from ..structures import Boxes, Instances
+    batch = []
+    for scene in scenes:
+        d: Dict[str, Any] = {"image": scene["image"]}
+        if with_gt:
+            inst = Instances(tuple(scene["image"].shape[-2:]))
+            inst.gt_boxes = Boxes(scene["boxes"].clone())
+            inst.gt_classes = scene["classes"].clone()
+            d["instances"] = inst
+        batch.append(d)
+    return batch
 
 
 @torch.no_grad()
