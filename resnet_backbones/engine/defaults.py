@@ -1,29 +1,24 @@
-"""detectron2's standard training setup: command-line flags, run setup, and ``DefaultTrainer``.
+"""detectron2's ``DefaultTrainer``, built from the config, and its shared base.
 
-* :func:`default_argument_parser`: ``--config-file`` (alias ``--config``), ``--resume``,
-  ``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, and
-  trailing ``KEY VALUE`` config overrides.
-* :func:`default_setup`: logging (console on rank 0, ``OUTPUT_DIR/log.txt``), the environment
-  report (logged and written to ``OUTPUT_DIR/env.txt``), the merged config
-  (``OUTPUT_DIR/config.yaml``), seeding (``SEED + rank``, or random when ``SEED < 0``).
 * :class:`DefaultTrainer`: model, optimizer, LR schedule, data, DDP, (AMP), checkpointing,
   evaluation and writers built from the config, with the usual hooks.
+* :class:`DelegatingTrainer`: what ``DefaultTrainer`` and the classification trainer share.
+
+The command line of the training scripts (``default_argument_parser``, ``default_setup``,
+``setup_logger``, ``check_inputs_exist``) lives in :mod:`resnet_backbones.engine.cli`, DDP and SyncBN
+in :mod:`resnet_backbones.engine.ddp`; both stay importable from here.
 """
 from __future__ import annotations
 
-import argparse
-import inspect
 import json
 import logging
 import os
-import sys
 import weakref
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.atomic import atomic_write_text, with_atomic_save
 from ..config import CfgNode
@@ -33,9 +28,10 @@ from ..solver import auto_scale_workers as _auto_scale_workers
 from ..solver import build_lr_scheduler as _build_lr_scheduler
 from ..solver import build_optimizer as _build_optimizer
 from ..utils import comm
-from ..utils.env import collect_env_info, seed_all_rng
 from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from . import hooks
+from .cli import check_inputs_exist, default_argument_parser, default_setup, setup_logger
+from .ddp import adapt_sync_bn, create_ddp_model, revert_sync_batchnorm, unwrap_model
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
 __all__ = [
@@ -52,136 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LOG_FORMAT = "[%(asctime)s %(name)s %(levelname)s]: %(message)s"
-_LOG_DATEFMT = "%m/%d %H:%M:%S"
-
-
-# ------------------------------------------------------------------------------ command line
-def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
-    """detectron2's flags for training scripts (``tools/train_net.py``)."""
-    parser = argparse.ArgumentParser(
-        epilog=epilog
-        or (
-            "Examples:\n\n"
-            "Train on one machine (CUDA):\n"
-            "    $ %(prog)s --num-gpus 8 --config-file configs/faster_rcnn_R101_C4.yaml\n\n"
-            "Train on CPU with 2 processes (gloo):\n"
-            "    $ %(prog)s --num-gpus 2 --config-file cfg.yaml MODEL.DEVICE cpu\n\n"
-            "Change some config options:\n"
-            "    $ %(prog)s --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth SOLVER.BASE_LR 0.001\n\n"
-            "Run under torchrun:\n"
-            "    $ torchrun --nproc-per-node 8 %(prog)s --config-file cfg.yaml\n\n"
-            "Run on multiple machines:\n"
-            "    (machine0)$ %(prog)s --machine-rank 0 --num-machines 2 --dist-url <URL> [--other-flags]\n"
-            "    (machine1)$ %(prog)s --machine-rank 1 --num-machines 2 --dist-url <URL> [--other-flags]\n"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config-file", "--config", dest="config_file", default="", metavar="FILE",
-                        help="path to the config file")
-    parser.add_argument("--resume", action="store_true",
-                        help="resume from OUTPUT_DIR/last_checkpoint if it exists (else start from MODEL.WEIGHTS)")
-    parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)")
-    parser.add_argument("--num-gpus", type=int, default=1,
-                        help="processes per machine: one per GPU, or CPU processes with MODEL.DEVICE cpu")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)")
-    parser.add_argument(
-        "--dist-url", default="auto",
-        help="initialization URL for the process group, e.g. tcp://10.0.0.1:29500 (machine 0's address); "
-             "'auto' picks a free local port (one machine only)",
-    )
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs at the end of the command, e.g. SOLVER.BASE_LR 0.01")
-    return parser
-
-
-# ------------------------------------------------------------------------------ logging & setup
-class _RankFilter(logging.Filter):
-    def __init__(self, rank: int) -> None:
-        super().__init__()
-        self.rank = rank
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.rank = self.rank
-        return True
-
-
-def setup_logger(output: Optional[str] = None, distributed_rank: int = 0,
-                 names: Sequence[str] = ("resnet_backbones", "fvcore", "__main__", "train_net")) -> logging.Logger:
-    """Log INFO and above of ``names`` to the console (rank 0; ERROR+ on other ranks) and to files.
-
-    ``output``: a directory (``log.txt`` inside) or a ``.txt``/``.log`` file; rank ``r > 0`` writes
-    ``log.txt.rank{r}``. Calling it again replaces the handlers it installed before.
-    """
-    formatter = logging.Formatter(_LOG_FORMAT, datefmt=_LOG_DATEFMT)
-    handlers: List[logging.Handler] = []
-    console = logging.StreamHandler(stream=sys.stdout if distributed_rank == 0 else sys.stderr)
-    console.setLevel(logging.INFO if distributed_rank == 0 else logging.ERROR)
-    console.setFormatter(
-        formatter if distributed_rank == 0
-        else logging.Formatter(f"[rank {distributed_rank}] " + _LOG_FORMAT, datefmt=_LOG_DATEFMT)
-    )
-    handlers.append(console)
-    if output:
-        filename = output if output.endswith((".txt", ".log")) else os.path.join(output, "log.txt")
-        if distributed_rank > 0:
-            filename = f"{filename}.rank{distributed_rank}"
-        os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
-        fh = logging.FileHandler(filename, encoding="utf-8")
-        fh.setLevel(logging.DEBUG)
-        fh.setFormatter(formatter)
-        handlers.append(fh)
-    for h in handlers:
-        h._rb_installed = True  # type: ignore[attr-defined]
-        h.addFilter(_RankFilter(distributed_rank))
-    for name in names:
-        lg = logging.getLogger(name)
-        lg.setLevel(logging.DEBUG)
-        lg.propagate = False
-        for old in [h for h in lg.handlers if getattr(h, "_rb_installed", False)]:
-            lg.removeHandler(old)
-            old.close()
-        for h in handlers:
-            lg.addHandler(h)
-    return logging.getLogger(names[0])
-
-
-def default_setup(cfg: CfgNode, args: Any) -> None:
-    """Prepare a run: output dir, logging, environment report, ``config.yaml``, seeding, cudnn.
-
-    Writes (main process) ``OUTPUT_DIR/config.yaml`` (the merged config, loadable with
-    ``--config-file``) and ``OUTPUT_DIR/env.txt`` (the environment report), both atomically.
-    """
-    output_dir = cfg.OUTPUT_DIR
-    rank = comm.get_rank()
-    if comm.is_main_process() and output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-    comm.synchronize()
-    setup_logger(output_dir, distributed_rank=rank)
-    log = logging.getLogger("resnet_backbones")
-    log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
-    env = collect_env_info()
-    log.info("Environment info:\n%s", env)
-    log.info("Command line arguments: %s", args)
-    config_file = getattr(args, "config_file", "")
-    if config_file:
-        with open(config_file, encoding="utf-8") as f:
-            log.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
-    if comm.is_main_process() and output_dir:
-        path = os.path.join(output_dir, "config.yaml")
-        atomic_write_text(path, cfg.dump())
-        atomic_write_text(os.path.join(output_dir, "env.txt"), env + "\n")
-        log.info("Full config saved to %s", path)
-        log.info("Environment report saved to %s", os.path.join(output_dir, "env.txt"))
-    seed = seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
-    log.info("Random seed of rank %d: %d", rank, seed)
-    if not getattr(args, "eval_only", False):
-        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-    if cfg.FLOAT32_PRECISION:
-        torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
-
-
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:
     """Console printer, ``OUTPUT_DIR/metrics.json`` and TensorBoard event files in ``OUTPUT_DIR``."""
     os.makedirs(output_dir, exist_ok=True)
@@ -190,65 +56,6 @@ def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[Eve
         JSONWriter(os.path.join(output_dir, "metrics.json")),
         TensorboardXWriter(output_dir),
     ]
-
-
-# ------------------------------------------------------------------------------ model helpers
-def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.SyncBatchNorm`` by an ``nn.BatchNorm2d`` holding the same state (in place)."""
-    if isinstance(module, nn.SyncBatchNorm):
-        bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
-        bn.load_state_dict(module.state_dict())
-        for name in ("weight", "bias"):
-            p = getattr(module, name, None)
-            if p is not None:
-                getattr(bn, name).requires_grad_(p.requires_grad)
-        bn.train(module.training)
-        ref = next(iter(module.state_dict().values()), None)
-        return bn.to(ref.device) if ref is not None else bn
-    for name, child in module.named_children():
-        new = revert_sync_batchnorm(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
-def _adapt_sync_bn(model: nn.Module, device: str) -> nn.Module:
-    """SyncBN needs CUDA: on CPU with several processes, fall back to per-process BatchNorm (warned)."""
-    if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-        return model
-    if torch.device(device).type == "cuda" or not torch.distributed.is_initialized():
-        return model  # CUDA: synchronized; no process group: SyncBatchNorm computes plain BatchNorm
-    # PyTorch's SyncBatchNorm raises on CPU tensors as soon as a process group exists
-    if comm.get_world_size() > 1:
-        logger.warning(
-            "SyncBN (nn.SyncBatchNorm) is only implemented for CUDA in PyTorch; with MODEL.DEVICE %s and %d "
-            "processes it falls back to BatchNorm with per-process batch statistics (not synchronized)",
-            device, comm.get_world_size(),
-        )
-    return revert_sync_batchnorm(model)
-
-
-def create_ddp_model(model: nn.Module, *, fp16_compression: bool = False, **kwargs: Any) -> nn.Module:
-    """Wrap ``model`` in ``DistributedDataParallel`` when there are several processes (else return it)."""
-    if comm.get_world_size() == 1:
-        return model
-    p = next(iter(model.parameters()), None)
-    if p is not None and p.device.type == "cuda" and "device_ids" not in kwargs:
-        kwargs["device_ids"] = [comm.get_local_rank()]
-    if "broadcast_buffers" in kwargs and "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
-        # newer torch renamed it (buffers are then synced once at construction, which is harmless)
-        kwargs["forward_sync_buffers"] = kwargs.pop("broadcast_buffers")
-    ddp = DistributedDataParallel(model, **kwargs)
-    if fp16_compression:
-        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
-
-        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
-    return ddp
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, (DistributedDataParallel, nn.DataParallel)) else model
 
 
 def _truncate_metrics(path: str, start_iter: int) -> None:
@@ -441,7 +248,7 @@ class DefaultTrainer(DelegatingTrainer):
         ]
 
         def test_and_save_results() -> Any:
-            self._last_eval_results = self.test(self.cfg, _unwrap(self.model))
+            self._last_eval_results = self.test(self.cfg, unwrap_model(self.model))
             return self._last_eval_results
 
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
@@ -480,7 +287,7 @@ class DefaultTrainer(DelegatingTrainer):
         from ..modeling import build_model
 
         model = build_model(cfg)
-        model = _adapt_sync_bn(model, cfg.MODEL.DEVICE)
+        model = adapt_sync_bn(model, cfg.MODEL.DEVICE)
         logging.getLogger("resnet_backbones").info("Model:\n%s", model)
         return model
 
@@ -565,63 +372,3 @@ class DefaultTrainer(DelegatingTrainer):
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
         """``SOLVER.REFERENCE_WORLD_SIZE`` scaling (see :func:`resnet_backbones.solver.auto_scale_workers`)."""
         return _auto_scale_workers(cfg, num_workers)
-
-
-# ------------------------------------------------------------------------------ pre-flight checks
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def check_inputs_exist(cfg: CfgNode, *, eval_only: bool = False, resume: bool = False) -> None:
-    """Fail fast, before any process starts, if a file the run needs is missing; name the path.
-
-    Checks ``MODEL.WEIGHTS`` (unless resuming from an existing ``OUTPUT_DIR/last_checkpoint``,
-    which is checked instead) and, for every dataset of ``DATASETS.TRAIN`` (not with ``eval_only``)
-    and ``DATASETS.TEST``, that it is registered and that the files its metadata names
-    (``json_file``, ``image_root``, ``dirname``) exist.
-
-    Raises:
-        FileNotFoundError: a weights file or dataset path is missing (the message names it).
-        KeyError: a dataset name is not registered.
-    """
-    from ..data import DatasetCatalog, MetadataCatalog
-
-    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-    if resume and os.path.isfile(last):
-        with open(last, encoding="utf-8") as f:
-            name = f.read().strip()
-        if not name or not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, name)):
-            from ..checkpoint.atomic import unusable_last_checkpoint
-            from ..checkpoint.loading import read_checkpoint
-
-            raise FileNotFoundError(unusable_last_checkpoint(
-                cfg.OUTPUT_DIR, "does not exist", lambda path: read_checkpoint(path).extra
-            ))
-    else:
-        weights = str(cfg.MODEL.WEIGHTS)
-        if weights and not _is_remote(weights) and not os.path.isfile(os.path.expanduser(weights)):
-            raise FileNotFoundError(
-                f"MODEL.WEIGHTS: weights file '{weights}' not found (set MODEL.WEIGHTS to an existing file, "
-                f"or '' to start from random weights; the C4 configs start from MSRA's ImageNet models, e.g. "
-                f"MODEL.WEIGHTS detectron2://ImageNetPretrained/MSRA/R-101.pkl downloads R-101.pkl)"
-            )
-        if eval_only and not weights:
-            logger.warning("--eval-only without MODEL.WEIGHTS (and no checkpoint to resume): evaluating random weights")
-
-    names = ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
-    for name in names:
-        if name not in DatasetCatalog:
-            known = ", ".join(sorted(DatasetCatalog.keys()))
-            raise KeyError(f"dataset '{name}' (from DATASETS.TRAIN/TEST) is not registered; registered: {known}")
-        meta = MetadataCatalog.get(name)
-        for key in ("json_file", "image_root", "dirname"):
-            path = meta.get(key)
-            if path and not _is_remote(str(path)) and not os.path.exists(path):
-                hint = ""
-                if name.startswith("shapes") and meta.get("json_file"):
-                    root = os.path.dirname(os.path.dirname(os.path.abspath(meta.get("json_file"))))
-                    hint = f" Generate it with: python datasets/prepare_shapes.py --output {root}"
-                raise FileNotFoundError(
-                    f"dataset '{name}': {key} '{path}' does not exist (dataset root: $RB_DATASETS="
-                    f"{os.environ.get('RB_DATASETS', 'datasets')}; layouts: datasets/README.md).{hint}"
-                )

@@ -31,6 +31,7 @@ from ..precision import check_amp_device, parse_amp_dtype
 from ..utils import comm
 from ..utils.env import get_rng_states, set_rng_states
 from ..utils.events import EventStorage, get_event_storage
+from .ddp import unwrap_model
 
 __all__ = ["HookBase", "TrainerBase", "SimpleTrainer", "AMPTrainer"]
 
@@ -232,10 +233,6 @@ class TrainerBase:
             self._pending_rng_states = states[rank]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
 class SimpleTrainer(TrainerBase):
     """One optimizer step per iteration on the sum of the model's losses.
 
@@ -396,7 +393,7 @@ class AMPTrainer(SimpleTrainer):
         super().__init__(model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward)
         self.precision = parse_amp_dtype(precision, "AMPTrainer precision")
         if device_type is None:
-            p = next(iter(_unwrap(model).parameters()), None)
+            p = next(iter(unwrap_model(model).parameters()), None)
             device_type = p.device.type if p is not None else "cpu"
         self.device_type = device_type
         check_amp_device(self.device_type, self.precision, "AMPTrainer precision")

@@ -32,6 +32,7 @@ from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
 from .fast_rcnn import FastRCNNOutputLayers
+from ...utils.registry import lookup
 
 __all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "Res5ROIHeads", "add_ground_truth_to_proposals", "build_roi_heads"]
 
@@ -262,8 +263,5 @@ class Res5ROIHeads(ROIHeads):
 def build_roi_heads(cfg: Any, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     """The RoI heads named by ``cfg.MODEL.ROI_HEADS.NAME``."""
     name = cfg.MODEL.ROI_HEADS.NAME
-    if name not in ROI_HEADS_REGISTRY:
-        known = sorted(n for n, _ in ROI_HEADS_REGISTRY)
-        raise KeyError(f"MODEL.ROI_HEADS.NAME: unknown RoI heads '{name}'; registered: {known}")
-    cls = ROI_HEADS_REGISTRY.get(name)
+    cls = lookup(ROI_HEADS_REGISTRY, name, "MODEL.ROI_HEADS.NAME", "RoI heads")
     return cls(**cls.from_config(cfg, input_shape))
