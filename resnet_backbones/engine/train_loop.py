@@ -18,11 +18,12 @@ exists, so a resumed run draws exactly the numbers the interrupted one would hav
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import weakref
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -305,21 +306,36 @@ class SimpleTrainer(TrainerBase):
         return dict(loss_dict)
 
     def run_step(self) -> None:
+        """One iteration: load a batch, forward (under :meth:`_autocast`), log and check the loss
+        terms, backward (:meth:`_backward`), optimizer step (:meth:`_optimizer_step`)."""
         if not self.model.training:
-            raise RuntimeError("[SimpleTrainer] the model is in eval mode; call model.train() before training")
+            raise RuntimeError(
+                f"[{type(self).__name__}] the model is in eval mode; call model.train() before training"
+            )
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        loss_dict = self._forward(data)
-        losses = sum(loss_dict.values())
+        with self._autocast():
+            loss_dict = self._forward(data)
+            losses = sum(loss_dict.values())
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         self._write_metrics(loss_dict, data_time)
-        losses.backward()
+        self._backward(losses)
         self.after_backward()
+        self._optimizer_step()
+
+    def _autocast(self) -> ContextManager[Any]:
+        """The context of the forward pass (none here; :class:`AMPTrainer`: autocast)."""
+        return contextlib.nullcontext()
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        losses.backward()
+
+    def _optimizer_step(self) -> None:
         self.optimizer.step()
 
     # ------------------------------------------------------------------------------ metrics
@@ -402,25 +418,15 @@ class AMPTrainer(SimpleTrainer):
         self.grad_scaler = grad_scaler
         self.log_grad_scaler = log_grad_scaler
 
-    def run_step(self) -> None:
-        if not self.model.training:
-            raise RuntimeError("[AMPTrainer] the model is in eval mode; call model.train() before training")
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+    def _autocast(self) -> ContextManager[Any]:
+        return torch.autocast(device_type=self.device_type, dtype=self.precision)
 
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with torch.autocast(device_type=self.device_type, dtype=self.precision):
-            loss_dict = self._forward(data)
-            losses = sum(loss_dict.values())
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        self._write_metrics(loss_dict, data_time)
+    def _backward(self, losses: torch.Tensor) -> None:
         self.grad_scaler.scale(losses).backward()
         if self.log_grad_scaler and comm.is_main_process():
             get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
-        self.after_backward()
+
+    def _optimizer_step(self) -> None:
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
