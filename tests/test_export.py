@@ -1,6 +1,7 @@
 """TorchScript and ONNX export of the backbone and of the C4 detector's inference path."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from resnet_backbones.export import (
     export_onnx,
     export_torchscript,
 )
-from resnet_backbones.modeling import build_backbone
+from resnet_backbones.modeling import build_backbone, prepare_model
 
 from helpers import TINY_C4, randomize_norms, tiny_cfg
 
@@ -130,16 +131,23 @@ def test_export_model_with_weights_writes_info(tmp_path):
     assert (tmp_path / "det" / "config.yaml").is_file()
     loaded = torch.jit.load(result.path)
     model.eval()
+    # what export traced: the model prepared for export (MODEL.FAST_PATH: BN folded), exactly;
+    # the plain model up to float rounding
+    prepared = prepare_model(copy.deepcopy(model), cfg, "export")
     image = example_image(H, W, seed=5)
     with torch.no_grad():
-        for a, b in zip(loaded(image), eager_detections(model, image)):
+        exported = loaded(image)
+        for a, b in zip(exported, eager_detections(prepared, image)):
             assert torch.equal(a, b)
+        for a, b in zip(exported, eager_detections(model, image)):
+            assert a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-3)
     # The backbone alone from the same detector checkpoint (res5 of the head is skipped).
     result = export_model(cfg, "torchscript", str(tmp_path / "bb"), backbone_only=True, input_size=(64, 64))
     traced = torch.jit.load(result.path)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(traced(x)[0], model.backbone(x)["res4"])
+        assert torch.equal(traced(x)[0], prepared.backbone(x)["res4"])
+        assert torch.allclose(traced(x)[0], model.backbone(x)["res4"], rtol=1e-4, atol=1e-4)
 
 
 def test_export_model_cli(tmp_path, capsys):

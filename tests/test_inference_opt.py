@@ -333,23 +333,28 @@ def _proposals(m, images, features):
 
 
 def test_model_fast_path_key_in_trainer_and_predictor(tmp_path):
-    """MODEL.FAST_PATH (default on) gives DefaultTrainer/DefaultPredictor the fast C4 head with
-    detectron2's state-dict names; off, they build exactly the plain model."""
+    """MODEL.FAST_PATH (default on) through prepare_model: training keeps detectron2's state dict,
+    DefaultPredictor folds BN into the convs; off, both run exactly the plain model."""
     from resnet_backbones import DefaultPredictor
     from resnet_backbones.engine import DefaultTrainer
-    from resnet_backbones.modeling.fast_path import SubsampledROIPooler
+    from resnet_backbones.layers import FrozenBatchNorm2d
+    from resnet_backbones.modeling import prepare_model
+    from resnet_backbones.modeling.fast_path import FrozenBNConv2d, SubsampledROIPooler
 
     cfg = get_cfg()
     cfg.merge_from_file("configs/shapes/faster_rcnn_tiny_C4.yaml")
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # detectron2's fine-tuning norm (the shapes configs use BN)
     assert cfg.MODEL.FAST_PATH
     plain_cfg = cfg.clone()
     plain_cfg.MODEL.FAST_PATH = False
     torch.manual_seed(0)
-    fast = DefaultTrainer.build_model(cfg)
+    fast = prepare_model(DefaultTrainer.build_model(cfg), cfg, "train")
     torch.manual_seed(0)
-    plain = DefaultTrainer.build_model(plain_cfg)
+    plain = prepare_model(DefaultTrainer.build_model(plain_cfg), plain_cfg, "train")
     assert isinstance(fast.roi_heads.pooler, SubsampledROIPooler)
+    assert any(isinstance(m, FrozenBNConv2d) for m in fast.modules())
     assert not isinstance(plain.roi_heads.pooler, SubsampledROIPooler)
+    assert not any(isinstance(m, FrozenBNConv2d) for m in plain.modules())
     fast_sd, plain_sd = fast.state_dict(), plain.state_dict()
     assert list(fast_sd) == list(plain_sd)
     assert all(torch.equal(fast_sd[k], plain_sd[k]) for k in plain_sd)
@@ -363,7 +368,54 @@ def test_model_fast_path_key_in_trainer_and_predictor(tmp_path):
         c.merge_from_list(["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"])
         predictor = DefaultPredictor(c)
         assert isinstance(predictor.model.roi_heads.pooler, SubsampledROIPooler) == (name == "fast")
+        # the inference fast path folds every FrozenBN into its conv (the training one keeps them)
+        folded = not any(isinstance(m, FrozenBatchNorm2d) for m in predictor.model.modules())
+        assert folded == (name == "fast")
         outs[name] = predictor(img)["instances"]
     assert len(outs["fast"]) == len(outs["plain"]) > 0
     assert torch.allclose(outs["fast"].scores, outs["plain"].scores, atol=1e-4)
     assert torch.allclose(outs["fast"].pred_boxes.tensor, outs["plain"].pred_boxes.tensor, atol=1e-2)
+
+
+def test_prepare_model_modes_and_scope():
+    """prepare_model is the one place MODEL.FAST_PATH and TEST.AMP.SCOPE take effect: "inference"
+    folds BN (state dict changes, eval mode), "export" folds BN only (plain RoIAlign and res5,
+    which trace), "train" keeps the state dict; the scope comes from the config; a bad mode or
+    scope is refused naming it."""
+    from resnet_backbones.layers import FrozenBatchNorm2d
+    from resnet_backbones.modeling import build_model, prepare_model
+    from resnet_backbones.modeling.fast_path import PooledRes5, SubsampledROIPooler
+
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/shapes/faster_rcnn_tiny_C4.yaml")
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "TEST.AMP.SCOPE", "all", "MODEL.RESNETS.NORM", "FrozenBN"])
+
+    def frozen_bns(m):
+        return sum(isinstance(x, FrozenBatchNorm2d) for x in m.modules())
+
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert model.inference_amp_scope == "roi_heads" and frozen_bns(model) > 0
+    inference = prepare_model(model, cfg, "inference")
+    assert inference is model and not model.training and frozen_bns(model) == 0
+    assert model.inference_amp_scope == "all"
+    assert isinstance(model.roi_heads.pooler, SubsampledROIPooler)
+    assert isinstance(model.roi_heads.res5, PooledRes5)
+
+    exported = prepare_model(build_model(cfg).train(), cfg, "export")
+    assert not exported.training and frozen_bns(exported) == 0
+    assert not isinstance(exported.roi_heads.pooler, SubsampledROIPooler)
+    assert not isinstance(exported.roi_heads.res5, PooledRes5)
+
+    plain_cfg = cfg.clone()
+    plain_cfg.MODEL.FAST_PATH = False
+    plain = build_model(plain_cfg)
+    keys = list(plain.state_dict())
+    for mode in ("inference", "export"):
+        assert list(prepare_model(plain, plain_cfg, mode).state_dict()) == keys
+        assert frozen_bns(plain) > 0 and not plain.training
+    with pytest.raises(ValueError, match="mode must be one of .*'deploy'"):
+        prepare_model(plain, cfg, "deploy")
+    cfg.TEST.AMP.SCOPE = "backbone"
+    with pytest.raises(ValueError, match="TEST.AMP.SCOPE"):
+        prepare_model(plain, cfg, "inference")

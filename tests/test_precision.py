@@ -15,13 +15,17 @@ import torch
 
 from resnet_backbones import get_cfg
 from resnet_backbones.data.shapes import render_detection_image
+from resnet_backbones import precision
 from resnet_backbones.precision import (
+    Bf16Speed,
     autocast_context,
     check_amp_device,
+    inference_amp_dtype,
+    measure_cpu_bf16_speed,
     needs_grad_scaler,
     parse_amp_dtype,
+    resolve_amp_dtype,
     training_amp_dtype,
-    inference_amp_dtype,
 )
 from resnet_backbones.structures import pairwise_iou
 
@@ -76,15 +80,80 @@ def test_needs_grad_scaler():
     assert not needs_grad_scaler("cpu", "bfloat16")
 
 
+# ------------------------------------------------------------------------ bf16 on this CPU
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Pretend this CPU measured ``bf16`` GFLOP/s in bfloat16 against ``fp32`` in float32."""
+
+    def set_speed(fp32: float, bf16: float) -> Bf16Speed:
+        speed = Bf16Speed(fp32_gflops=fp32, bf16_gflops=bf16, threads=torch.get_num_threads())
+        monkeypatch.setattr(precision, "measure_cpu_bf16_speed", lambda: speed)
+        precision._warn_bf16_slower.cache_clear()
+        return speed
+
+    set_speed(100.0, 400.0)  # bfloat16 faster unless a test says otherwise
+    yield set_speed
+    precision._warn_bf16_slower.cache_clear()
+
+
+def test_measure_cpu_bf16_speed_is_measured_once_per_process():
+    first = measure_cpu_bf16_speed()
+    assert first.fp32_gflops > 0 and first.bf16_gflops > 0
+    assert first.threads == torch.get_num_threads()
+    assert measure_cpu_bf16_speed() is first  # cached: measured once
+    assert first.bf16_faster == (first.bf16_gflops > first.fp32_gflops)
+    assert "GFLOP/s" in str(first)
+
+
+def test_auto_uses_bfloat16_only_where_it_is_faster(cpu_bf16):
+    assert resolve_amp_dtype("auto", "cpu") is torch.bfloat16
+    cpu_bf16(290.0, 165.0)  # the Intel Xeon of issue 15: avx512_bf16, no AMX
+    assert resolve_amp_dtype("auto", "cpu") is None
+    assert resolve_amp_dtype("", "cpu") is None  # the classification config's empty default
+
+
+def test_auto_on_cuda_follows_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp_dtype("auto", "cuda:0") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp_dtype("AUTO", "cuda") is torch.float16
+
+
+def test_explicit_bfloat16_on_a_slower_cpu_warns_once_with_both_rates(cpu_bf16, caplog):
+    cpu_bf16(290.0, 165.0)
+    with caplog.at_level("WARNING", logger="resnet_backbones.precision"):
+        assert resolve_amp_dtype("bfloat16", "cpu", "TEST.AMP.DTYPE") is torch.bfloat16
+        assert resolve_amp_dtype("bf16", "cpu", "TEST.AMP.DTYPE") is torch.bfloat16
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "TEST.AMP.DTYPE" in warnings[0] and "165 GFLOP/s" in warnings[0]
+    assert "290 GFLOP/s" in warnings[0] and "'auto'" in warnings[0]
+    caplog.clear()
+    cpu_bf16(100.0, 400.0)
+    with caplog.at_level("WARNING", logger="resnet_backbones.precision"):
+        resolve_amp_dtype("bfloat16", "cpu", "TEST.AMP.DTYPE")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 # ------------------------------------------------------------------------------ config keys
 def test_config_keys_default_off():
     cfg = get_cfg()
-    assert cfg.TEST.AMP.ENABLED is False and cfg.TEST.AMP.DTYPE == "bfloat16"
+    assert cfg.TEST.AMP.ENABLED is False and cfg.TEST.AMP.DTYPE == "auto"
     assert cfg.SOLVER.AMP.ENABLED is False and cfg.SOLVER.AMP.DTYPE == "float16"
     assert inference_amp_dtype(cfg) is None and training_amp_dtype(cfg) is None
 
 
-def test_config_keys_enable_and_validate():
+def test_test_amp_auto_follows_the_measurement(cpu_bf16):
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "TEST.AMP.ENABLED", "True"])
+    assert inference_amp_dtype(cfg) is torch.bfloat16
+    cpu_bf16(290.0, 165.0)
+    assert inference_amp_dtype(cfg) is None
+    cfg.merge_from_list(["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "auto"])
+    assert training_amp_dtype(cfg) is None
+
+
+def test_config_keys_enable_and_validate(cpu_bf16):
     cfg = get_cfg()
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "TEST.AMP.ENABLED", "True", "SOLVER.AMP.ENABLED", "True",
                          "SOLVER.AMP.DTYPE", "bfloat16"])
@@ -163,7 +232,7 @@ def test_rpn_outputs_and_losses_are_float32_under_autocast(tiny_model):
         model.eval()
 
 
-def test_default_predictor_test_amp(tiny_model, tmp_path):
+def test_default_predictor_test_amp(tiny_model, tmp_path, cpu_bf16):
     from resnet_backbones import DefaultPredictor
 
     weights = tmp_path / "tiny.pth"
