@@ -27,3 +27,62 @@ def test_detector_benchmark_runs_and_reports(tmp_path):
     acc = result["amp_accuracy"]["50"]
     assert acc["images"] == 1 and 0.0 <= acc["ours-fast bf16"] <= 1.0
     assert "| R50-C4 | inference (s/img) | ours-fast-bf16 |" in proc.stdout
+
+
+def test_detector_benchmark_predictor_mode_times_given_photos(tmp_path):
+    """``--modes predictor``: the images given (two sizes) go through DefaultPredictor, each
+    variant is timed on each of them and its detections are compared to the reference's."""
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.jpg": (60, 80), "b.png": (72, 48)}.items():
+        cv2.imwrite(str(images / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), "detector", "--modes", "predictor",
+           "--variants", "ours", "ours-fast", "--images", str(images), "--min-size-test", "64",
+           "--max-size-test", "96", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "a.jpg 60x80, b.png 72x48" in proc.stdout
+    assert "avx512_bf16" in proc.stdout  # the CPU's bf16 flags are stated with the results
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ours", "ours-fast"}
+    for row in rows.values():
+        assert row["mode"] == "predictor" and len(row["times_s"]) == 2  # 1 round x 2 images
+        assert all(t > 0 for t in row["times_s"]) and row["ratio_to_d2"] is None
+    assert "of ours's matched" in rows["ours-fast"]["agreement"]
+    assert "| R50-C4 | predictor (s/img) | ours-fast |" in proc.stdout
+
+
+def test_predictor_benchmark_refuses_unreadable_images(tmp_path):
+    from resnet_backbones.benchmarks.predictor import load_images
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(FileNotFoundError, match="broken.jpg"):
+        load_images([str(bad)])
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no .jpg"):
+        load_images([str(empty)])
+
+
+def test_data_benchmark_runs_and_reports(tmp_path):
+    """``tools/benchmark.py data``: both parts run and report (the numbers are not checked: the
+    speed promises of tests that used to time these live in the benchmark now)."""
+    out = tmp_path / "data.json"
+    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), "data", "--num-images", "30",
+           "--num-anns", "200", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    coco, shapes = result["coco"], result["shapes"]
+    assert (coco["images"], coco["annotations"]) == (30, 200)
+    assert coco["pycocotools_s"] > 0 and coco["ours_s"] > 0 and isinstance(coco["kept"], bool)
+    assert coco["ratio"] > 0
+    assert shapes["num_train"] == 300 and shapes["seconds"] > 0
+    assert f"load_coco_json        : {coco['ours_s']:.2f} s" in proc.stdout

@@ -245,13 +245,14 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def environment() -> str:
-    from ..utils.env import cpu_name
+    from ..utils.env import cpu_flags_summary, cpu_name
 
     cpu = cpu_name()
     import torchvision
 
     return (
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, CPU: {cpu}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, CPU: {cpu} "
+        f"({cpu_flags_summary()}), "
         f"{torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
     )
 

@@ -28,9 +28,9 @@ Variants (``--variants``):
 
 * ``d2``: detectron2, fp32 -- the reference of every ratio;
 * ``ours``: our model as built, fp32 (the default: the same operations as detectron2);
-* ``ours-fast``: our model through :func:`~resnet_backbones.modeling.fast_path.optimize_detector_for_inference`
-  / ``optimize_detector_for_training`` (subsampled RoIAlign, FrozenBN in the convs,
-  channels_last), fp32;
+* ``ours-fast``: our model with ``MODEL.FAST_PATH`` through
+  :func:`~resnet_backbones.modeling.prepare_model` (inference: BN folded into the convs; training:
+  FrozenBN applied through the conv weights; both: subsampled RoIAlign, channels_last), fp32;
 * ``ours-fast-bf16``: ``ours-fast`` under ``torch.autocast(dtype=bfloat16)`` (box decoding, NMS,
   losses and scores stay float32) -- ``--amp`` selects it.
 
@@ -73,7 +73,7 @@ VARIANT_DESCRIPTIONS = {
     "ours-fast": "ours, fast path (subsampled RoIAlign, FrozenBN in convs, channels_last), fp32",
     "ours-fast-bf16": "ours, fast path, bfloat16 autocast (decoding/NMS/losses/scores fp32)",
 }
-MODES = ("inference", "train")
+MODES = ("inference", "train", "predictor")
 _WORKER_FLAG = "--memory-worker"
 _RESULT_MARK = "@@RESULT@@"
 
@@ -147,16 +147,13 @@ def build_variant(variant: str, depth: int, state: Dict[str, torch.Tensor], mode
         model = d2_build_model(d2_config(depth))
         model.load_state_dict(state, strict=True)
     else:
-        from ..modeling import build_model
-        from ..modeling.fast_path import optimize_detector_for_inference, optimize_detector_for_training
+        from ..modeling import build_model, prepare_model
 
-        model = build_model(our_config(depth))
+        cfg = our_config(depth)
+        cfg.MODEL.FAST_PATH = variant.startswith("ours-fast")
+        model = build_model(cfg)
         model.load_state_dict(state, strict=True)
-        if variant.startswith("ours-fast"):
-            if mode == "inference":
-                model = optimize_detector_for_inference(model.eval(), inplace=True)
-            else:
-                model = optimize_detector_for_training(model)
+        model = prepare_model(model, cfg, "inference" if mode == "inference" else "train")
     return model.eval() if mode == "inference" else model.train()
 
 
@@ -427,7 +424,7 @@ def format_table(rows: Sequence[Row]) -> str:
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        unit = "s/img" if r.mode == "inference" else "s/step"
+        unit = "s/step" if r.mode == "train" else "s/img"
         ratio = f"{r.ratio_to_d2:.2f}x" if r.ratio_to_d2 is not None else "n/a"
         if r.memory.get("error"):
             mem = f"error: {r.memory['error']}"
@@ -441,7 +438,7 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def environment() -> str:
-    from ..utils.env import cpu_name
+    from ..utils.env import cpu_flags_summary, cpu_name
 
     cpu = cpu_name()
     d2 = "not importable"
@@ -449,11 +446,21 @@ def environment() -> str:
         import detectron2
 
         d2 = detectron2.__version__
-    return (f"torch {torch.__version__}, detectron2 {d2}, CPU: {cpu} ({os.cpu_count()} cores), "
-            f"{torch.get_num_threads()} threads")
+    return (f"torch {torch.__version__}, detectron2 {d2}, CPU: {cpu} ({os.cpu_count()} cores, "
+            f"{cpu_flags_summary()}), {torch.get_num_threads()} threads")
 
 
 # -------------------------------------------------------------------------------------- CLI
+def test_size_overrides(args: argparse.Namespace) -> List[str]:
+    """``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST`` overrides of the predictor mode."""
+    out: List[str] = []
+    for key, value in (("INPUT.MIN_SIZE_TEST", args.min_size_test),
+                       ("INPUT.MAX_SIZE_TEST", args.max_size_test)):
+        if value is not None:
+            out += [key, str(value)]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchmark.py detector", description=__doc__.split("\n\n")[0],
@@ -464,7 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "default depth 50 and variants d2 ours-fast ours-fast-bf16")
     parser.add_argument("--depth", type=int, nargs="+", default=None, choices=[50, 101],
                         help="ResNet depths (default: 50 101; with --amp: 50)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=list(MODES),
+                        help="inference and train time one 600x800 tensor (default); predictor "
+                        "times whole photos of several sizes through each DefaultPredictor")
+    parser.add_argument("--images", nargs="+", default=[], metavar="PATH",
+                        help="predictor mode: image files or folders (default: scikit-image's "
+                        "sample photos where installed, else synthetic scenes)")
+    parser.add_argument("--min-size-test", type=int, default=None, metavar="N",
+                        help="predictor mode: INPUT.MIN_SIZE_TEST (default: the config's 800)")
+    parser.add_argument("--max-size-test", type=int, default=None, metavar="N",
+                        help="predictor mode: INPUT.MAX_SIZE_TEST (default: the config's 1333)")
     parser.add_argument("--variants", nargs="+", default=None, choices=list(ALL_VARIANTS),
                         help="default: d2 ours ours-fast (--amp: d2 ours-fast ours-fast-bf16); d2 is "
                         "dropped where detectron2 is not importable")
@@ -522,10 +538,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.save(state, weights_path)
             print(f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s", flush=True)
             for mode in args.modes:
-                repeats = args.repeats if mode == "inference" else train_repeats
-                depth_rows = time_variants(depth, mode, variants, state, images, repeats,
-                                           lambda s: print(s, flush=True))
-                if not args.no_memory:
+                repeats = train_repeats if mode == "train" else args.repeats
+                if mode == "predictor":
+                    from .predictor import time_predictors
+
+                    depth_rows, _ = time_predictors(depth, variants, state, args.images, repeats,
+                                                    tmp, lambda s: print(s, flush=True),
+                                                    test_size_overrides(args))
+                else:
+                    depth_rows = time_variants(depth, mode, variants, state, images, repeats,
+                                               lambda s: print(s, flush=True))
+                if not args.no_memory and mode != "predictor":
                     for row in depth_rows:
                         spec = {"weights": weights_path, "images": images_path, "depth": depth,
                                 "variant": row.variant, "mode": mode, "threads": args.threads}

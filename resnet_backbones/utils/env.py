@@ -30,6 +30,8 @@ __all__ = [
     "preserve_rng_states",
     "collect_env_info",
     "cpu_name",
+    "cpu_flags",
+    "cpu_flags_summary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,3 +221,27 @@ def cpu_name() -> str:
     except OSError:
         pass
     return cpu
+
+
+#: CPU features that decide how fast bfloat16 (and float32) matrix products run.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def cpu_flags() -> List[str]:
+    """Which of :data:`SPEED_FLAGS` this CPU reports (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in SPEED_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_flags_summary() -> str:
+    """``"avx512_bf16 yes, amx_bf16 no, ..."``: the flags a benchmark table must state."""
+    have = set(cpu_flags())
+    return ", ".join(f"{flag} {'yes' if flag in have else 'no'}"
+                     for flag in ("avx512f", "avx512_bf16", "amx_bf16"))
