@@ -4,13 +4,14 @@
     python tools/benchmark.py backbone   # ours vs torchvision ResNet-50/101
     python tools/benchmark.py detector   # ours vs detectron2 R50-C4/R101-C4 (when importable)
     python tools/benchmark.py eval       # our COCO evaluation backend vs pycocotools
+    python tools/benchmark.py data       # COCO json loading vs pycocotools, shapes generation
 
 Each subcommand lives in ``resnet_backbones/benchmarks/<name>.py`` and has its own ``--help``.
 """
 import importlib
 import sys
 
-SUBCOMMANDS = ("backbone", "detector", "eval")
+SUBCOMMANDS = ("backbone", "detector", "eval", "data")
 
 
 def main(argv: list[str]) -> int:
