@@ -107,7 +107,8 @@ def test_wrong_type_names_key_file_and_expected_type(tmp_path):
     with pytest.raises(ConfigError) as err:
         get_cfg().merge_from_file(str(cfg_file))
     msg = str(err.value)
-    assert "c.yaml" in msg and "MODEL.RESNETS.DEPTH" in msg and "int" in msg and "fifty" in msg
+    expected = "config key 'MODEL.RESNETS.DEPTH' expects int (default 50), got str 'fifty'"
+    assert msg == f"{cfg_file}: {expected}"
 
 
 def test_group_given_a_scalar_is_refused(tmp_path):

@@ -5,6 +5,8 @@ The detector itself is exercised end to end in test_engine_train_net.py.
 import json
 import logging
 import os
+import platform
+import re
 import signal
 from itertools import count
 
@@ -398,7 +400,9 @@ def test_default_setup_writes_config_and_env(tmp_path):
     again.merge_from_file(str(tmp_path / "out" / "config.yaml"))
     assert again.SOLVER.BASE_LR == 0.123 and again.SEED == 11
     env = (tmp_path / "out" / "env.txt").read_text()
-    assert "PyTorch" in env and "numpy" in env and "Python" in env
+    versions = dict(re.findall(r"^(PyTorch|numpy|Python) {2,}(\S+)", env, re.M))
+    assert versions == {"PyTorch": torch.__version__, "numpy": np.__version__,
+                        "Python": platform.python_version()}
     assert (tmp_path / "out" / "log.txt").exists()
     a = torch.rand(1)
     seed_all_rng(11)

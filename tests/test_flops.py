@@ -95,4 +95,5 @@ def test_analyze_model_tool(capsys, tmp_path):
     assert "ResNet-18" in out and "| res4 |" in out and "| res5 |" not in out  # a C4 backbone
 
     assert tool.main(["--model", "resnet5", "--tasks", "params"]) == 2
-    assert "did you mean" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet5'; did you mean 'resnet50', " in err  # the closest name first

@@ -1,9 +1,12 @@
 """Packaging and the README's promises: what a user gets from a fresh clone."""
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,22 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert commands == ["./run demo", "./run test"]
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^\./run test$", ci, re.M), ".ci/run must call exactly the README's test command"
-    assert "5" in ci  # pytest's "no tests collected" exit code is handled
+
+
+@pytest.mark.parametrize("pytest_rc, ci_rc", [(0, 0), (1, 1), (2, 2), (5, 1)])
+def test_ci_fails_when_pytest_collects_nothing(tmp_path, pytest_rc, ci_rc):
+    """.ci/run passes ./run test's exit status through, except pytest's 5 ("no tests collected"),
+    which fails CI with a message: a suite that collects nothing tests nothing."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
+    stub = tmp_path / "run"  # stands in for ./run: records its arguments, exits with pytest's code
+    stub.write_text(f'#!/usr/bin/env bash\necho "$@" > called\nexit {pytest_rc}\n')
+    stub.chmod(0o755)
+    result = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
+                            cwd="/")
+    assert result.returncode == ci_rc, result.stderr
+    assert (tmp_path / "called").read_text() == "test\n"  # from the repository root
+    assert ("collected no tests" in result.stderr) == (pytest_rc == 5)
 
 
 def test_run_script_rejects_unknown_commands():

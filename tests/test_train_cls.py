@@ -346,6 +346,9 @@ def test_cli_reports_missing_data(tmp_path, capsys):
     import train_cls
 
     assert train_cls.invoke_main(["--data", str(tmp_path / "nope"), "--output-dir", str(tmp_path)]) == 2
-    assert "train" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: '{tmp_path / 'nope' / 'train'}' does not exist: --data must hold train/" in err
     assert train_cls.invoke_main(["--dataset", "cifar10", "--data", str(tmp_path)]) == 2
-    assert "data_batch_1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: no CIFAR-10 python batches in '{tmp_path}'" in err
+    assert "expected data_batch_1 .. data_batch_5 and test_batch" in err
