@@ -21,18 +21,20 @@ BASE_C4 = ROOT / "configs" / "Base-RCNN-C4.yaml"
 
 
 # ------------------------------------------------------------------------------------- configs
-def tiny_cfg(*presets: Mapping[str, Any], config_file: Union[str, Path, None] = TINY_C4,
-             **overrides: Any):
-    """``config_file`` (None: the defaults) with each preset dict, then ``overrides``, merged.
+def tiny_cfg(*presets: Union[Mapping[str, Any], Sequence[Any]],
+             config_file: Union[str, Path, None] = TINY_C4, **overrides: Any):
+    """``config_file`` (None: the defaults) with each preset, then ``overrides``, merged.
 
-    Keys are dotted (``{"MODEL.WEIGHTS": path}``) or, as keyword arguments, use ``__`` for the dots
-    (``MODEL__RPN__POST_NMS_TOPK_TEST=16``); values are checked against the defaults' types.
+    A preset is a dict (``{"MODEL.WEIGHTS": path}``) or a ``[KEY, VALUE, ...]`` list, as for
+    ``merge_from_list``; keyword arguments use ``__`` for the dots
+    (``MODEL__RPN__POST_NMS_TOPK_TEST=16``). Values are checked against the defaults' types.
     """
     cfg = get_cfg()
     if config_file is not None:
         cfg.merge_from_file(str(config_file))
     for items in (*presets, overrides):
-        for key, value in items.items():
+        pairs = items.items() if isinstance(items, Mapping) else zip(items[::2], items[1::2])
+        for key, value in pairs:
             cfg.merge_from_list([key.replace("__", "."), value])
     return cfg
 

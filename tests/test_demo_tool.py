@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_backbones import build_model, get_cfg
+from resnet_backbones import build_model
 from resnet_backbones.checkpoint.detection_checkpoint import DetectionCheckpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import demo  # noqa: E402  (tools/demo.py)
+from helpers import TINY_C4, tiny_cfg  # noqa: E402
+
+TINY = str(TINY_C4)
 
 
 
@@ -49,9 +51,7 @@ def test_collect_inputs_and_output_names(tmp_path):
 def forced_detector(tmp_path_factory):
     """Weights of the tiny C4 detector whose box head calls every proposal a confident 'rectangle'
     (class 1) without moving it: detections are guaranteed, wherever the RPN proposes."""
-    cfg = get_cfg()
-    cfg.merge_from_file(TINY)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = tiny_cfg()
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():

@@ -1,27 +1,21 @@
 """``DetectionCheckpointer``: our checkpoints, detectron2 checkpoints and ImageNet backbones
 (ours, torchvision names, MSRA/Caffe2 ``.pkl``) load into a detector by name."""
-import os
 import pickle
 
 import pytest
 import torch
 
-from resnet_backbones import build_model, get_cfg
+from resnet_backbones import build_model
 from resnet_backbones.checkpoint import CheckpointFormatError, ours_to_msra, ours_to_torchvision
 from resnet_backbones.checkpoint.detection_checkpoint import DetectionCheckpointer, resolve_weights_path
 from resnet_backbones.modeling.backbone.resnet import build_resnet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
-
+from helpers import tiny_cfg
 
 
 def tiny_detector(norm="FrozenBN", depth=50, num_classes=None):
-    cfg = get_cfg()
-    cfg.merge_from_file(TINY)
-    cfg.MODEL.RESNETS.NORM = norm
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = True
-    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg = tiny_cfg(MODEL__RESNETS__NORM=norm, MODEL__RESNETS__STRIDE_IN_1X1=True,
+                   MODEL__RESNETS__DEPTH=depth)
     if num_classes is not None:
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     return build_model(cfg)

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from resnet_backbones import get_cfg
 from resnet_backbones.data.shapes import render_detection_image
 from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbones.modeling import build_model
@@ -35,7 +34,7 @@ from resnet_backbones.modeling.fast_path import (
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou
 from resnet_backbones.utils.events import EventStorage
 
-from helpers import calibrated_narrow_c4, scene_inputs
+from helpers import calibrated_narrow_c4, scene_inputs, tiny_cfg
 from helpers import narrow_c4_cfg as _cfg
 
 TOL = 1e-4
@@ -341,9 +340,8 @@ def test_model_fast_path_key_in_trainer_and_predictor(tmp_path):
     from resnet_backbones.modeling import prepare_model
     from resnet_backbones.modeling.fast_path import FrozenBNConv2d, SubsampledROIPooler
 
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/shapes/faster_rcnn_tiny_C4.yaml")
-    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # detectron2's fine-tuning norm (the shapes configs use BN)
+    # detectron2's fine-tuning norm (the shapes configs use BN)
+    cfg = tiny_cfg(MODEL__RESNETS__NORM="FrozenBN")
     assert cfg.MODEL.FAST_PATH
     plain_cfg = cfg.clone()
     plain_cfg.MODEL.FAST_PATH = False
@@ -386,9 +384,7 @@ def test_prepare_model_modes_and_scope():
     from resnet_backbones.modeling import build_model, prepare_model
     from resnet_backbones.modeling.fast_path import PooledRes5, SubsampledROIPooler
 
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/shapes/faster_rcnn_tiny_C4.yaml")
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "TEST.AMP.SCOPE", "all", "MODEL.RESNETS.NORM", "FrozenBN"])
+    cfg = tiny_cfg(TEST__AMP__SCOPE="all", MODEL__RESNETS__NORM="FrozenBN")
 
     def frozen_bns(m):
         return sum(isinstance(x, FrozenBatchNorm2d) for x in m.modules())

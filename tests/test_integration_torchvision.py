@@ -1,8 +1,6 @@
 """Our ResNets inside torchvision's detectors: C4 Faster R-CNN, its parts, and the FPN backbone."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -24,6 +22,8 @@ from resnet_backbones.integrations.torchvision import (
 )
 from resnet_backbones.layers import FrozenBatchNorm2d
 from resnet_backbones.modeling.backbone import ResNet
+
+from helpers import tiny_cfg
 
 NARROW = {"stem_out_channels": 16, "res2_out_channels": 16}  # resnet18 at 1/4 width: fast on a CPU
 
@@ -171,14 +171,11 @@ def test_fpn_backbone_matches_torchvision_interface():
 
 def test_weights_from_a_c4_detector_checkpoint(tmp_path):
     """A detectron2-layout C4 detector file (ours or detectron2's) fills trunk and res5 head."""
-    from resnet_backbones import build_model, get_cfg
+    from resnet_backbones import build_model
     from resnet_backbones.checkpoint import save_checkpoint
 
-    cfg = get_cfg()
-    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "shapes" / "faster_rcnn_tiny_C4.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)
-    detector = build_model(cfg).eval()
+    detector = build_model(tiny_cfg()).eval()
     save_checkpoint(tmp_path / "c4.pkl", detector.state_dict())
     model = fasterrcnn_resnet_c4(
         "resnet50", num_classes=4, weights=tmp_path / "c4.pkl", stem_out_channels=16, res2_out_channels=32,

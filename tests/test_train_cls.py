@@ -32,10 +32,11 @@ from resnet_backbones.utils.env import seed_all_rng
 from resnet_backbones.utils.events import EventStorage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_DET = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_tiny_C4.yaml")
 DEMO_PRETRAIN = os.path.join(ROOT, "configs", "shapes", "demo_pretrain_cls.yaml")
 DEMO_DET = os.path.join(ROOT, "configs", "shapes", "demo_C4.yaml")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from helpers import tiny_cfg  # noqa: E402
 
 
 
@@ -183,7 +184,7 @@ def test_resume_equals_uninterrupted(folder, tmp_path):
         assert ea.get("lr") == eb.get("lr")
 
 
-# (classifier overrides, detector overrides on TINY_DET): a bottleneck R50 whose res5 is
+# (classifier overrides, detector overrides on tiny_cfg): a bottleneck R50 whose res5 is
 # detectron2's C4 head, and a ResNet-18 whose own basic-block res5 is the head (RES5_HEAD_BLOCK basic).
 CLASSIFIER_DETECTOR_PAIRS = {
     "R50-bottleneck-head": (
@@ -217,9 +218,7 @@ def test_classification_checkpoint_initializes_the_detector(tmp_path, pair):
     ckpt = ClassificationCheckpointer(classifier, str(tmp_path), meta=checkpoint_metadata(cfg, ["a", "b", "c"]))
     ckpt.save("model_final", iteration=9)
 
-    det_cfg = get_cfg()
-    det_cfg.merge_from_file(TINY_DET)
-    det_cfg.merge_from_list(det_opts)
+    det_cfg = tiny_cfg(det_opts)
     detector = build_model(det_cfg)
     checkpointer = DetectionCheckpointer(detector)
     extra = checkpointer.load(str(tmp_path / "model_final.pth"))
