@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_backbones import build_model, create_model, get_cfg
+from resnet_backbones import build_model, create_model
 from resnet_backbones.checkpoint import load_checkpoint
 from resnet_backbones.layers import ShapeSpec
 from resnet_backbones.modeling.backbone.resnet import (
@@ -27,6 +27,8 @@ from resnet_backbones.modeling.roi_heads import roi_heads as roi_heads_module
 from resnet_backbones.modeling.roi_heads.roi_heads import Res5ROIHeads
 from resnet_backbones.structures import Boxes, Instances
 from resnet_backbones.utils.events import EventStorage
+
+from helpers import BASE_C4, tiny_cfg
 
 NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.yaml)
     "MODEL.DEVICE": "cpu",
@@ -55,11 +57,7 @@ VARIANTS = {
 
 def c4_cfg(overrides: Dict[str, Any] = None):
     """``configs/Base-RCNN-C4.yaml`` at 1/8 width with ``overrides`` (dotted keys) merged."""
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/Base-RCNN-C4.yaml")
-    for key, value in {**NARROW, **(overrides or {})}.items():
-        cfg.merge_from_list([key, value])
-    return cfg
+    return tiny_cfg(NARROW, overrides or {}, config_file=BASE_C4)
 
 
 def structure(module: nn.Module):
