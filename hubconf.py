@@ -11,6 +11,7 @@ Each model entry takes the keyword arguments of ``resnet_backbones.create_model(
 checkpoint our converters read (ours, torchvision/timm, MSRA ``.pkl``, detectron2) or a state
 dict. No weights are hosted, so ``pretrained=True`` is refused; pass ``weights`` instead.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -57,7 +58,9 @@ def fasterrcnn_resnet_c4(pretrained: bool = False, **kwargs: Any) -> Any:
     (``resnet_backbones.integrations.torchvision.fasterrcnn_resnet_c4``; e.g. ``name="resnet50"``,
     ``num_classes=91``, ``weights=PATH`` for the backbone)."""
     if pretrained:
-        raise ValueError("fasterrcnn_resnet_c4: no weights are hosted; pass weights=PATH for the backbone")
+        raise ValueError(
+            "fasterrcnn_resnet_c4: no weights are hosted; pass weights=PATH for the backbone"
+        )
     from resnet_backbones.integrations.torchvision import fasterrcnn_resnet_c4 as build
 
     return build(**kwargs)

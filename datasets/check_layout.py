@@ -8,6 +8,7 @@ The builtin names live under ``$RB_DATASETS`` (default ``./datasets``; ``--root`
 Exit code 0: everything present; 1: something missing or unreadable; 2: an unknown dataset name.
 Without ``--quick`` every image (and VOC xml) the annotations list is checked too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def check_coco(meta, quick: bool) -> List[str]:
 def check_voc(meta, quick: bool) -> List[str]:
     """Missing pieces of a VOC-layout dataset: directories, split file, listed xml and jpg files."""
     dirname = meta.dirname
-    problems = [f"missing directory: {os.path.join(dirname, d)}" for d in ("Annotations", "ImageSets/Main", "JPEGImages")
-                if not os.path.isdir(os.path.join(dirname, d))]
+    problems = [
+        f"missing directory: {os.path.join(dirname, d)}"
+        for d in ("Annotations", "ImageSets/Main", "JPEGImages")
+        if not os.path.isdir(os.path.join(dirname, d))
+    ]
     split_file = os.path.join(dirname, "ImageSets", "Main", f"{meta.split}.txt")
     if not os.path.isfile(split_file):
         problems.append(f"missing split file: {split_file}")
@@ -62,7 +66,9 @@ def check_voc(meta, quick: bool) -> List[str]:
         ids = [line.split()[0] for line in f if line.strip()]
     xmls = [os.path.join(dirname, "Annotations", i + ".xml") for i in ids]
     jpgs = [os.path.join(dirname, "JPEGImages", i + ".jpg") for i in ids]
-    return [f"missing annotation: {p}" for p in _missing_files(xmls)] + [f"missing image: {p}" for p in _missing_files(jpgs)]
+    return [f"missing annotation: {p}" for p in _missing_files(xmls)] + [
+        f"missing image: {p}" for p in _missing_files(jpgs)
+    ]
 
 
 def check_dataset(name: str, quick: bool = False) -> List[str]:
@@ -87,8 +93,14 @@ def _hint(name: str, meta, root: str) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="+", help="registered dataset names")
-    p.add_argument("--root", help="dataset root (sets $RB_DATASETS before the builtin names are registered)")
-    p.add_argument("--quick", action="store_true", help="check directories and annotation files only, not every image")
+    p.add_argument(
+        "--root", help="dataset root (sets $RB_DATASETS before the builtin names are registered)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check directories and annotation files only, not every image",
+    )
     args = p.parse_args(argv)
     if args.root:
         os.environ["RB_DATASETS"] = args.root
@@ -97,7 +109,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     unknown = [n for n in args.names if n not in DatasetCatalog]
     if unknown:
-        print(f"unknown dataset name(s): {', '.join(unknown)}\nregistered: {', '.join(sorted(DatasetCatalog.list()))}")
+        print(
+            f"unknown dataset name(s): {', '.join(unknown)}\nregistered: {', '.join(sorted(DatasetCatalog.list()))}"
+        )
         return 2
     status = 0
     for name in args.names:

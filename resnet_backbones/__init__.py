@@ -1,9 +1,10 @@
 """resnet-backbones: paper-faithful, fast ResNet backbones and a Faster R-CNN C4 pipeline."""
+
 from .config import get_cfg
 from .data import DatasetCatalog, MetadataCatalog
+from .engine import DefaultPredictor
 from .modeling import build_model, create_model, list_models, prepare_model, register_model
 from .modeling.backbone import create_backbone
-from .engine import DefaultPredictor
 
 __version__ = "0.1.0"
 

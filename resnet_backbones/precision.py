@@ -41,6 +41,7 @@ Under autocast the convolutions and linear layers run in the low precision; the 
 box decoding, NMS, proposal selection, RoIAlign, losses and class scores in float32 (the RPN and
 box-predictor outputs are cast to float32 before any of them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -128,7 +129,7 @@ def parse_amp_dtype(dtype: DTypeLike, key: str = "AMP dtype") -> torch.dtype:
 
 def _normalized(name: str) -> str:
     name = name.strip().lower()
-    return name[len("torch."):] if name.startswith("torch.") else name
+    return name[len("torch.") :] if name.startswith("torch.") else name
 
 
 def check_amp_device(device_type: str, dtype: torch.dtype, key: str = "AMP dtype") -> None:
@@ -150,7 +151,9 @@ def _device_type(device: Any) -> str:
     return torch.device(device).type
 
 
-def resolve_amp_dtype(dtype: DTypeLike, device: Any, key: str = "AMP dtype") -> Optional[torch.dtype]:
+def resolve_amp_dtype(
+    dtype: DTypeLike, device: Any, key: str = "AMP dtype"
+) -> Optional[torch.dtype]:
     """The autocast dtype to use on ``device`` for the setting ``dtype``, or ``None`` (float32).
 
     * "auto" (or an empty string): CUDA -> bfloat16 where the GPU supports it, else float16;
@@ -210,8 +213,9 @@ def _res5_convs_gflop() -> float:
 def _measure_cpu_bf16_speed(threads: int) -> Bf16Speed:
     gen = torch.Generator().manual_seed(0)
     weights = [
-        (torch.randn(cout, cin, k, k, generator=gen) * (2.0 / (cin * k * k)) ** 0.5)
-        .contiguous(memory_format=torch.channels_last)
+        (torch.randn(cout, cin, k, k, generator=gen) * (2.0 / (cin * k * k)) ** 0.5).contiguous(
+            memory_format=torch.channels_last
+        )
         for cin, cout, k in _RES5_CONVS
     ]
     x0 = torch.randn(_MEASURE_ROIS, 1024, 7, 7, generator=gen).contiguous(
@@ -256,7 +260,9 @@ def measure_cpu_bf16_speed() -> Bf16Speed:
 def _warn_bf16_slower(key: str, speed: Bf16Speed) -> None:
     logger.warning(
         "%s: bfloat16 was asked for, but on this CPU it is slower than float32 (%s); it runs as "
-        "asked. Set it to 'auto' to use bfloat16 only where it is faster.", key, speed,
+        "asked. Set it to 'auto' to use bfloat16 only where it is faster.",
+        key,
+        speed,
     )
 
 
@@ -291,7 +297,11 @@ def fp32_outside_scope(device: Any, scope: str, part: str) -> ContextManager:
     part out; otherwise a no-op, so fp32 inference is unaffected."""
     check_amp_scope(scope)
     device_type = _device_type(device)
-    if scope == "all" or part not in ("backbone", "rpn") or not torch.is_autocast_enabled(device_type):
+    if (
+        scope == "all"
+        or part not in ("backbone", "rpn")
+        or not torch.is_autocast_enabled(device_type)
+    ):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
 

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: ``from helpers import tiny_cfg`` (pytest puts tests/ on
 sys.path). Helpers that the benchmarks need too live in :mod:`resnet_backbones.utils.testing`."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,11 @@ BASE_C4 = ROOT / "configs" / "Base-RCNN-C4.yaml"
 
 
 # ------------------------------------------------------------------------------------- configs
-def tiny_cfg(*presets: Union[Mapping[str, Any], Sequence[Any]],
-             config_file: Union[str, Path, None] = TINY_C4, **overrides: Any):
+def tiny_cfg(
+    *presets: Union[Mapping[str, Any], Sequence[Any]],
+    config_file: Union[str, Path, None] = TINY_C4,
+    **overrides: Any,
+):
     """``config_file`` (None: the defaults) with each preset, then ``overrides``, merged.
 
     A preset is a dict (``{"MODEL.WEIGHTS": path}``) or a ``[KEY, VALUE, ...]`` list, as for
@@ -41,12 +45,18 @@ def tiny_cfg(*presets: Union[Mapping[str, Any], Sequence[Any]],
 
 # detectron2's Base-RCNN-C4 at 1/8 width (stem 16, res2 32 channels), 5 classes, 300 test proposals.
 NARROW = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
-    "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
-    "MODEL.ROI_HEADS.NUM_CLASSES", 5,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 300,
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    16,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    32,
+    "MODEL.RESNETS.WIDTH_PER_GROUP",
+    8,
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    5,
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    300,
 ]
 
 
@@ -64,8 +74,9 @@ def scene_inputs(*specs: Tuple[int, int, int], with_gt: bool = False) -> List[Di
     return detector_inputs([random_scene(*spec) for spec in specs], with_gt=with_gt)
 
 
-def calibrated_narrow_c4(batch: List[Dict[str, Any]],
-                         residual_gain: Tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+def calibrated_narrow_c4(
+    batch: List[Dict[str, Any]], residual_gain: Tuple[float, float] = (0.5, 1.5)
+) -> nn.Module:
     """:func:`narrow_c4_cfg`'s detector built after ``torch.manual_seed(0)``, its FrozenBN
     calibrated on ``batch`` (:func:`calibrate_random_detector_`, seed 0); in eval mode."""
     torch.manual_seed(0)
@@ -95,8 +106,12 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 VocObject = Tuple[str, Tuple[int, int, int, int], int]  # class, 1-based inclusive box, difficult
 
 
-def write_voc(root: Union[str, Path], images: Mapping[str, Iterable[VocObject]],
-              split: str = "test", size: Tuple[int, int] = (500, 400)) -> Union[str, Path]:
+def write_voc(
+    root: Union[str, Path],
+    images: Mapping[str, Iterable[VocObject]],
+    split: str = "test",
+    size: Tuple[int, int] = (500, 400),
+) -> Union[str, Path]:
     """A minimal VOC folder: ``Annotations/<id>.xml`` for each image (``size``: width, height; every
     object with the pose/truncated/difficult tags detectron2's evaluator reads), an empty
     ``JPEGImages/``, and ``ImageSets/Main/<split>.txt`` listing the ids in order. Returns ``root``."""
@@ -104,12 +119,16 @@ def write_voc(root: Union[str, Path], images: Mapping[str, Iterable[VocObject]],
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     width, height = size
     for name, objs in images.items():
-        parts = [f"<annotation><filename>{name}.jpg</filename><size><width>{width}</width>"
-                 f"<height>{height}</height><depth>3</depth></size>"]
+        parts = [
+            f"<annotation><filename>{name}.jpg</filename><size><width>{width}</width>"
+            f"<height>{height}</height><depth>3</depth></size>"
+        ]
         for cls, (x0, y0, x1, y1), diff in objs:
-            parts.append(f"<object><name>{cls}</name><pose>Unspecified</pose><truncated>0</truncated>"
-                         f"<difficult>{diff}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-                         f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+            parts.append(
+                f"<object><name>{cls}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                f"<difficult>{diff}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            )
         with open(os.path.join(root, "Annotations", f"{name}.xml"), "w") as f:
             f.write("".join(parts) + "</annotation>")
     with open(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "w") as f:
@@ -124,8 +143,14 @@ TRAINER_LOGGERS = ("resnet_backbones", "fvcore", "__main__", "train_net")
 
 def logging_state(names: Iterable[str] = TRAINER_LOGGERS) -> Dict[str, Tuple[int, bool, list]]:
     """Level, propagate flag and handlers of each named logger (for :func:`restore_logging_state`)."""
-    return {n: (logging.getLogger(n).level, logging.getLogger(n).propagate,
-                list(logging.getLogger(n).handlers)) for n in names}
+    return {
+        n: (
+            logging.getLogger(n).level,
+            logging.getLogger(n).propagate,
+            list(logging.getLogger(n).handlers),
+        )
+        for n in names
+    }
 
 
 def restore_logging_state(saved: Dict[str, Tuple[int, bool, list]]) -> None:

@@ -2,6 +2,7 @@
 
 Runs only where detectron2 is installed (see the project README for the side environment).
 """
+
 import pytest
 import torch
 
@@ -56,7 +57,12 @@ def _give_sane_frozen_statistics(model: torch.nn.Module, images: torch.Tensor) -
 
 @pytest.mark.parametrize(
     "depth, out_features, res5_dilation",
-    [(50, ["res4", "res5"], 1), (101, ["res4", "res5"], 1), (50, ["res2", "res5"], 2), (18, ["res4"], 1)],
+    [
+        (50, ["res4", "res5"], 1),
+        (101, ["res4", "res5"], 1),
+        (50, ["res2", "res5"], 2),
+        (18, ["res4"], 1),
+    ],
 )
 def test_same_weights_give_the_same_features(depth, out_features, res5_dilation):
     torch.manual_seed(0)
@@ -71,7 +77,8 @@ def test_same_weights_give_the_same_features(depth, out_features, res5_dilation)
     ours.load_state_dict(d2_state, strict=True)  # the same names, not a mapping
 
     assert ours.output_shape() == {
-        k: ShapeSpec(channels=v.channels, stride=v.stride) for k, v in d2_model.output_shape().items()
+        k: ShapeSpec(channels=v.channels, stride=v.stride)
+        for k, v in d2_model.output_shape().items()
     }
     assert {n: p.requires_grad for n, p in ours.named_parameters()} == {
         n: p.requires_grad for n, p in d2_model.named_parameters()

@@ -2,6 +2,7 @@
 
 Models are built on the meta device: no memory, no initialization cost.
 """
+
 import pytest
 import torch
 from torch import nn
@@ -20,7 +21,9 @@ def _num_params(model: nn.Module) -> int:
 
 
 def _num_norm_params(model: nn.Module) -> int:
-    return sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    return sum(
+        p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +71,11 @@ def test_preact_bottleneck_cifar_counts_equal_the_paper(name, millions):
 
 def test_preact_bottleneck_cifar_widths_follow_the_paper():
     model = _build("preact_resnet164_cifar")
-    assert [getattr(model, s)[0].conv2.out_channels for s in ("res2", "res3", "res4")] == [16, 32, 64]
+    assert [getattr(model, s)[0].conv2.out_channels for s in ("res2", "res3", "res4")] == [
+        16,
+        32,
+        64,
+    ]
     assert [getattr(model, s)[0].out_channels for s in ("res2", "res3", "res4")] == [64, 128, 256]
     assert [len(getattr(model, s)) for s in ("res2", "res3", "res4")] == [18, 18, 18]
 
@@ -80,4 +87,6 @@ def test_option_a_has_no_shortcut_parameters_and_c_projects_everywhere():
     b = _build("resnet56_cifar", shortcut="B")
     assert _num_params(b) - _num_params(a) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
     c = _build("resnet20_cifar", shortcut="C")
-    assert all(block.shortcut is not None for s in ("res2", "res3", "res4") for block in getattr(c, s))
+    assert all(
+        block.shortcut is not None for s in ("res2", "res3", "res4") for block in getattr(c, s)
+    )

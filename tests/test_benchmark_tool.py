@@ -2,6 +2,7 @@
 accuracy check): a smoke test of the benchmark's plumbing, not of its numbers (benchmarks are not
 tests; docs/benchmarks.md has those). A training round of the full-width R50-C4 takes ~15 s even on
 tiny images (512 RoIs per image), too slow for CI."""
+
 import json
 import subprocess
 import sys
@@ -15,9 +16,29 @@ REPO = Path(__file__).resolve().parents[1]
 def test_detector_benchmark_runs_and_reports(tmp_path):
     pytest.importorskip("pycocotools")
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), "detector", "--amp", "--variants", "ours-fast",
-           "ours-fast-bf16", "--image-size", "96", "128", "--modes", "inference", "--repeats", "1", "--no-memory",
-           "--amp-accuracy", "1", "--threads", "1", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "benchmark.py"),
+        "detector",
+        "--amp",
+        "--variants",
+        "ours-fast",
+        "ours-fast-bf16",
+        "--image-size",
+        "96",
+        "128",
+        "--modes",
+        "inference",
+        "--repeats",
+        "1",
+        "--no-memory",
+        "--amp-accuracy",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -42,9 +63,28 @@ def test_detector_benchmark_predictor_mode_times_given_photos(tmp_path):
         cv2.imwrite(str(images / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), "detector", "--modes", "predictor",
-           "--variants", "ours", "ours-fast", "--images", str(images), "--min-size-test", "64",
-           "--max-size-test", "96", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "benchmark.py"),
+        "detector",
+        "--modes",
+        "predictor",
+        "--variants",
+        "ours",
+        "ours-fast",
+        "--images",
+        str(images),
+        "--min-size-test",
+        "64",
+        "--max-size-test",
+        "96",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "a.jpg 60x80, b.png 72x48" in proc.stdout
@@ -75,8 +115,19 @@ def test_data_benchmark_runs_and_reports(tmp_path):
     """``tools/benchmark.py data``: both parts run and report (the numbers are not checked: the
     speed promises of tests that used to time these live in the benchmark now)."""
     out = tmp_path / "data.json"
-    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), "data", "--num-images", "30",
-           "--num-anns", "200", "--repeats", "1", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "benchmark.py"),
+        "data",
+        "--num-images",
+        "30",
+        "--num-anns",
+        "200",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())

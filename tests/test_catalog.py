@@ -1,4 +1,5 @@
 """DatasetCatalog and MetadataCatalog behave like detectron2's."""
+
 import pytest
 
 from resnet_backbones.data import DatasetCatalog, MetadataCatalog

@@ -1,5 +1,6 @@
 """COCO evaluation: the fast backend equals pycocotools exactly; COCOEvaluator's API, files and errors;
 inference_on_dataset; distributed gathering."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,12 +50,23 @@ def make_coco(seed, num_images=120, num_cats=8, gt_per=5, dets_per=30, crowd=0.1
         for _ in range(0 if rng.random() < empty else int(rng.poisson(gt_per))):
             s = float(np.exp(rng.uniform(np.log(4), np.log(300))))
             w, h = s * rng.uniform(0.5, 1.5), s * rng.uniform(0.5, 1.5)
-            box = [round(float(rng.uniform(0, 600)), 2), round(float(rng.uniform(0, 450)), 2), round(w, 2), round(h, 2)]
+            box = [
+                round(float(rng.uniform(0, 600)), 2),
+                round(float(rng.uniform(0, 450)), 2),
+                round(w, 2),
+                round(h, 2),
+            ]
             area = float(box[2] * box[3] * rng.uniform(0.6, 1.0))
             if rng.random() < 0.1:
                 area = float(rng.choice([32.0**2, 96.0**2]))
-            a = {"id": len(anns) + 1, "image_id": iid, "category_id": int(rng.choice(gt_cats)), "bbox": box,
-                 "area": area, "iscrowd": int(rng.random() < crowd)}
+            a = {
+                "id": len(anns) + 1,
+                "image_id": iid,
+                "category_id": int(rng.choice(gt_cats)),
+                "bbox": box,
+                "area": area,
+                "iscrowd": int(rng.random() < crowd),
+            }
             anns.append(a)
             gts.append(a)
             if rng.random() < 0.05:  # exact duplicate ground truth
@@ -73,9 +85,19 @@ def make_coco(seed, num_images=120, num_cats=8, gt_per=5, dets_per=30, crowd=0.1
                 s = float(np.exp(rng.uniform(np.log(4), np.log(300))))
                 box = [rng.uniform(0, 600), rng.uniform(0, 450), s, s * rng.uniform(0.5, 2)]
                 c = int(rng.choice(cat_ids)) if i % 17 else gt_cats[0]
-            dets.append({"image_id": iid, "category_id": c, "bbox": [float(v) for v in box],
-                         "score": round(float(rng.random()), 2)})
-    gt = {"images": images, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids]}
+            dets.append(
+                {
+                    "image_id": iid,
+                    "category_id": c,
+                    "bbox": [float(v) for v in box],
+                    "score": round(float(rng.random()), 2),
+                }
+            )
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids],
+    }
     return gt, dets
 
 
@@ -109,7 +131,9 @@ def test_fast_backend_identical_to_pycocotools(seed):
     ref, fast = run_pycocotools(gt, dets), run_fast(gt, dets)
     for key in ("precision", "recall", "scores"):
         assert np.array_equal(ref.eval[key], fast.eval[key]), key
-    assert np.array_equal(np.asarray(ref.stats), np.asarray(fast.stats))  # all 12 numbers, bit for bit
+    assert np.array_equal(
+        np.asarray(ref.stats), np.asarray(fast.stats)
+    )  # all 12 numbers, bit for bit
     assert (np.asarray(ref.stats)[:6] > 0).all()
 
 
@@ -136,7 +160,14 @@ def test_fast_backend_iou_bit_identical_to_pycocotools():
 
 def test_fast_backend_rejects_detections_on_unknown_images():
     gt, dets = make_coco(0, num_images=5)
-    dets.append({"image_id": 999999, "category_id": gt["categories"][0]["id"], "bbox": [0, 0, 5, 5], "score": 0.5})
+    dets.append(
+        {
+            "image_id": 999999,
+            "category_id": gt["categories"][0]["id"],
+            "bbox": [0, 0, 5, 5],
+            "score": 0.5,
+        }
+    )
     with pytest.raises(ValueError, match="not in the ground truth"):
         FastCOCOeval(quiet_coco(gt), dets).evaluate()
 
@@ -147,7 +178,8 @@ def _register(name, gt, tmp_path):
     path.write_text(json.dumps(gt))
     cat_ids = [c["id"] for c in gt["categories"]]
     MetadataCatalog.get(name).set(
-        json_file=str(path), thing_classes=[c["name"] for c in gt["categories"]],
+        json_file=str(path),
+        thing_classes=[c["name"] for c in gt["categories"]],
         thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cat_ids)},
     )
     return {c: i for i, c in enumerate(cat_ids)}
@@ -176,21 +208,32 @@ def _outputs(gt, dets, mapping):
         inst.pred_boxes = Boxes(BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
         inst.scores = torch.tensor([d["score"] for d in ds], dtype=torch.float32)
         inst.pred_classes = torch.tensor([mapping[d["category_id"]] for d in ds], dtype=torch.int64)
-        pairs.append(({"image_id": img["id"], "height": img["height"], "width": img["width"],
-                       "file_name": img["file_name"]}, {"instances": inst}))
+        pairs.append(
+            (
+                {
+                    "image_id": img["id"],
+                    "height": img["height"],
+                    "width": img["width"],
+                    "file_name": img["file_name"],
+                },
+                {"instances": inst},
+            )
+        )
     return pairs
 
 
 def _same(a, b):
     """Equal dicts of floats, NaN equal to NaN."""
-    return list(a) == list(b) and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+    return list(a) == list(b) and all(
+        a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a
+    )
 
 
 def _evaluate(name, pairs, **kwargs):
     ev = COCOEvaluator(name, distributed=False, **kwargs)
     ev.reset()
     for i in range(0, len(pairs), 4):
-        batch = pairs[i:i + 4]
+        batch = pairs[i : i + 4]
         ev.process([p[0] for p in batch], [p[1] for p in batch])
     return ev, ev.evaluate()
 
@@ -217,7 +260,11 @@ def test_coco_evaluator_backends_agree_and_report_all_metrics(dataset, tmp_path,
     saved = torch.load(tmp_path / "out" / "instances_predictions.pth", weights_only=False)
     assert len(saved) == len(gt["images"]) and {"image_id", "instances"} <= set(saved[0])
     log = caplog.text
-    assert "Per-category bbox AP" in log and "| category" in log and "Evaluation results for bbox" in log
+    assert (
+        "Per-category bbox AP" in log
+        and "| category" in log
+        and "Evaluation results for bbox" in log
+    )
     # evaluating twice gives the same numbers (predictions are not modified in place)
     assert _same(ev_fast.evaluate()["bbox"], fast["bbox"])
 
@@ -225,15 +272,24 @@ def test_coco_evaluator_backends_agree_and_report_all_metrics(dataset, tmp_path,
 def test_perfect_detections_score_100(dataset):
     name, gt, _, mapping = dataset
     regular = [a for a in gt["annotations"] if not a["iscrowd"]]
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in regular]
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
+        for a in regular
+    ]
     pairs = _outputs(gt, dets, mapping)
     by_id = {inp["image_id"]: out for inp, out in pairs}
-    loader = [[inp for inp, _ in pairs[i:i + 3]] for i in range(0, len(pairs), 3)]
+    loader = [[inp for inp, _ in pairs[i : i + 3]] for i in range(0, len(pairs), 3)]
     for backend in ("fast", "pycocotools"):
         # through inference_on_dataset, with a "model" that returns the ground truth
         evaluator = COCOEvaluator(name, distributed=False, backend=backend)
-        res = inference_on_dataset(lambda batch: [by_id[x["image_id"]] for x in batch], loader, evaluator)["bbox"]
+        res = inference_on_dataset(
+            lambda batch: [by_id[x["image_id"]] for x in batch], loader, evaluator
+        )["bbox"]
         for k in ("AP", "AP50", "AP75", "AR100"):
             assert res[k] == pytest.approx(100.0, abs=1e-9), (backend, k)
 
@@ -241,9 +297,19 @@ def test_perfect_detections_score_100(dataset):
 def test_dataset_without_json_is_converted(tmp_path):
     name = "_test_coco_no_json"
     dicts = [
-        {"file_name": f"{i}.jpg", "image_id": i, "height": 100, "width": 120,
-         "annotations": [{"bbox": [10.0 * i, 5.0, 10.0 * i + 40.0, 60.0], "bbox_mode": BoxMode.XYXY_ABS,
-                          "category_id": i % 2}]}
+        {
+            "file_name": f"{i}.jpg",
+            "image_id": i,
+            "height": 100,
+            "width": 120,
+            "annotations": [
+                {
+                    "bbox": [10.0 * i, 5.0, 10.0 * i + 40.0, 60.0],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": i % 2,
+                }
+            ],
+        }
         for i in range(4)
     ]
     DatasetCatalog.register(name, lambda: dicts)
@@ -286,8 +352,12 @@ def test_clear_errors(dataset, tmp_path):
     with pytest.raises(ValueError, match="2 inputs but 1 outputs"):
         ev.process([inp, inp], [out])
     with pytest.raises(ValueError, match="not in the ground truth"):
-        inst = Instances((10, 10), pred_boxes=Boxes(torch.tensor([[0.0, 0, 5, 5]])), scores=torch.tensor([0.5]),
-                         pred_classes=torch.tensor([0]))
+        inst = Instances(
+            (10, 10),
+            pred_boxes=Boxes(torch.tensor([[0.0, 0, 5, 5]])),
+            scores=torch.tensor([0.5]),
+            pred_classes=torch.tensor([0]),
+        )
         ev.reset()
         ev.process([{"image_id": 123456789}], [{"instances": inst}])
         ev.evaluate()
@@ -298,8 +368,12 @@ def test_no_predictions_and_empty_predictions(dataset, caplog):
     ev = COCOEvaluator(name, distributed=False)
     ev.reset()
     assert ev.evaluate() == {}
-    empty = Instances((480, 640), pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
-                      pred_classes=torch.zeros(0, dtype=torch.int64))
+    empty = Instances(
+        (480, 640),
+        pred_boxes=Boxes(torch.zeros(0, 4)),
+        scores=torch.zeros(0),
+        pred_classes=torch.zeros(0, dtype=torch.int64),
+    )
     ev.process([{"image_id": gt["images"][0]["id"]}], [{"instances": empty}])
     res = ev.evaluate()["bbox"]
     assert set(STAT_KEYS) <= set(res) and all(math.isnan(res[k]) for k in STAT_KEYS)
@@ -312,10 +386,16 @@ def test_max_dets_per_image_and_img_ids(dataset):
     assert "AR20" in res and "AR100" not in res
     results = [dict(d) for d in dets]
     ids = [img["id"] for img in gt["images"][:10]]
-    fast = evaluate_predictions_on_coco(quiet_coco(copy.deepcopy(gt)), results, img_ids=ids,
-                                        max_dets_per_image=[1, 10, 20])
-    ref = evaluate_predictions_on_coco(quiet_coco(copy.deepcopy(gt)), results, backend="pycocotools", img_ids=ids,
-                                       max_dets_per_image=[1, 10, 20])
+    fast = evaluate_predictions_on_coco(
+        quiet_coco(copy.deepcopy(gt)), results, img_ids=ids, max_dets_per_image=[1, 10, 20]
+    )
+    ref = evaluate_predictions_on_coco(
+        quiet_coco(copy.deepcopy(gt)),
+        results,
+        backend="pycocotools",
+        img_ids=ids,
+        max_dets_per_image=[1, 10, 20],
+    )
     assert np.array_equal(fast.stats, ref.stats)
 
 
@@ -351,7 +431,9 @@ def test_inference_on_dataset_modes_progress_and_results(capsys):
     loader = [[{"image_id": i}] * 2 for i in range(7)]
     results = inference_on_dataset(model, loader, [_Recorder("a"), _Recorder("b")])
     assert results == {"a": {"n": 14}, "b": {"n": 14}}
-    assert model.seen == [(False, False)] * 7 and model.training  # eval + no_grad inside, mode restored
+    assert (
+        model.seen == [(False, False)] * 7 and model.training
+    )  # eval + no_grad inside, mode restored
     err = capsys.readouterr().err
     # tqdm's bar ends at 7/7 batches with elapsed<remaining (the ETA)
     assert re.search(r"Inference: 100%\|.*\| 7/7 \[\d\d:\d\d<\d\d:\d\d", err), err
@@ -375,8 +457,11 @@ def _worker(rank, world, init_file, gt, dets, mapping, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     name = "_test_coco_dist"
     path = os.path.join(os.path.dirname(out_file), "gt.json")
-    MetadataCatalog.get(name).set(json_file=path, thing_classes=[c["name"] for c in gt["categories"]],
-                                  thing_dataset_id_to_contiguous_id={c: i for c, i in mapping.items()})
+    MetadataCatalog.get(name).set(
+        json_file=path,
+        thing_classes=[c["name"] for c in gt["categories"]],
+        thing_dataset_id_to_contiguous_id={c: i for c, i in mapping.items()},
+    )
     pairs = _outputs(gt, dets, mapping)[rank::world]
     ev = COCOEvaluator(name)  # distributed=True
     ev.reset()
@@ -401,11 +486,15 @@ def test_distributed_gather_evaluates_on_main_process_only(dataset, tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     # fork: no re-import of torch in the children, which keeps this test fast
     torch.multiprocessing.start_processes(
-        _worker, args=(2, str(tmp_path / "init"), gt, dets, mapping, str(tmp_path / "res")), nprocs=2,
+        _worker,
+        args=(2, str(tmp_path / "init"), gt, dets, mapping, str(tmp_path / "res")),
+        nprocs=2,
         start_method="fork",
     )
     r0 = json.loads((tmp_path / "res.0").read_text())
     r1 = json.loads((tmp_path / "res.1").read_text())
     single = _evaluate(name, _outputs(gt, dets, mapping))[1]
     assert r1 == {}
-    assert r0["bbox"]["AP"] == single["bbox"]["AP"] and r0["bbox"]["AR100"] == single["bbox"]["AR100"]
+    assert (
+        r0["bbox"]["AP"] == single["bbox"]["AP"] and r0["bbox"]["AR100"] == single["bbox"]["AR100"]
+    )

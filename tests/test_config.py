@@ -1,4 +1,5 @@
 """The config: detectron2's keys and defaults, _BASE_ inheritance, overrides and clear errors."""
+
 from pathlib import Path
 
 import pytest
@@ -69,17 +70,24 @@ def _get(cfg, key):
 
 
 def test_base_inheritance_and_overrides(tmp_path):
-    write(tmp_path / "base.yaml", "SOLVER:\n  BASE_LR: 0.02\n  MAX_ITER: 100\nMODEL:\n  RESNETS:\n    DEPTH: 101\n")
+    write(
+        tmp_path / "base.yaml",
+        "SOLVER:\n  BASE_LR: 0.02\n  MAX_ITER: 100\nMODEL:\n  RESNETS:\n    DEPTH: 101\n",
+    )
     sub = tmp_path / "sub"
     sub.mkdir()
-    child = write(sub / "child.yaml", "_BASE_: ../base.yaml\nSOLVER:\n  MAX_ITER: 7\n  STEPS: (3, 5)\n")
+    child = write(
+        sub / "child.yaml", "_BASE_: ../base.yaml\nSOLVER:\n  MAX_ITER: 7\n  STEPS: (3, 5)\n"
+    )
     cfg = get_cfg()
     cfg.merge_from_file(str(child))
     assert cfg.SOLVER.BASE_LR == 0.02  # from the base
     assert cfg.SOLVER.MAX_ITER == 7  # the child wins
     assert cfg.SOLVER.STEPS == (3, 5)
     assert cfg.MODEL.RESNETS.DEPTH == 101
-    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", "50", "DATASETS.TRAIN", "('a', 'b')", "SOLVER.BASE_LR", "1"])
+    cfg.merge_from_list(
+        ["MODEL.RESNETS.DEPTH", "50", "DATASETS.TRAIN", "('a', 'b')", "SOLVER.BASE_LR", "1"]
+    )
     assert cfg.MODEL.RESNETS.DEPTH == 50
     assert cfg.DATASETS.TRAIN == ("a", "b")
     assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
@@ -98,7 +106,9 @@ def test_unknown_key_names_the_file_it_came_from_and_the_closest_key(tmp_path):
 
 def test_misspelled_leaf_suggests_the_closest_key(tmp_path):
     cfg_file = write(tmp_path / "c.yaml", "SOLVER:\n  BASELR: 0.1\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml.*SOLVER\.BASELR.*did you mean 'SOLVER\.BASE_LR'"):
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml.*SOLVER\.BASELR.*did you mean 'SOLVER\.BASE_LR'"
+    ):
         get_cfg().merge_from_file(str(cfg_file))
 
 
@@ -119,7 +129,9 @@ def test_group_given_a_scalar_is_refused(tmp_path):
 
 def test_command_line_errors():
     cfg = get_cfg()
-    with pytest.raises(ConfigError, match="command line.*MODEL.RESNETS.DEPHT.*did you mean 'MODEL.RESNETS.DEPTH'"):
+    with pytest.raises(
+        ConfigError, match="command line.*MODEL.RESNETS.DEPHT.*did you mean 'MODEL.RESNETS.DEPTH'"
+    ):
         cfg.merge_from_list(["MODEL.RESNETS.DEPHT", "50"])
     with pytest.raises(ConfigError, match="command line.*SOLVER.MAX_ITER.*int"):
         cfg.merge_from_list(["SOLVER.MAX_ITER", "many"])
@@ -153,8 +165,11 @@ def test_yaml_is_loaded_safely(tmp_path):
         tmp_path / "evil.yaml",
         f"OUTPUT_DIR: !!python/object/apply:os.system ['touch {marker}']\n",
     )
-    with pytest.raises(ConfigError, match=r"evil\.yaml: not valid YAML: could not determine a "
-                                          r"constructor for the tag .*python/object/apply:os\.system"):
+    with pytest.raises(
+        ConfigError,
+        match=r"evil\.yaml: not valid YAML: could not determine a "
+        r"constructor for the tag .*python/object/apply:os\.system",
+    ):
         get_cfg().merge_from_file(str(evil))
     assert not marker.exists()
 

@@ -1,4 +1,5 @@
 """Weight conversion (torchvision/timm, MSRA .pkl, detectron2 <-> ours), file reading and load reports."""
+
 import os
 import pickle
 import sys
@@ -84,7 +85,9 @@ def test_ours_to_torchvision_adds_batchnorm_counters_for_frozen_bn():
     assert not any(k.endswith("num_batches_tracked") for k in backbone.state_dict())
     result = convert_state_dict(backbone.state_dict(), "ours", "torchvision")
     added = {name for name, _ in result.added}
-    assert "bn1.num_batches_tracked" in added and "layer2.0.downsample.1.num_batches_tracked" in added
+    assert (
+        "bn1.num_batches_tracked" in added and "layer2.0.downsample.1.num_batches_tracked" in added
+    )
     tv = torchvision.models.resnet18(weights=None)
     assert set(result.state_dict) == set(tv.state_dict())
 
@@ -116,13 +119,21 @@ def _write_caffe2_pkl(path, model, *, wrap_blobs, momentum=True):
 
 def test_msra_names():
     blobs = {
-        "conv1_w": torch.zeros(64, 3, 7, 7), "res_conv1_bn_s": torch.ones(64), "res_conv1_bn_b": torch.zeros(64),
-        "res2_0_branch2a_w": torch.zeros(64, 64, 1, 1), "res2_0_branch2a_bn_s": torch.ones(64),
-        "res2_0_branch2a_bn_b": torch.zeros(64), "res2_0_branch2b_w": torch.zeros(64, 64, 3, 3),
-        "res2_0_branch2c_w": torch.zeros(256, 64, 1, 1), "res2_0_branch1_w": torch.zeros(256, 64, 1, 1),
-        "res2_0_branch1_bn_s": torch.ones(256), "res2_0_branch1_bn_b": torch.zeros(256),
-        "fc1000_w": torch.zeros(1000, 2048), "fc1000_b": torch.zeros(1000),
-        "res2_0_branch2a_w_momentum": torch.zeros(64, 64, 1, 1), "conv_rpn_w": torch.zeros(1),
+        "conv1_w": torch.zeros(64, 3, 7, 7),
+        "res_conv1_bn_s": torch.ones(64),
+        "res_conv1_bn_b": torch.zeros(64),
+        "res2_0_branch2a_w": torch.zeros(64, 64, 1, 1),
+        "res2_0_branch2a_bn_s": torch.ones(64),
+        "res2_0_branch2a_bn_b": torch.zeros(64),
+        "res2_0_branch2b_w": torch.zeros(64, 64, 3, 3),
+        "res2_0_branch2c_w": torch.zeros(256, 64, 1, 1),
+        "res2_0_branch1_w": torch.zeros(256, 64, 1, 1),
+        "res2_0_branch1_bn_s": torch.ones(256),
+        "res2_0_branch1_bn_b": torch.zeros(256),
+        "fc1000_w": torch.zeros(1000, 2048),
+        "fc1000_b": torch.zeros(1000),
+        "res2_0_branch2a_w_momentum": torch.zeros(64, 64, 1, 1),
+        "conv_rpn_w": torch.zeros(1),
     }
     assert detect_format(blobs) == "msra-pkl"
     result = msra_to_ours(blobs)
@@ -142,7 +153,10 @@ def test_msra_names():
     # FrozenBN's variance + eps is exactly 1 in float32, so the layer is exactly x * s + b
     assert torch.equal(sd["stem.conv1.norm.running_var"] + 1e-5, torch.ones(64))
     assert result.metadata["input_format"] == "BGR" and result.metadata["stride_in_1x1"] is True
-    assert result.metadata["pixel_mean"] == [103.530, 116.280, 123.675] and result.metadata["pixel_std"] == [1.0] * 3
+    assert (
+        result.metadata["pixel_mean"] == [103.530, 116.280, 123.675]
+        and result.metadata["pixel_std"] == [1.0] * 3
+    )
 
 
 @pytest.mark.parametrize("depth,wrap_blobs", [(50, False), (18, True)])
@@ -151,13 +165,18 @@ def test_msra_pkl_to_ours_gives_identical_outputs(tmp_path, depth, wrap_blobs):
     pkl = tmp_path / f"R-{depth}.pkl"
     _write_caffe2_pkl(pkl, original, wrap_blobs=wrap_blobs)
     loaded = read_checkpoint(pkl)
-    assert loaded.author == "Caffe2" and detect_format(loaded.state_dict, loaded.author) == "msra-pkl"
+    assert (
+        loaded.author == "Caffe2" and detect_format(loaded.state_dict, loaded.author) == "msra-pkl"
+    )
     assert loaded.container == ("blobs" if wrap_blobs else "")
 
     model = rb.create_model(f"resnet{depth}", norm="FrozenBN", stride_in_1x1=True).eval()
     report = load_checkpoint(model, pkl, strict=True)
     assert report.ok
-    assert {name for name, _ in report.dropped} == {"conv1_w_momentum", "res2_0_branch2a_w_momentum"}
+    assert {name for name, _ in report.dropped} == {
+        "conv1_w_momentum",
+        "res2_0_branch2a_w_momentum",
+    }
     assert report.metadata["input_format"] == "BGR" and report.metadata["stride_in_1x1"] is True
     x = torch.randn(1, 3, 64, 64) * 50
     with torch.no_grad():
@@ -194,12 +213,22 @@ def test_cli_msra_pkl_to_ours(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "converted msra-pkl -> ours" in text
     assert "conv1_w_momentum: SGD momentum" in text and "2 dropped" in text
-    assert "BGR" in text and "resnet18 (blocks (2, 2, 2, 2), basic" in text and "all tensors fit" in text
+    assert (
+        "BGR" in text
+        and "resnet18 (blocks (2, 2, 2, 2), basic" in text
+        and "all tensors fit" in text
+    )
     saved = read_checkpoint(out)
-    assert saved.metadata["input_format"] == "BGR" and saved.metadata["converted_from"] == "msra-pkl"
+    assert (
+        saved.metadata["input_format"] == "BGR" and saved.metadata["converted_from"] == "msra-pkl"
+    )
     model = rb.create_model("resnet18", norm="FrozenBN").eval()
     report = load_checkpoint(model, saved)  # the file's saved metadata reaches the report
-    assert report.ok and report.metadata["input_format"] == "BGR" and report.metadata["stride_in_1x1"] is True
+    assert (
+        report.ok
+        and report.metadata["input_format"] == "BGR"
+        and report.metadata["stride_in_1x1"] is True
+    )
     x = torch.randn(1, 3, 64, 64) * 50
     with torch.no_grad():
         assert _max_diff(original(x), model(x)) <= 1e-5
@@ -239,10 +268,14 @@ def test_detectron2_full_detector_keeps_its_names():
     assert list(ours.state_dict) == list(d2) and not ours.dropped
     assert list(convert_state_dict(d2, "detectron2", "detectron2").state_dict) == list(d2)
     backbone = detectron2_to_ours(d2, backbone_only=True)
-    assert "res5.0.conv1.weight" in backbone.state_dict and "stem.conv1.weight" in backbone.state_dict
+    assert (
+        "res5.0.conv1.weight" in backbone.state_dict and "stem.conv1.weight" in backbone.state_dict
+    )
     assert dict(backbone.dropped).keys() == {
-        "proposal_generator.rpn_head.conv.weight", "proposal_generator.rpn_head.conv.bias",
-        "roi_heads.box_predictor.cls_score.weight"}
+        "proposal_generator.rpn_head.conv.weight",
+        "proposal_generator.rpn_head.conv.bias",
+        "roi_heads.box_predictor.cls_score.weight",
+    }
     arch = infer_resnet_architecture(backbone.state_dict)
     assert arch["name"] == "resnet18" and arch["num_classes"] is None and arch["norm"] == "FrozenBN"
 
@@ -258,7 +291,9 @@ class _FakeC4Detector(nn.Module):
         self.proposal_generator.rpn_head.conv = nn.Conv2d(256, 256, 3)
         self.roi_heads = nn.Module()
         self.roi_heads.res5 = nn.Sequential(
-            *ResNet.make_stage(BasicBlock, 2, in_channels=256, out_channels=512, first_stride=2, norm="FrozenBN")
+            *ResNet.make_stage(
+                BasicBlock, 2, in_channels=256, out_channels=512, first_stride=2, norm="FrozenBN"
+            )
         )
         self.roi_heads.box_predictor = nn.Module()
         self.roi_heads.box_predictor.cls_score = nn.Linear(512, 81, bias=False)
@@ -271,9 +306,17 @@ def test_whole_detectron2_checkpoint_loads_into_detector(tmp_path, suffix):
     path = tmp_path / f"model_final{suffix}"
     if suffix == ".pkl":  # detectron2 model zoo: numpy arrays and an author
         with open(path, "wb") as f:
-            pickle.dump({"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo"}, f)
+            pickle.dump(
+                {
+                    "model": {k: v.numpy() for k, v in d2.items()},
+                    "__author__": "Detectron2 Model Zoo",
+                },
+                f,
+            )
     else:  # a training checkpoint
-        torch.save({"model": d2, "iteration": 90000, "optimizer": {"state": {}, "param_groups": []}}, path)
+        torch.save(
+            {"model": d2, "iteration": 90000, "optimizer": {"state": {}, "param_groups": []}}, path
+        )
     detector = _FakeC4Detector()
     with pytest.raises(StateDictLoadError, match="pixel_mean"):
         load_checkpoint(detector, path, strict=True)
@@ -284,7 +327,9 @@ def test_whole_detectron2_checkpoint_loads_into_detector(tmp_path, suffix):
     # the same checkpoint into a bare backbone: its ResNet (res5 from the ROI head) only
     bare = rb.create_model("resnet18", norm="FrozenBN", num_classes=None)
     report = load_checkpoint(bare, path, strict=True)
-    assert report.ok and torch.equal(bare.state_dict()["res5.1.conv2.weight"], d2["roi_heads.res5.1.conv2.weight"])
+    assert report.ok and torch.equal(
+        bare.state_dict()["res5.1.conv2.weight"], d2["roi_heads.res5.1.conv2.weight"]
+    )
     assert "roi_heads.box_predictor.cls_score.weight" in dict(report.dropped)
 
 
@@ -297,17 +342,25 @@ def test_imagenet_weights_into_detector_by_suffix_and_classifier_drop():
     assert {"linear.weight", "linear.bias"} <= set(info.value.report.unexpected)
     assert "proposal_generator.rpn_head.conv.weight" in info.value.report.missing
     message = str(info.value)
-    assert "linear.{weight,bias}" in message and "proposal_generator.rpn_head.conv.{weight,bias}" in message
+    assert (
+        "linear.{weight,bias}" in message
+        and "proposal_generator.rpn_head.conv.{weight,bias}" in message
+    )
     report = load_checkpoint(detector, tv_names, strict=False, drop_classifier=True)
     assert ("linear.weight", "classification head (drop_classifier=True)") in report.dropped
     assert ("res5.0.conv1.weight", "roi_heads.res5.0.conv1.weight") in report.renamed
     assert ("stem.conv1.weight", "backbone.stem.conv1.weight") in report.renamed
     assert set(report.missing) == {
-        "proposal_generator.rpn_head.conv.weight", "proposal_generator.rpn_head.conv.bias",
-        "roi_heads.box_predictor.cls_score.weight", "pixel_mean"}
+        "proposal_generator.rpn_head.conv.weight",
+        "proposal_generator.rpn_head.conv.bias",
+        "roi_heads.box_predictor.cls_score.weight",
+        "pixel_mean",
+    }
     assert not report.unexpected and not report.shape_mismatch
-    assert torch.equal(detector.state_dict()["roi_heads.res5.1.conv2.norm.bias"],
-                       imagenet.state_dict()["res5.1.conv2.norm.bias"])
+    assert torch.equal(
+        detector.state_dict()["roi_heads.res5.1.conv2.norm.bias"],
+        imagenet.state_dict()["res5.1.conv2.norm.bias"],
+    )
 
 
 # --------------------------------------------------------------------------------- load reports
@@ -329,7 +382,9 @@ def test_report_names_missing_unexpected_and_mismatched_tensors():
     assert [name for name, _, _ in report.shape_mismatch] == ["linear.weight", "linear.bias"]
     assert report.unexpected == ["extra.weight"]
     # BatchNorm's own loading hook fills in a missing step counter: reported, not missing
-    assert set(report.missing) == {k for k in before if k.startswith("res4.1.") and "num_batches" not in k}
+    assert set(report.missing) == {
+        k for k in before if k.startswith("res4.1.") and "num_batches" not in k
+    }
     assert "res4.1.conv1.norm.num_batches_tracked" in report.defaulted
     assert "res4.1.conv1.norm.running_var" in report.missing
     assert "linear.weight" not in report.missing and "linear.weight" not in report.matched
@@ -339,8 +394,14 @@ def test_report_names_missing_unexpected_and_mismatched_tensors():
     assert "res4.1.conv1.norm.{weight,bias,running_mean,running_var}" in text
     assert "unexpected in the checkpoint (1)" in text and "shape mismatch (2)" in text
 
-    report = load_state_dict_with_report(model, sd, strict=False, drop_classifier=True,
-                                         ignore_unexpected=["extra.*"], ignore_missing=["res4.1.*"])
+    report = load_state_dict_with_report(
+        model,
+        sd,
+        strict=False,
+        drop_classifier=True,
+        ignore_unexpected=["extra.*"],
+        ignore_missing=["res4.1.*"],
+    )
     assert report.ok and not report.shape_mismatch
     assert {n for n, _ in report.dropped} == {"linear.weight", "linear.bias", "extra.weight"}
     assert {"linear.weight", "linear.bias", "res4.1.conv1.weight"} <= set(report.ignored_missing)
@@ -366,7 +427,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         read_checkpoint(odd)
     a_list = tmp_path / "list.pkl"
     a_list.write_bytes(pickle.dumps([np.ones(3)]))
-    with pytest.raises(CheckpointFormatError, match=r"list\.pkl: holds a list, expected a state dict"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"list\.pkl: holds a list, expected a state dict"
+    ):
         read_checkpoint(a_list)
     no_tensors = tmp_path / "config.pth"
     torch.save({"epoch": 3, "lr": 0.1, "args": {"depth": 50}}, no_tensors)
@@ -385,7 +448,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 def test_pickled_module_is_refused_by_weights_only(tmp_path):
     path = tmp_path / "whole_model.pth"
     torch.save(nn.Sequential(nn.Conv2d(3, 4, 1)), path)
-    with pytest.raises(CheckpointFormatError, match=r"whole_model\.pth: torch.load\(weights_only=True\) refused"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"whole_model\.pth: torch.load\(weights_only=True\) refused"
+    ):
         read_checkpoint(path)
 
 
@@ -394,12 +459,18 @@ def test_read_checkpoint_containers(tmp_path):
     ddp = tmp_path / "ddp.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 5}, ddp)
     loaded = read_checkpoint(ddp)
-    assert loaded.container == "state_dict" and set(loaded.state_dict) == set(sd) and loaded.extra == {"epoch": 5}
+    assert (
+        loaded.container == "state_dict"
+        and set(loaded.state_dict) == set(sd)
+        and loaded.extra == {"epoch": 5}
+    )
     assert "module." in loaded.notes[0]
     mixed = tmp_path / "mixed.pkl"
     mixed.write_bytes(pickle.dumps({"conv1_w": np.ones((1, 3, 1, 1), np.float32), "lr": "0.1"}))
     loaded = read_checkpoint(mixed)
-    assert list(loaded.state_dict) == ["conv1_w"] and loaded.dropped == [("lr", "not a tensor or array (str)")]
+    assert list(loaded.state_dict) == ["conv1_w"] and loaded.dropped == [
+        ("lr", "not a tensor or array (str)")
+    ]
     # a legacy (non-zip) torch.save file with a .pkl name still loads, via torch
     legacy = tmp_path / "legacy.pkl"
     torch.save(sd, legacy, _use_new_zipfile_serialization=False)
@@ -425,7 +496,10 @@ def test_cli_torchvision_auto_detect_and_round_trip(tmp_path, capsys):
     assert loaded.author.startswith("resnet_backbones") and loaded.metadata["input_format"] == "RGB"
 
     back = tmp_path / "back.pth"
-    assert convert_weights.main(["--from", "detectron2", "--to", "torchvision", str(d2), str(back)]) == 0
+    assert (
+        convert_weights.main(["--from", "detectron2", "--to", "torchvision", str(d2), str(back)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "torchvision.models.resnet18: all tensors fit" in text
     restored = torch.load(back, weights_only=True)
@@ -435,7 +509,10 @@ def test_cli_torchvision_auto_detect_and_round_trip(tmp_path, capsys):
     # refuses to overwrite; missing input is an error naming the file (exit status 2)
     assert convert_weights.main(["--to", "ours", str(src), str(back)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert convert_weights.main(["--to", "ours", str(tmp_path / "nope.pth"), str(tmp_path / "o.pth")]) == 2
+    assert (
+        convert_weights.main(["--to", "ours", str(tmp_path / "nope.pth"), str(tmp_path / "o.pth")])
+        == 2
+    )
     assert "nope.pth: no such weights file" in capsys.readouterr().err
 
 
@@ -445,22 +522,36 @@ def test_cli_strict_flags_dropped_tensors(tmp_path, capsys):
     src = tmp_path / "seresnet.pth"
     torch.save(sd, src)
     out = tmp_path / "o.pth"
-    assert convert_weights.main(["--from", "timm", "--to", "ours", "--strict", str(src), str(out)]) == 1
+    assert (
+        convert_weights.main(["--from", "timm", "--to", "ours", "--strict", str(src), str(out)])
+        == 1
+    )
     captured = capsys.readouterr()
     assert "layer1.0.se.fc1.weight: attention/SE" in captured.out and "strict" in captured.err
     assert os.path.exists(out)
-    assert convert_weights.main(["--from", "timm", "--to", "ours", "--overwrite", str(src), str(out)]) == 0
+    assert (
+        convert_weights.main(["--from", "timm", "--to", "ours", "--overwrite", str(src), str(out)])
+        == 0
+    )
 
 
 def test_save_checkpoint_formats(tmp_path):
     sd = {"stem.conv1.weight": torch.randn(2, 3, 1, 1)}
-    save_checkpoint(tmp_path / "a.pkl", sd, metadata={"input_format": "BGR"}, matching_heuristics=True)
+    save_checkpoint(
+        tmp_path / "a.pkl", sd, metadata={"input_format": "BGR"}, matching_heuristics=True
+    )
     raw = pickle.loads((tmp_path / "a.pkl").read_bytes())
-    assert isinstance(raw["model"]["stem.conv1.weight"], np.ndarray) and raw["matching_heuristics"] is True
+    assert (
+        isinstance(raw["model"]["stem.conv1.weight"], np.ndarray)
+        and raw["matching_heuristics"] is True
+    )
     save_checkpoint(tmp_path / "b.pth", sd, wrap=False)
     assert list(torch.load(tmp_path / "b.pth", weights_only=True)) == ["stem.conv1.weight"]
     for name in ("a.pkl", "b.pth"):
-        assert torch.equal(read_checkpoint(tmp_path / name).state_dict["stem.conv1.weight"], sd["stem.conv1.weight"])
+        assert torch.equal(
+            read_checkpoint(tmp_path / name).state_dict["stem.conv1.weight"],
+            sd["stem.conv1.weight"],
+        )
 
 
 def test_convert_checkpoint_file_api(tmp_path):
@@ -489,11 +580,21 @@ def test_detectron2_tool_converted_torchvision_pkl(tmp_path):
     tv = randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     path = tmp_path / "r18.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": _as_detectron2_tool_writes(tv.state_dict()), "__author__": "torchvision",
-                     "matching_heuristics": True}, f)
+        pickle.dump(
+            {
+                "model": _as_detectron2_tool_writes(tv.state_dict()),
+                "__author__": "torchvision",
+                "matching_heuristics": True,
+            },
+            f,
+        )
     model = rb.create_model("resnet18").eval()
     report = load_checkpoint(model, path, strict=True)
-    assert report.ok and report.source.endswith("(detectron2)") and any("stem.fc" in n for n in report.notes)
+    assert (
+        report.ok
+        and report.source.endswith("(detectron2)")
+        and any("stem.fc" in n for n in report.notes)
+    )
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert _max_diff(tv(x), model(x)) <= 1e-5
@@ -509,7 +610,11 @@ def test_drop_classifier_happens_before_suffix_matching():
             self.box = nn.Module()
             self.box.linear = nn.Linear(4, 3)
 
-    sd = {"stem.conv1.weight": torch.ones(2, 3, 1, 1), "linear.weight": torch.ones(3, 4), "linear.bias": torch.ones(3)}
+    sd = {
+        "stem.conv1.weight": torch.ones(2, 3, 1, 1),
+        "linear.weight": torch.ones(3, 4),
+        "linear.bias": torch.ones(3),
+    }
     # without the drop, a unique suffix match would put the ImageNet head into box.linear
     model = Head()
     report = load_checkpoint(model, sd, source="ours", strict=True)

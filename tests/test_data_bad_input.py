@@ -1,5 +1,6 @@
 """Bad input: a clear error naming the file and value, or (single annotations, default "skip") a
 load-time warning with the counts; DATALOADER.ON_BAD_ANNOTATION switches to errors."""
+
 import json
 import logging
 
@@ -18,13 +19,22 @@ from resnet_backbones.data import (
     register_pascal_voc,
 )
 from resnet_backbones.data.datasets import BadAnnotationError, load_coco_json, load_voc_instances
-from resnet_backbones.data.detection_utils import ImageReadError, SizeMismatchError, check_image_size, read_image
+from resnet_backbones.data.detection_utils import (
+    ImageReadError,
+    SizeMismatchError,
+    check_image_size,
+    read_image,
+)
 
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 
 
 def coco_file(tmp_path, anns, images=None, name="ann.json"):
-    images = images if images is not None else [{"id": 1, "file_name": "x.png", "height": 20, "width": 30}]
+    images = (
+        images
+        if images is not None
+        else [{"id": 1, "file_name": "x.png", "height": 20, "width": 30}]
+    )
     path = tmp_path / name
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATS}))
     return path
@@ -35,13 +45,13 @@ def ann(i, bbox, cat=1):
 
 
 BAD_COCO = [
-    ann(1, [1, 1, 5, 5]),          # fine
-    ann(2, [3, 3, 0, 5]),          # zero width
-    ann(3, [3, 3, 4, -2]),         # negative height
-    ann(4, [40, 2, 5, 5]),         # outside the 30x20 image
-    ann(5, [25, 2, 10, 5]),        # sticks out by 5 px
-    ann(6, [1, 1, 5, 5], cat=7),   # unknown category id
-    ann(7, [1, 1, 5]),             # malformed bbox
+    ann(1, [1, 1, 5, 5]),  # fine
+    ann(2, [3, 3, 0, 5]),  # zero width
+    ann(3, [3, 3, 4, -2]),  # negative height
+    ann(4, [40, 2, 5, 5]),  # outside the 30x20 image
+    ann(5, [25, 2, 10, 5]),  # sticks out by 5 px
+    ann(6, [1, 1, 5, 5], cat=7),  # unknown category id
+    ann(7, [1, 1, 5]),  # malformed bbox
 ]
 
 
@@ -51,15 +61,23 @@ def test_coco_bad_annotations_are_skipped_and_counted(tmp_path, caplog):
     assert [a["bbox"] for a in dicts[0]["annotations"]] == [[1, 1, 5, 5]]
     msg = caplog.text
     assert "ann.json" in msg and "skipped 6 of 7 annotations" in msg
-    for part in ("2 empty box", "2 box outside the image", "1 unknown category id", "1 malformed bbox"):
+    for part in (
+        "2 empty box",
+        "2 box outside the image",
+        "1 unknown category id",
+        "1 malformed bbox",
+    ):
         assert part in msg, part
 
 
-@pytest.mark.parametrize("bad,needle", [
-    (ann(2, [3, 3, 0, 5]), "empty box.*annotation id 2.*bbox=\\[3, 3, 0, 5\\]"),
-    (ann(2, [40, 2, 5, 5]), "box outside the image.*30x20.*bbox=\\[40, 2, 5, 5\\]"),
-    (ann(2, [1, 1, 5, 5], cat=7), "unknown category id.*category_id=7"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        (ann(2, [3, 3, 0, 5]), "empty box.*annotation id 2.*bbox=\\[3, 3, 0, 5\\]"),
+        (ann(2, [40, 2, 5, 5]), "box outside the image.*30x20.*bbox=\\[40, 2, 5, 5\\]"),
+        (ann(2, [1, 1, 5, 5], cat=7), "unknown category id.*category_id=7"),
+    ],
+)
 def test_coco_bad_annotation_raises_under_error_policy(tmp_path, bad, needle):
     path = coco_file(tmp_path, [ann(1, [1, 1, 5, 5]), bad])
     with pytest.raises(BadAnnotationError, match="ann.json: " + needle):
@@ -71,7 +89,14 @@ def test_config_switch_reaches_registered_loaders(tmp_path):
     try:
         cfg = get_cfg()
         assert cfg.DATALOADER.ON_BAD_ANNOTATION == "skip"
-        assert len(get_detection_dataset_dicts("t_bad_switch", on_bad_annotation="skip")[0]["annotations"]) == 1
+        assert (
+            len(
+                get_detection_dataset_dicts("t_bad_switch", on_bad_annotation="skip")[0][
+                    "annotations"
+                ]
+            )
+            == 1
+        )
         cfg.DATALOADER.ON_BAD_ANNOTATION = "error"
         cfg.DATASETS.TRAIN = ("t_bad_switch",)
         with pytest.raises(BadAnnotationError, match="ann.json"):
@@ -83,11 +108,14 @@ def test_config_switch_reaches_registered_loaders(tmp_path):
         MetadataCatalog.pop("t_bad_switch")
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('{"images": [', "malformed JSON"),
-    ('[1, 2]', "not a COCO instances file"),
-    ('{"annotations": []}', "no 'images'"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('{"images": [', "malformed JSON"),
+        ("[1, 2]", "not a COCO instances file"),
+        ('{"annotations": []}', "no 'images'"),
+    ],
+)
 def test_malformed_json_names_the_file(tmp_path, text, needle):
     (tmp_path / "broken.json").write_text(text)
     with pytest.raises(ValueError, match=f"broken.json.*{needle}|{needle}.*broken.json"):
@@ -109,14 +137,22 @@ def voc_tree(tmp_path, xml_body, ids=("a",)):
 
 
 def voc_obj(name, x0, y0, x1, y1):
-    return (f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
-            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+    return (
+        f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+    )
 
 
 def test_voc_bad_objects_skipped_counted_or_raised(tmp_path, caplog):
-    body = ("<annotation><size><width>30</width><height>20</height></size>"
-            + voc_obj("dog", 1, 1, 10, 10) + voc_obj("unicorn", 1, 1, 10, 10) + voc_obj("dog", 5, 5, 4, 10)
-            + voc_obj("dog", 1, 1, 60, 10) + voc_obj("dog", "x", 1, 3, 3) + "</annotation>")
+    body = (
+        "<annotation><size><width>30</width><height>20</height></size>"
+        + voc_obj("dog", 1, 1, 10, 10)
+        + voc_obj("unicorn", 1, 1, 10, 10)
+        + voc_obj("dog", 5, 5, 4, 10)
+        + voc_obj("dog", 1, 1, 60, 10)
+        + voc_obj("dog", "x", 1, 3, 3)
+        + "</annotation>"
+    )
     root = voc_tree(tmp_path, body)
     with caplog.at_level(logging.WARNING):
         dicts = load_voc_instances(root, "train", ["dog", "cat"], on_bad_annotation="skip")
@@ -126,10 +162,13 @@ def test_voc_bad_objects_skipped_counted_or_raised(tmp_path, caplog):
         load_voc_instances(root, "train", ["dog", "cat"], on_bad_annotation="error")
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("<annotation><size><width>30</width>", "malformed XML"),
-    ("<annotation><size><width>30</width><height>h</height></size></annotation>", "height='h'"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("<annotation><size><width>30</width>", "malformed XML"),
+        ("<annotation><size><width>30</width><height>h</height></size></annotation>", "height='h'"),
+    ],
+)
 def test_malformed_xml_names_the_file(tmp_path, body, needle):
     root = voc_tree(tmp_path, body)
     with pytest.raises(ValueError, match=rf"a\.xml: .*{needle}"):
@@ -147,7 +186,9 @@ def test_missing_voc_files_named(tmp_path):
 
 def test_empty_dataset_is_an_error(tmp_path):
     register_coco_instances("t_empty", {}, coco_file(tmp_path, [], images=[]), tmp_path)
-    register_pascal_voc("t_empty_voc", voc_tree(tmp_path / "voc", "<annotation/>", ids=()), "train", 2012, ["dog"])
+    register_pascal_voc(
+        "t_empty_voc", voc_tree(tmp_path / "voc", "<annotation/>", ids=()), "train", 2012, ["dog"]
+    )
     register_coco_instances("t_no_boxes", {}, coco_file(tmp_path, [], name="nobox.json"), tmp_path)
     try:
         with pytest.raises(ValueError, match="dataset 't_empty' is empty.*ann.json"):
@@ -176,7 +217,9 @@ def test_missing_corrupt_and_wrong_size_images(tmp_path):
     (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="trunc.jpg"):
         read_image(str(tmp_path / "trunc.jpg"), "BGR")
-    with pytest.raises(SizeMismatchError, match=r"ok.png: image is 12x10 \(WxH\) but its annotation says 12x11"):
+    with pytest.raises(
+        SizeMismatchError, match=r"ok.png: image is 12x10 \(WxH\) but its annotation says 12x11"
+    ):
         check_image_size({"file_name": "ok.png", "width": 12, "height": 11}, ok)
     with pytest.raises(SizeMismatchError, match="swapped"):
         check_image_size({"file_name": "ok.png", "width": 10, "height": 12}, ok)
@@ -186,9 +229,20 @@ def test_missing_corrupt_and_wrong_size_images(tmp_path):
 def test_loader_names_the_bad_image_file(tmp_path, case):
     cv2.imwrite(str(tmp_path / "good.png"), np.zeros((20, 30, 3), np.uint8))
     (tmp_path / "corrupt.png").write_bytes(b"garbage")
-    file_name, height = {"missing": ("missing.png", 20), "corrupt": ("corrupt.png", 20), "size": ("good.png", 21)}[case]
-    dicts = [{"file_name": str(tmp_path / file_name), "height": height, "width": 30, "image_id": 9,
-              "annotations": [{"bbox": [1, 1, 5, 5], "bbox_mode": 1, "category_id": 0, "iscrowd": 0}]}]
+    file_name, height = {
+        "missing": ("missing.png", 20),
+        "corrupt": ("corrupt.png", 20),
+        "size": ("good.png", 21),
+    }[case]
+    dicts = [
+        {
+            "file_name": str(tmp_path / file_name),
+            "height": height,
+            "width": 30,
+            "image_id": 9,
+            "annotations": [{"bbox": [1, 1, 5, 5], "bbox_mode": 1, "category_id": 0, "iscrowd": 0}],
+        }
+    ]
     cfg = get_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN = (20,)
     cfg.SOLVER.IMS_PER_BATCH = 1
@@ -197,7 +251,11 @@ def test_loader_names_the_bad_image_file(tmp_path, case):
     with pytest.raises(DataLoadError, match=f"{file_name}.*image_id=9") as info:
         next(iter(build_detection_train_loader(cfg, dataset=dicts)))
     assert "Traceback" not in str(info.value)
-    assert {"missing": "FileNotFoundError", "corrupt": "ImageReadError", "size": "SizeMismatchError"}[case] in str(info.value)
+    assert {
+        "missing": "FileNotFoundError",
+        "corrupt": "ImageReadError",
+        "size": "SizeMismatchError",
+    }[case] in str(info.value)
 
 
 def test_malformed_json_names_the_line(tmp_path):

@@ -1,13 +1,13 @@
 """datasets/check_layout.py lists exactly what is missing and exits 1, else prints OK and exits 0."""
+
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import write_voc
 
 from resnet_backbones.data import register_coco_instances, register_pascal_voc
-
-from helpers import write_voc
 
 SCRIPT = Path(__file__).resolve().parents[1] / "datasets" / "check_layout.py"
 
@@ -31,7 +31,9 @@ def test_coco_layout(tmp_path, check_layout, unregister, capsys):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.jpg").write_bytes(b"x")
     images = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}]
-    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
+    (tmp_path / "ann.json").write_text(
+        json.dumps({"images": images, "annotations": [], "categories": []})
+    )
     assert check_layout.main(["t_layout_coco"]) == 1
     out = capsys.readouterr().out
     assert f"missing image: {tmp_path / 'imgs' / 'b.jpg'}" in out and "a.jpg" not in out
@@ -51,6 +53,9 @@ def test_voc_layout_and_unknown_name(tmp_path, check_layout, unregister, capsys)
     assert f"missing split file: {tmp_path / 'VOC2007' / 'ImageSets' / 'Main' / 'test.txt'}" in out
     write_voc(tmp_path / "VOC2007", {"000001": []})  # the folders, test.txt, no image
     assert check_layout.main(["t_layout_voc"]) == 1
-    assert f"missing image: {tmp_path / 'VOC2007' / 'JPEGImages' / '000001.jpg'}" in capsys.readouterr().out
+    assert (
+        f"missing image: {tmp_path / 'VOC2007' / 'JPEGImages' / '000001.jpg'}"
+        in capsys.readouterr().out
+    )
     assert check_layout.main(["no_such_dataset"]) == 2
     assert "unknown dataset name(s): no_such_dataset" in capsys.readouterr().out

@@ -1,9 +1,11 @@
 """COCO / VOC loaders, registration and the builtin catalog (detectron2's dict format and names)."""
+
 import json
 import os
 import sys
 
 import pytest
+from helpers import write_voc
 
 from resnet_backbones.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from resnet_backbones.data.datasets import (
@@ -16,12 +18,12 @@ from resnet_backbones.data.datasets import (
 )
 from resnet_backbones.structures import BoxMode
 
-from helpers import write_voc
-
 
 def write_coco(path, images, annotations, categories):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return path
 
 
@@ -31,11 +33,36 @@ def small_coco(tmp_path):
         {"id": 3, "file_name": "a.jpg", "height": 30, "width": 50},
     ]
     anns = [
-        {"id": 1, "image_id": 3, "category_id": 18, "bbox": [1.0, 2.0, 10.0, 20.0], "iscrowd": 0, "area": 200},
-        {"id": 2, "image_id": 7, "category_id": 1, "bbox": [5.0, 5.0, 30.0, 30.0], "iscrowd": 1, "area": 900},
-        {"id": 3, "image_id": 7, "category_id": 90, "bbox": [0.0, 0.0, 60.0, 40.0], "iscrowd": 0, "area": 2400},
+        {
+            "id": 1,
+            "image_id": 3,
+            "category_id": 18,
+            "bbox": [1.0, 2.0, 10.0, 20.0],
+            "iscrowd": 0,
+            "area": 200,
+        },
+        {
+            "id": 2,
+            "image_id": 7,
+            "category_id": 1,
+            "bbox": [5.0, 5.0, 30.0, 30.0],
+            "iscrowd": 1,
+            "area": 900,
+        },
+        {
+            "id": 3,
+            "image_id": 7,
+            "category_id": 90,
+            "bbox": [0.0, 0.0, 60.0, 40.0],
+            "iscrowd": 0,
+            "area": 2400,
+        },
     ]
-    cats = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    cats = [
+        {"id": 90, "name": "toothbrush"},
+        {"id": 1, "name": "person"},
+        {"id": 18, "name": "dog"},
+    ]
     return write_coco(tmp_path / "ann.json", images, anns, cats)
 
 
@@ -47,7 +74,12 @@ def test_load_coco_json_gives_detectron2_dicts_with_contiguous_ids(tmp_path, unr
     assert d["file_name"] == os.path.join(str(tmp_path / "imgs"), "a.jpg")
     assert (d["height"], d["width"]) == (30, 50)
     assert d["annotations"] == [
-        {"iscrowd": 0, "bbox": [1.0, 2.0, 10.0, 20.0], "category_id": 1, "bbox_mode": BoxMode.XYWH_ABS}
+        {
+            "iscrowd": 0,
+            "bbox": [1.0, 2.0, 10.0, 20.0],
+            "category_id": 1,
+            "bbox_mode": BoxMode.XYWH_ABS,
+        }
     ]
     assert [a["category_id"] for a in dicts[1]["annotations"]] == [0, 2]  # ids 1, 90 -> 0, 2
     assert dicts[1]["annotations"][0]["iscrowd"] == 1
@@ -64,18 +96,30 @@ def test_load_coco_json_without_name_keeps_json_ids(tmp_path):
 def test_register_coco_instances_is_lazy_and_sets_metadata(tmp_path, unregister):
     unregister.append("t_coco_reg")
     json_file = tmp_path / "later.json"
-    register_coco_instances("t_coco_reg", {"extra": 1}, json_file, tmp_path)  # file does not exist yet
+    register_coco_instances(
+        "t_coco_reg", {"extra": 1}, json_file, tmp_path
+    )  # file does not exist yet
     meta = MetadataCatalog.get("t_coco_reg")
-    assert (meta.json_file, meta.image_root, meta.evaluator_type, meta.extra) == (str(json_file), str(tmp_path), "coco", 1)
+    assert (meta.json_file, meta.image_root, meta.evaluator_type, meta.extra) == (
+        str(json_file),
+        str(tmp_path),
+        "coco",
+        1,
+    )
     small_coco(tmp_path).rename(json_file)
     assert len(DatasetCatalog.get("t_coco_reg")) == 2
 
 
 def test_load_voc_converts_one_based_boxes_and_keeps_difficult(tmp_path):
-    root = write_voc(tmp_path / "VOC2007", {
-        "000001": [("dog", (1, 1, 50, 40), 0), ("person", (10, 5, 20, 30), 1)],
-        "000002": [],
-    }, split="trainval", size=(50, 40))
+    root = write_voc(
+        tmp_path / "VOC2007",
+        {
+            "000001": [("dog", (1, 1, 50, 40), 0), ("person", (10, 5, 20, 30), 1)],
+            "000002": [],
+        },
+        split="trainval",
+        size=(50, 40),
+    )
     dicts = load_voc_instances(root, "trainval", VOC_CLASSES)
     assert [d["image_id"] for d in dicts] == ["000001", "000002"]
     d = dicts[0]
@@ -84,7 +128,10 @@ def test_load_voc_converts_one_based_boxes_and_keeps_difficult(tmp_path):
     dog, person = d["annotations"]
     assert dog["bbox"] == [0.0, 0.0, 50.0, 40.0]  # (1, W) covers the whole image: (0, W)
     assert person["bbox"] == [9.0, 4.0, 20.0, 30.0]
-    assert (dog["category_id"], person["category_id"]) == (VOC_CLASSES.index("dog"), VOC_CLASSES.index("person"))
+    assert (dog["category_id"], person["category_id"]) == (
+        VOC_CLASSES.index("dog"),
+        VOC_CLASSES.index("person"),
+    )
     assert (dog["difficult"], person["difficult"]) == (0, 1)
     assert dog["bbox_mode"] == BoxMode.XYXY_ABS
     assert dicts[1]["annotations"] == []
@@ -94,13 +141,26 @@ def test_register_pascal_voc_metadata(tmp_path, unregister):
     unregister.append("t_voc_reg")
     register_pascal_voc("t_voc_reg", tmp_path / "VOC2012", "val", 2012)
     meta = MetadataCatalog.get("t_voc_reg")
-    assert (meta.dirname, meta.split, meta.year, meta.evaluator_type) == (str(tmp_path / "VOC2012"), "val", 2012, "pascal_voc")
+    assert (meta.dirname, meta.split, meta.year, meta.evaluator_type) == (
+        str(tmp_path / "VOC2012"),
+        "val",
+        2012,
+        "pascal_voc",
+    )
     assert meta.thing_classes == list(VOC_CLASSES)
 
 
 BUILTIN = [
-    "coco_2017_train", "coco_2017_val", "coco_2014_train", "coco_2014_minival", "coco_2014_valminusminival",
-    "voc_2007_trainval", "voc_2007_test", "voc_2012_trainval", "shapes_train", "shapes_val",
+    "coco_2017_train",
+    "coco_2017_val",
+    "coco_2014_train",
+    "coco_2014_minival",
+    "coco_2014_valminusminival",
+    "voc_2007_trainval",
+    "voc_2007_test",
+    "voc_2012_trainval",
+    "shapes_train",
+    "shapes_val",
 ]
 
 
@@ -108,18 +168,27 @@ def test_builtin_names_and_metadata():
     for name in BUILTIN:
         assert name in DatasetCatalog, name
     coco = MetadataCatalog.get("coco_2017_train")
-    assert len(coco.thing_classes) == 80 and coco.thing_classes[0] == "person" and coco.thing_classes[-1] == "toothbrush"
+    assert (
+        len(coco.thing_classes) == 80
+        and coco.thing_classes[0] == "person"
+        and coco.thing_classes[-1] == "toothbrush"
+    )
     assert coco.thing_dataset_id_to_contiguous_id[90] == 79 and len(COCO_CATEGORIES) == 80
     assert coco.json_file.endswith(os.path.join("coco", "annotations", "instances_train2017.json"))
     assert coco.image_root.endswith(os.path.join("coco", "train2017"))
-    assert MetadataCatalog.get("coco_2014_minival").image_root.endswith(os.path.join("coco", "val2014"))
+    assert MetadataCatalog.get("coco_2014_minival").image_root.endswith(
+        os.path.join("coco", "val2014")
+    )
     voc = MetadataCatalog.get("voc_2007_test")
     assert (voc.split, voc.year, voc.evaluator_type) == ("test", 2007, "pascal_voc")
     assert voc.dirname.endswith("VOC2007")
     shapes = MetadataCatalog.get("shapes_val")
     assert shapes.json_file.endswith(os.path.join("shapes", "annotations", "instances_val.json"))
     assert shapes.image_root.endswith(os.path.join("shapes", "val"))
-    assert shapes.thing_classes == ["circle", "rectangle", "triangle"] and shapes.evaluator_type == "coco"
+    assert (
+        shapes.thing_classes == ["circle", "rectangle", "triangle"]
+        and shapes.evaluator_type == "coco"
+    )
 
 
 _WATCHED = []  # (root, touched list) while a test watches file access; the audit hook cannot be removed
@@ -146,7 +215,9 @@ def test_builtin_registration_reads_no_file_and_honours_rb_datasets(tmp_path, mo
     touched = []
     real_stat = os.stat
 
-    def stat(path, *args, **kwargs):  # existence checks (os.path.exists/isfile) raise no audit event
+    def stat(
+        path, *args, **kwargs
+    ):  # existence checks (os.path.exists/isfile) raise no audit event
         if str(path).startswith(root):
             touched.append(("os.stat", path))
         return real_stat(path, *args, **kwargs)
@@ -163,7 +234,9 @@ def test_builtin_registration_reads_no_file_and_honours_rb_datasets(tmp_path, mo
     assert touched == []
     assert set(BUILTIN) <= set(DatasetCatalog.list())
     assert MetadataCatalog.get("voc_2012_trainval").dirname == os.path.join(root, "VOC2012")
-    assert MetadataCatalog.get("coco_2017_val").json_file == os.path.join(root, "coco/annotations/instances_val2017.json")
+    assert MetadataCatalog.get("coco_2017_val").json_file == os.path.join(
+        root, "coco/annotations/instances_val2017.json"
+    )
     with pytest.raises(FileNotFoundError, match="instances_val2017.json"):
         DatasetCatalog.get("coco_2017_val")
 

@@ -1,4 +1,5 @@
 """Train/test loaders: batches of dicts, reproducible across worker counts, per-rank batch size."""
+
 import itertools
 import json
 
@@ -32,12 +33,24 @@ def tiny_coco(tmp_path_factory):
         cv2.imwrite(str(root / f"{i}.png"), rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8))
         images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
         if i != 5:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + i % 2,
-                         "bbox": [1.0, 2.0, w / 2, h / 3], "iscrowd": 0})
-    (root / "ann.json").write_text(json.dumps({
-        "images": images, "annotations": anns,
-        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-    }))
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1 + i % 2,
+                    "bbox": [1.0, 2.0, w / 2, h / 3],
+                    "iscrowd": 0,
+                }
+            )
+    (root / "ann.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            }
+        )
+    )
     register_coco_instances("t_loader", {}, root / "ann.json", root)
     yield root
     DatasetCatalog.pop("t_loader")
@@ -60,8 +73,18 @@ def cfg_for(workers=0, batch=2, seed=5, grouping=True):
 
 
 def summarize(batches):
-    return [[(d["file_name"], tuple(d["image"].shape), int(d["image"].sum()), d["instances"].gt_boxes.tensor.tolist())
-             for d in b] for b in batches]
+    return [
+        [
+            (
+                d["file_name"],
+                tuple(d["image"].shape),
+                int(d["image"].sum()),
+                d["instances"].gt_boxes.tensor.tolist(),
+            )
+            for d in b
+        ]
+        for b in batches
+    ]
 
 
 def test_train_batches_are_lists_of_dicts_and_grouped(tiny_coco):
@@ -73,12 +96,19 @@ def test_train_batches_are_lists_of_dicts_and_grouped(tiny_coco):
             assert set(d) >= {"file_name", "image_id", "height", "width", "image", "instances"}
             assert min(d["image"].shape[1:]) in range(16, 41)
     names = {d["file_name"] for b in batches for d in b}
-    assert not any(n.endswith("/5.png") for n in names)  # FILTER_EMPTY_ANNOTATIONS dropped the empty image
+    assert not any(
+        n.endswith("/5.png") for n in names
+    )  # FILTER_EMPTY_ANNOTATIONS dropped the empty image
 
 
 def test_same_batches_with_0_and_2_workers_and_same_seed(tiny_coco):
     def run(workers, seed=5, grouping=True):
-        return summarize(itertools.islice(iter(build_detection_train_loader(cfg_for(workers, seed=seed, grouping=grouping))), 5))
+        return summarize(
+            itertools.islice(
+                iter(build_detection_train_loader(cfg_for(workers, seed=seed, grouping=grouping))),
+                5,
+            )
+        )
 
     zero = run(0)
     assert zero == run(2)
@@ -104,7 +134,9 @@ def test_main_process_rng_is_left_alone_with_0_workers(tiny_coco):
 
 @pytest.mark.parametrize("grouping,workers", [(True, 0), (True, 2), (False, 0)])
 def test_skip_batches_resumes_exactly(tiny_coco, grouping, workers):
-    fresh = summarize(itertools.islice(iter(build_detection_train_loader(cfg_for(0, grouping=grouping))), 9))
+    fresh = summarize(
+        itertools.islice(iter(build_detection_train_loader(cfg_for(0, grouping=grouping))), 9)
+    )
     loader = build_detection_train_loader(cfg_for(workers, grouping=grouping))
     loader.skip_batches(5)
     assert summarize(itertools.islice(iter(loader), 4)) == fresh[5:]
@@ -116,7 +148,9 @@ def test_skip_batches_without_sizes_loads_the_skipped_batches(tiny_coco):
     dicts = get_detection_dataset_dicts("t_loader")
     for d in dicts:
         del d["width"], d["height"]
-    fresh = summarize(itertools.islice(iter(build_detection_train_loader(cfg_for(), dataset=dicts)), 5))
+    fresh = summarize(
+        itertools.islice(iter(build_detection_train_loader(cfg_for(), dataset=dicts)), 5)
+    )
     loader = build_detection_train_loader(cfg_for(), dataset=dicts)
     loader.skip_batches(3)
     assert summarize(itertools.islice(iter(loader), 2)) == fresh[3:]
@@ -141,7 +175,10 @@ def test_test_loader_covers_dataset_in_order(tiny_coco):
     assert len(loader) == 8
     batches = list(loader)
     assert [b[0]["image_id"] for b in batches] == list(range(1, 9))
-    assert all(len(b) == 1 and "instances" not in b[0] and min(b[0]["image"].shape[1:]) == 20 for b in batches)
+    assert all(
+        len(b) == 1 and "instances" not in b[0] and min(b[0]["image"].shape[1:]) == 20
+        for b in batches
+    )
 
 
 def test_worker_error_is_reraised_naming_the_file(tiny_coco):
@@ -165,5 +202,7 @@ def test_mapper_returning_none_skips_the_sample(tiny_coco):
     def mapper(d):
         return None if d["image_id"] == 1 else base(d)
 
-    batches = list(itertools.islice(iter(build_detection_train_loader(cfg_for(workers=2), mapper=mapper)), 8))
+    batches = list(
+        itertools.islice(iter(build_detection_train_loader(cfg_for(workers=2), mapper=mapper)), 8)
+    )
     assert all(d["image_id"] != 1 for b in batches for d in b)

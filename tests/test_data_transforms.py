@@ -1,7 +1,9 @@
 """Resize and flip move images and boxes together; DatasetMapper applies them to a dataset dict."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_cfg
 
 from resnet_backbones.data import DatasetMapper
 from resnet_backbones.data.detection_utils import (
@@ -22,8 +24,6 @@ from resnet_backbones.data.transforms import (
     apply_augmentations,
 )
 from resnet_backbones.structures import BoxMode
-
-from helpers import tiny_cfg
 
 
 def box_image(h, w, box):
@@ -58,12 +58,15 @@ def test_resize_scales_boxes_exactly():
     assert white_box(out) == pytest.approx([4, 10, 20, 30], abs=1)
 
 
-@pytest.mark.parametrize("h,w,short,max_size,expected", [
-    (480, 640, 800, 1333, (800, 1067)),   # 640 * 800 / 480 = 1066.67
-    (640, 480, 800, 1333, (1067, 800)),
-    (100, 400, 800, 1333, (333, 1333)),   # long side capped
-    (50, 50, 20, 1000, (20, 20)),
-])
+@pytest.mark.parametrize(
+    "h,w,short,max_size,expected",
+    [
+        (480, 640, 800, 1333, (800, 1067)),  # 640 * 800 / 480 = 1066.67
+        (640, 480, 800, 1333, (1067, 800)),
+        (100, 400, 800, 1333, (333, 1333)),  # long side capped
+        (50, 50, 20, 1000, (20, 20)),
+    ],
+)
 def test_resize_shortest_edge_output_shape(h, w, short, max_size, expected):
     t = ResizeShortestEdge(short, max_size, "choice").get_transform(np.zeros((h, w, 3), np.uint8))
     assert (t.new_h, t.new_w) == expected
@@ -72,9 +75,13 @@ def test_resize_shortest_edge_output_shape(h, w, short, max_size, expected):
 def test_resize_shortest_edge_choice_and_range():
     img = np.zeros((10, 20, 3), np.uint8)
     np.random.seed(0)
-    choice = {ResizeShortestEdge((4, 6, 8), 1000, "choice").get_transform(img).new_h for _ in range(60)}
+    choice = {
+        ResizeShortestEdge((4, 6, 8), 1000, "choice").get_transform(img).new_h for _ in range(60)
+    }
     assert choice == {4, 6, 8}
-    ranged = {ResizeShortestEdge((4, 8), 1000, "range").get_transform(img).new_h for _ in range(200)}
+    ranged = {
+        ResizeShortestEdge((4, 8), 1000, "range").get_transform(img).new_h for _ in range(200)
+    }
     assert ranged == {4, 5, 6, 7, 8}
     assert isinstance(ResizeShortestEdge(0, 1000, "choice").get_transform(img), NoOpTransform)
     with pytest.raises(ValueError, match="range"):
@@ -85,8 +92,12 @@ def test_random_flip_probability_and_direction():
     img = np.zeros((10, 20, 3), np.uint8)
     np.random.seed(1)
     kinds = [type(RandomFlip(0.5).get_transform(img)) for _ in range(200)]
-    assert 60 < kinds.count(HFlipTransform) < 140 and kinds.count(NoOpTransform) == 200 - kinds.count(HFlipTransform)
-    assert isinstance(RandomFlip(1.0, horizontal=False, vertical=True).get_transform(img), VFlipTransform)
+    assert 60 < kinds.count(HFlipTransform) < 140 and kinds.count(
+        NoOpTransform
+    ) == 200 - kinds.count(HFlipTransform)
+    assert isinstance(
+        RandomFlip(1.0, horizontal=False, vertical=True).get_transform(img), VFlipTransform
+    )
     with pytest.raises(ValueError):
         RandomFlip(0.5, horizontal=True, vertical=True)
 
@@ -106,7 +117,11 @@ def test_augmented_box_follows_the_pixels():
 def test_annotations_to_instances_clips_and_filter_drops_empty():
     annos = [
         {"bbox": [-5, 2, 10, 8], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 3},
-        {"bbox": [50, 2, 70, 8], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1},  # outside: empty after clip
+        {
+            "bbox": [50, 2, 70, 8],
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": 1,
+        },  # outside: empty after clip
     ]
     inst = annotations_to_instances(annos, (20, 40))
     assert inst.gt_boxes.tensor.tolist() == [[0, 2, 10, 8], [40, 2, 40, 8]]
@@ -121,17 +136,26 @@ def test_transformed_instances_equals_the_per_annotation_path(flip):
     modes, boxes leaving the image, no annotation at all)."""
     rng = np.random.default_rng(0)
     img = np.zeros((37, 53, 3), dtype=np.uint8)
-    out, transforms = apply_augmentations([ResizeShortestEdge(90, 1000, "choice"), RandomFlip(flip)], img)
+    out, transforms = apply_augmentations(
+        [ResizeShortestEdge(90, 1000, "choice"), RandomFlip(flip)], img
+    )
     annos = [
-        {"bbox": list(rng.uniform(-10, 60, 2)) + list(rng.uniform(1, 30, 2)), "bbox_mode": BoxMode.XYWH_ABS,
-         "category_id": int(i % 3)}
+        {
+            "bbox": list(rng.uniform(-10, 60, 2)) + list(rng.uniform(1, 30, 2)),
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": int(i % 3),
+        }
         for i in range(6)
     ] + [{"bbox": [40.5, 30.25, 70.0, 45.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 2}]
     expected = annotations_to_instances(
-        [transform_instance_annotations(dict(a), transforms, out.shape[:2]) for a in annos], out.shape[:2]
+        [transform_instance_annotations(dict(a), transforms, out.shape[:2]) for a in annos],
+        out.shape[:2],
     )
     got = transformed_instances(annos, transforms, out.shape[:2])
-    assert torch.equal(got.gt_boxes.tensor, expected.gt_boxes.tensor) and got.gt_boxes.tensor.dtype == torch.float32
+    assert (
+        torch.equal(got.gt_boxes.tensor, expected.gt_boxes.tensor)
+        and got.gt_boxes.tensor.dtype == torch.float32
+    )
     assert torch.equal(got.gt_classes, expected.gt_classes)
     assert annos[-1]["bbox"] == [40.5, 30.25, 70.0, 45.0]  # the dataset's dicts are left alone
     empty = transformed_instances([], transforms, out.shape[:2])
@@ -150,8 +174,10 @@ def test_read_image_formats(tmp_path):
 
 
 SMALL_INPUT = {  # the defaults with 32-pixel images
-    "INPUT.MIN_SIZE_TRAIN": (32,), "INPUT.MAX_SIZE_TRAIN": 100,
-    "INPUT.MIN_SIZE_TEST": 32, "INPUT.MAX_SIZE_TEST": 100,
+    "INPUT.MIN_SIZE_TRAIN": (32,),
+    "INPUT.MAX_SIZE_TRAIN": 100,
+    "INPUT.MIN_SIZE_TEST": 32,
+    "INPUT.MAX_SIZE_TEST": 100,
 }
 
 
@@ -160,7 +186,10 @@ def test_dataset_mapper_train_and_test(tmp_path):
 
     cv2.imwrite(str(tmp_path / "a.png"), box_image(16, 24, (2, 4, 10, 12)))
     d = {
-        "file_name": str(tmp_path / "a.png"), "height": 16, "width": 24, "image_id": 1,
+        "file_name": str(tmp_path / "a.png"),
+        "height": 16,
+        "width": 24,
+        "image_id": 1,
         "annotations": [
             {"bbox": [2, 4, 8, 8], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 2, "iscrowd": 0},
             {"bbox": [0, 0, 5, 5], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1, "iscrowd": 1},

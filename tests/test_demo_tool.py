@@ -1,4 +1,5 @@
 """tools/demo.py: detections drawn with OpenCV on single images and folders."""
+
 import json
 import os
 import sys
@@ -20,13 +21,18 @@ from helpers import TINY_C4, tiny_cfg  # noqa: E402
 TINY = str(TINY_C4)
 
 
-
 def test_draw_detections_changes_pixels_on_the_box_only():
     image = np.full((120, 160, 3), 127, np.uint8)
-    out = demo.draw_detections(image, np.array([[40.0, 50.0, 100.0, 90.0]]), [0.93], [1], ["circle", "rectangle"])
-    assert out.shape == image.shape and np.array_equal(image, np.full_like(image, 127))  # input untouched
+    out = demo.draw_detections(
+        image, np.array([[40.0, 50.0, 100.0, 90.0]]), [0.93], [1], ["circle", "rectangle"]
+    )
+    assert out.shape == image.shape and np.array_equal(
+        image, np.full_like(image, 127)
+    )  # input untouched
     changed = np.any(out != image, axis=2)
-    assert changed[50, 60] and changed[89, 70] and changed[70, 40] and changed[70, 99]  # the four edges
+    assert (
+        changed[50, 60] and changed[89, 70] and changed[70, 40] and changed[70, 99]
+    )  # the four edges
     assert not changed[70, 70]  # the inside of the box
     assert not changed[110, 150] and not changed[5, 150]  # far from the box and its label
     assert changed[40:50, 40:100].any()  # the label above the box
@@ -41,7 +47,11 @@ def test_collect_inputs_and_output_names(tmp_path):
     paths = demo.collect_inputs([str(tmp_path / "a"), str(tmp_path / "b" / "x.jpg")])
     assert [os.path.relpath(p, tmp_path) for p in paths] == ["a/x.jpg", "a/y.png", "b/x.jpg"]
     outs = demo.output_paths(paths, "out")
-    assert outs == [os.path.join("out", "x.png"), os.path.join("out", "y.png"), os.path.join("out", "x_1.png")]
+    assert outs == [
+        os.path.join("out", "x.png"),
+        os.path.join("out", "y.png"),
+        os.path.join("out", "x_1.png"),
+    ]
     assert demo.output_paths(paths[:1], "result.jpg") == ["result.jpg"]
     with pytest.raises(FileNotFoundError):
         demo.collect_inputs([str(tmp_path / "missing.jpg")])
@@ -79,14 +89,36 @@ def test_demo_draws_boxes_with_names_and_scores(tmp_path, forced_detector, capsy
     cv2.imwrite(str(single), originals["one"])
 
     out = tmp_path / "out"
-    code = demo.main(["--config-file", TINY, "--input", str(folder), str(single), "--output", str(out),
-                      "--json", str(out / "detections.json"), "--confidence-threshold", "0.9",
-                      "--opts", "MODEL.WEIGHTS", forced_detector, "MODEL.DEVICE", "cpu",
-                      "TEST.DETECTIONS_PER_IMAGE", "3"])
+    code = demo.main(
+        [
+            "--config-file",
+            TINY,
+            "--input",
+            str(folder),
+            str(single),
+            "--output",
+            str(out),
+            "--json",
+            str(out / "detections.json"),
+            "--confidence-threshold",
+            "0.9",
+            "--opts",
+            "MODEL.WEIGHTS",
+            forced_detector,
+            "MODEL.DEVICE",
+            "cpu",
+            "TEST.DETECTIONS_PER_IMAGE",
+            "3",
+        ]
+    )
     assert code == 0
     assert "3 image(s) processed" in capsys.readouterr().out
     records = json.load(open(out / "detections.json"))
-    assert [os.path.basename(r["file_name"]) for r in records] == ["one.png", "two.png", "single.jpg"]
+    assert [os.path.basename(r["file_name"]) for r in records] == [
+        "one.png",
+        "two.png",
+        "single.jpg",
+    ]
     for rec, name in zip(records, ("one", "two", "single")):
         drawn = cv2.imread(str(out / f"{name}.png"))
         assert drawn is not None and drawn.shape == (96, 128, 3)
@@ -103,15 +135,41 @@ def test_demo_draws_boxes_with_names_and_scores(tmp_path, forced_detector, capsy
         yb = int(np.clip(np.ceil(y1) - 1, 0, 95))
         ym = (ya + yb) // 2
         assert changed[ym, xa] and changed[ym, xb], "box edges drawn"
-        assert changed[ya:yb + 1, xa:xb + 1].mean() < 1.0 or (xb - xa < 4)  # not a filled box
+        assert changed[ya : yb + 1, xa : xb + 1].mean() < 1.0 or (xb - xa < 4)  # not a filled box
 
 
 def test_demo_reports_missing_inputs_and_weights(tmp_path, forced_detector, capsys):
-    assert demo.main(["--config-file", TINY, "--input", str(tmp_path / "nothing.jpg"),
-                      "--opts", "MODEL.WEIGHTS", forced_detector]) == 2
+    assert (
+        demo.main(
+            [
+                "--config-file",
+                TINY,
+                "--input",
+                str(tmp_path / "nothing.jpg"),
+                "--opts",
+                "MODEL.WEIGHTS",
+                forced_detector,
+            ]
+        )
+        == 2
+    )
     assert "nothing.jpg" in capsys.readouterr().err
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
-    assert demo.main(["--config-file", TINY, "--input", str(img), "--opts", "MODEL.WEIGHTS",
-                      str(tmp_path / "missing.pth"), "MODEL.DEVICE", "cpu"]) == 2
+    assert (
+        demo.main(
+            [
+                "--config-file",
+                TINY,
+                "--input",
+                str(img),
+                "--opts",
+                "MODEL.WEIGHTS",
+                str(tmp_path / "missing.pth"),
+                "MODEL.DEVICE",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "missing.pth" in capsys.readouterr().err

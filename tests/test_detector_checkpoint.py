@@ -1,21 +1,25 @@
 """``DetectionCheckpointer``: our checkpoints, detectron2 checkpoints and ImageNet backbones
 (ours, torchvision names, MSRA/Caffe2 ``.pkl``) load into a detector by name."""
+
 import pickle
 
 import pytest
 import torch
+from helpers import tiny_cfg
 
 from resnet_backbones import build_model
 from resnet_backbones.checkpoint import CheckpointFormatError, ours_to_msra, ours_to_torchvision
-from resnet_backbones.checkpoint.detection_checkpoint import DetectionCheckpointer, resolve_weights_path
+from resnet_backbones.checkpoint.detection_checkpoint import (
+    DetectionCheckpointer,
+    resolve_weights_path,
+)
 from resnet_backbones.modeling.backbone.resnet import build_resnet
-
-from helpers import tiny_cfg
 
 
 def tiny_detector(norm="FrozenBN", depth=50, num_classes=None):
-    cfg = tiny_cfg(MODEL__RESNETS__NORM=norm, MODEL__RESNETS__STRIDE_IN_1X1=True,
-                   MODEL__RESNETS__DEPTH=depth)
+    cfg = tiny_cfg(
+        MODEL__RESNETS__NORM=norm, MODEL__RESNETS__STRIDE_IN_1X1=True, MODEL__RESNETS__DEPTH=depth
+    )
     if num_classes is not None:
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     return build_model(cfg)
@@ -24,8 +28,15 @@ def tiny_detector(norm="FrozenBN", depth=50, num_classes=None):
 def tiny_classifier(norm="FrozenBN"):
     """An ImageNet-style classifier with the tiny detector's widths, with non-trivial BN values."""
     torch.manual_seed(1)
-    net = build_resnet(50, num_classes=10, norm=norm, stride_in_1x1=True, stem_out_channels=16,
-                       res2_out_channels=32, width_per_group=8)
+    net = build_resnet(
+        50,
+        num_classes=10,
+        norm=norm,
+        stride_in_1x1=True,
+        stem_out_channels=16,
+        res2_out_channels=32,
+        width_per_group=8,
+    )
     with torch.no_grad():
         for name, t in net.state_dict().items():
             if name.endswith(("norm.weight", "norm.bias")):
@@ -49,7 +60,9 @@ def _same(a, b, keys=None):
 
 def test_save_and_load_our_checkpoint(tmp_path):
     src = _randomized(tiny_detector())
-    DetectionCheckpointer(src, save_dir=str(tmp_path), save_to_disk=True).save("model_final", iteration=7)
+    DetectionCheckpointer(src, save_dir=str(tmp_path), save_to_disk=True).save(
+        "model_final", iteration=7
+    )
     dst = tiny_detector()
     ckpt = DetectionCheckpointer(dst)
     extra = ckpt.load(str(tmp_path / "model_final.pth"))
@@ -63,8 +76,14 @@ def test_detectron2_model_zoo_pkl(tmp_path):
     src = _randomized(tiny_detector())
     path = tmp_path / "model_final_abc.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in src.state_dict().items()},
-                     "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}, f)
+        pickle.dump(
+            {
+                "model": {k: v.numpy() for k, v in src.state_dict().items()},
+                "__author__": "Detectron2 Model Zoo",
+                "matching_heuristics": True,
+            },
+            f,
+        )
     dst = tiny_detector()
     DetectionCheckpointer(dst).load(str(path))
     _same(src, dst)
@@ -83,7 +102,9 @@ def test_imagenet_backbone_initializes_backbone_and_res5_head(tmp_path, layout):
     else:
         path = tmp_path / "R-50.pkl"
         with open(path, "wb") as f:  # Caffe2 layout: folded BN, blobs as numpy arrays
-            pickle.dump({"blobs": {k: v.numpy() for k, v in ours_to_msra(sd).state_dict.items()}}, f)
+            pickle.dump(
+                {"blobs": {k: v.numpy() for k, v in ours_to_msra(sd).state_dict.items()}}, f
+            )
     det = tiny_detector()
     ckpt = DetectionCheckpointer(det)
     ckpt.load(str(path))
@@ -94,10 +115,14 @@ def test_imagenet_backbone_initializes_backbone_and_res5_head(tmp_path, layout):
         k for k in dsd if k.startswith(("proposal_generator.", "roi_heads.box_predictor."))
     )
     assert not report.unexpected and not report.shape_mismatch
-    assert any("linear" in name or "fc1000" in name or name.startswith("fc.") for name, _ in report.dropped)
+    assert any(
+        "linear" in name or "fc1000" in name or name.startswith("fc.") for name, _ in report.dropped
+    )
     torch.testing.assert_close(dsd["backbone.stem.conv1.weight"], sd["stem.conv1.weight"])
     torch.testing.assert_close(dsd["backbone.res4.5.conv3.weight"], sd["res4.5.conv3.weight"])
-    torch.testing.assert_close(dsd["roi_heads.res5.0.shortcut.weight"], sd["res5.0.shortcut.weight"])
+    torch.testing.assert_close(
+        dsd["roi_heads.res5.0.shortcut.weight"], sd["res5.0.shortcut.weight"]
+    )
     torch.testing.assert_close(dsd["roi_heads.res5.2.conv2.weight"], sd["res5.2.conv2.weight"])
     # FrozenBN: the same function, whether statistics were kept or folded (Caffe2)
     x = torch.randn(1, 3, 64, 64)
@@ -201,9 +226,11 @@ def test_r50_weights_into_r18_strict_load_names_both_architectures():
         load_checkpoint(r18, create_model("resnet50", num_classes=None).state_dict(), strict=True)
     msg = str(info.value)
     assert "the model was left unchanged" in msg
-    assert ("architecture mismatch: the checkpoint is a ResNet-50 (bottleneck blocks, "
-            "res2/res3/res4/res5 = 3/4/6/3), the model a ResNet-18 (basic blocks, "
-            "res2/res3/res4/res5 = 2/2/2/2)") in msg
+    assert (
+        "architecture mismatch: the checkpoint is a ResNet-50 (bottleneck blocks, "
+        "res2/res3/res4/res5 = 3/4/6/3), the model a ResNet-18 (basic blocks, "
+        "res2/res3/res4/res5 = 2/2/2/2)"
+    ) in msg
 
 
 def test_same_architecture_with_another_head_is_not_an_architecture_mismatch(tmp_path, caplog):
@@ -214,6 +241,8 @@ def test_same_architecture_with_another_head_is_not_an_architecture_mismatch(tmp
     with caplog.at_level("WARNING"):
         ckpt.load(str(tmp_path / "c5.pth"))
     assert "architecture mismatch" not in caplog.text and ckpt.last_report.architecture == ""
-    assert ("c5.pth: 4 tensors not loaded, their shapes differ from the model's "
-            "(left as initialized): roi_heads.box_predictor.cls_score.weight: "
-            "checkpoint (6, 256) vs model (4, 256)") in caplog.text
+    assert (
+        "c5.pth: 4 tensors not loaded, their shapes differ from the model's "
+        "(left as initialized): roi_heads.box_predictor.cls_score.weight: "
+        "checkpoint (6, 256) vs model (4, 256)"
+    ) in caplog.text

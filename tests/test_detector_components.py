@@ -3,6 +3,7 @@
 Anchors, the box transform, the matcher, the sampler, RoIAlignV2, proposal selection, Fast R-CNN
 inference and the rescaling of detections; each with detectron2's semantics.
 """
+
 import math
 
 import pytest
@@ -10,7 +11,10 @@ import torch
 
 from resnet_backbones import get_cfg
 from resnet_backbones.layers import ShapeSpec
-from resnet_backbones.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+from resnet_backbones.modeling.anchor_generator import (
+    DefaultAnchorGenerator,
+    build_anchor_generator,
+)
 from resnet_backbones.modeling.box_regression import Box2BoxTransform, smooth_l1_loss
 from resnet_backbones.modeling.matcher import Matcher
 from resnet_backbones.modeling.poolers import ROIPooler
@@ -23,7 +27,6 @@ from resnet_backbones.structures import Boxes, Instances
 S2 = math.sqrt(2.0)
 
 
-
 # ------------------------------------------------------------------------------------ anchors
 def test_default_config_anchors_by_hand():
     """SIZES [[32..512]], ratios 0.5/1/2, offset 0: 15 anchors per cell, sizes vary slowest."""
@@ -34,8 +37,12 @@ def test_default_config_anchors_by_hand():
     torch.testing.assert_close(cell[0], torch.tensor([-16 * S2, -8 * S2, 16 * S2, 8 * S2]))
     torch.testing.assert_close(cell[1], torch.tensor([-16.0, -16.0, 16.0, 16.0]))
     torch.testing.assert_close(cell[2], torch.tensor([-8 * S2, -16 * S2, 8 * S2, 16 * S2]))
-    torch.testing.assert_close(cell[4], torch.tensor([-32.0, -32.0, 32.0, 32.0]))  # size 64, ratio 1
-    torch.testing.assert_close(cell[13], torch.tensor([-256.0, -256.0, 256.0, 256.0]))  # 512, ratio 1
+    torch.testing.assert_close(
+        cell[4], torch.tensor([-32.0, -32.0, 32.0, 32.0])
+    )  # size 64, ratio 1
+    torch.testing.assert_close(
+        cell[13], torch.tensor([-256.0, -256.0, 256.0, 256.0])
+    )  # 512, ratio 1
     areas = (cell[:, 2] - cell[:, 0]) * (cell[:, 3] - cell[:, 1])
     expected_areas = [float(s * s) for s in (32, 64, 128, 256, 512) for _ in range(3)]
     torch.testing.assert_close(areas, torch.tensor(expected_areas))
@@ -45,15 +52,20 @@ def test_default_config_anchors_by_hand():
 
 @pytest.mark.parametrize("offset", [0.0, 0.5])
 def test_grid_anchor_order_and_shifts(offset):
-    gen = DefaultAnchorGenerator(sizes=[[32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[16], offset=offset)
+    gen = DefaultAnchorGenerator(
+        sizes=[[32]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[16], offset=offset
+    )
     (anchors,) = gen([torch.zeros(1, 8, 2, 3)])  # 2 rows, 3 columns
     assert isinstance(anchors, Boxes) and anchors.tensor.shape == (2 * 3 * 3, 4)
     # (row, column, anchor) order: row 1, column 2, anchor 1 (ratio 1) -> index (1*3 + 2)*3 + 1
     c = offset * 16
     torch.testing.assert_close(
-        anchors.tensor[(1 * 3 + 2) * 3 + 1], torch.tensor([c + 32 - 16, c + 16 - 16, c + 32 + 16, c + 16 + 16])
+        anchors.tensor[(1 * 3 + 2) * 3 + 1],
+        torch.tensor([c + 32 - 16, c + 16 - 16, c + 32 + 16, c + 16 + 16]),
     )
-    torch.testing.assert_close(anchors.tensor[0], torch.tensor([c - 16 * S2, c - 8 * S2, c + 16 * S2, c + 8 * S2]))
+    torch.testing.assert_close(
+        anchors.tensor[0], torch.tensor([c - 16 * S2, c - 8 * S2, c + 16 * S2, c + 8 * S2])
+    )
     centers = anchors.get_centers()[1::3]
     expected = torch.tensor([[c + 16 * x, c + 16 * y] for y in range(2) for x in range(3)])
     torch.testing.assert_close(centers, expected)
@@ -82,7 +94,9 @@ def test_box_transform_by_hand_and_clamp():
     t = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
     src = torch.tensor([[0.0, 0.0, 10.0, 20.0]])  # centre (5, 10), size 10 x 20
     dst = torch.tensor([[2.0, 0.0, 22.0, 20.0]])  # centre (12, 10), size 20 x 20
-    torch.testing.assert_close(t.get_deltas(src, dst), torch.tensor([[10 * 7 / 10, 0.0, 5 * math.log(2.0), 0.0]]))
+    torch.testing.assert_close(
+        t.get_deltas(src, dst), torch.tensor([[10 * 7 / 10, 0.0, 5 * math.log(2.0), 0.0]])
+    )
     assert t.scale_clamp == pytest.approx(math.log(1000.0 / 16))
     # a huge dw is clamped at log(1000/16): width grows at most 62.5 times
     out = t.apply_deltas(torch.tensor([[0.0, 0.0, 1000.0, 0.0]]), src)
@@ -178,7 +192,10 @@ def test_roialignv2_is_half_pixel_aligned():
 
 def test_pooler_batches_boxes_in_image_order():
     feats = torch.stack([torch.full((1, 4, 4), 1.0), torch.full((1, 4, 4), 2.0)])
-    boxes = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0]])), Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0]] * 2))]
+    boxes = [
+        Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0]])),
+        Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0]] * 2)),
+    ]
     out = ROIPooler(3, scales=(1 / 16,), sampling_ratio=2, pooler_type="ROIAlignV2")([feats], boxes)
     assert out.shape == (3, 1, 3, 3)
     assert out[:, 0, 1, 1].tolist() == [1.0, 2.0, 2.0]
@@ -186,14 +203,28 @@ def test_pooler_batches_boxes_in_image_order():
 
 # ---------------------------------------------------------------------------------- proposals
 def test_find_top_rpn_proposals_by_hand():
-    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0],  # best
-                           [0.0, 0.0, 10.0, 10.5],  # IoU 0.95 with the best: suppressed
-                           [20.0, 20.0, 30.0, 30.0],
-                           [-5.0, -5.0, 40.0, 12.0],  # clipped to the 32x32 image
-                           [5.0, 5.0, 5.0, 9.0]]])  # empty after clipping: removed
+    boxes = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 10.0, 10.0],  # best
+                [0.0, 0.0, 10.0, 10.5],  # IoU 0.95 with the best: suppressed
+                [20.0, 20.0, 30.0, 30.0],
+                [-5.0, -5.0, 40.0, 12.0],  # clipped to the 32x32 image
+                [5.0, 5.0, 5.0, 9.0],
+            ]
+        ]
+    )  # empty after clipping: removed
     logits = torch.tensor([[5.0, 4.0, 1.0, 3.0, 10.0]])
-    (res,) = find_top_rpn_proposals([boxes], [logits], [(32, 32)], nms_thresh=0.7, pre_nms_topk=5,
-                                    post_nms_topk=2, min_box_size=0.0, training=False)
+    (res,) = find_top_rpn_proposals(
+        [boxes],
+        [logits],
+        [(32, 32)],
+        nms_thresh=0.7,
+        pre_nms_topk=5,
+        post_nms_topk=2,
+        min_box_size=0.0,
+        training=False,
+    )
     assert res.image_size == (32, 32)
     expected = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 32.0, 12.0]])
     torch.testing.assert_close(res.proposal_boxes.tensor, expected)
@@ -207,8 +238,12 @@ def test_find_top_rpn_proposals_by_hand():
 
 def test_fast_rcnn_inference_by_hand():
     # two RoIs, two classes (+ background); class-specific boxes (R, 8)
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0, 0.0, 0.0, 10.0, 10.0],
-                          [1.0, 1.0, 10.0, 10.0, 50.0, 50.0, 90.0, 90.0]])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0, 0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 10.0, 10.0, 50.0, 50.0, 90.0, 90.0],
+        ]
+    )
     scores = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.04, 0.36]])
     res, idx = fast_rcnn_inference_single_image(
         boxes, scores, (60, 80), score_thresh=0.05, nms_thresh=0.5, topk_per_image=100
@@ -216,7 +251,9 @@ def test_fast_rcnn_inference_by_hand():
     # class 0: RoI 1's box overlaps RoI 0's (IoU 0.81) -> suppressed; class 1: RoI 1's 0.04 < 0.05
     assert res.pred_classes.tolist() == [0, 1]
     torch.testing.assert_close(res.scores, torch.tensor([0.7, 0.2]))
-    torch.testing.assert_close(res.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]]))
+    torch.testing.assert_close(
+        res.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+    )
     assert idx.tolist() == [0, 0]
     res, _ = fast_rcnn_inference_single_image(boxes, scores, (60, 80), 0.05, 0.5, topk_per_image=1)
     assert len(res) == 1
@@ -228,7 +265,9 @@ def test_fast_rcnn_inference_by_hand():
 
 def test_detector_postprocess_rescales_and_clips():
     r = Instances((100, 200))
-    r.pred_boxes = Boxes(torch.tensor([[10.0, 20.0, 50.0, 60.0], [190.0, 90.0, 210.0, 110.0], [5.0, 5.0, 5.0, 9.0]]))
+    r.pred_boxes = Boxes(
+        torch.tensor([[10.0, 20.0, 50.0, 60.0], [190.0, 90.0, 210.0, 110.0], [5.0, 5.0, 5.0, 9.0]])
+    )
     r.scores = torch.tensor([0.9, 0.8, 0.7])
     r.pred_classes = torch.tensor([0, 1, 2])
     out = detector_postprocess(r, 200, 400)

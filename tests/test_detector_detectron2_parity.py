@@ -23,6 +23,7 @@ every FrozenBN gets running statistics measured on the test images and random af
 the predictor layers get larger random weights; activations stay O(1).
 A narrow R50 (stem 16, res2 32, width 8) keeps the test fast on a CPU.
 """
+
 import os
 
 import pytest
@@ -36,6 +37,7 @@ from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
 from detectron2.engine import DefaultPredictor as D2DefaultPredictor  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from helpers import NARROW as NARROW_C4  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
@@ -49,14 +51,11 @@ from resnet_backbones.utils.testing import (  # noqa: E402
     random_scene,
 )
 
-from helpers import NARROW as NARROW_C4  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "Base-RCNN-C4.yaml")
 NARROW = ["MODEL.RESNETS.DEPTH", 50, *NARROW_C4]  # R50 at 1/8 width, 5 classes, 300 test proposals
 NUM_CLASSES = NARROW[NARROW.index("MODEL.ROI_HEADS.NUM_CLASSES") + 1]
 IMAGE_SIZES = [(160, 224), (192, 144)]  # different sizes: padding in the batch
-
 
 
 def _both_configs(overrides, base=BASE):
@@ -107,7 +106,9 @@ def test_state_dict_names_and_shapes_equal_detectron2(depth):
     # Same names (the order of registration may differ: our blocks register their shortcut last,
     # in torchvision's order; loading is by name).
     assert sorted(sd) == sorted(d2_sd)
-    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in d2_sd.items()}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        k: tuple(v.shape) for k, v in d2_sd.items()
+    }
     # pixel statistics are non-persistent buffers in both
     assert "pixel_mean" not in sd and "pixel_std" not in sd
 
@@ -117,7 +118,9 @@ def test_rpn_proposals_match(models):
     with torch.no_grad():
         d2_in = _inputs(images, d2=True, with_gt=False)
         d2_images = d2_model.preprocess_image(d2_in)
-        d2_props, _ = d2_model.proposal_generator(d2_images, d2_model.backbone(d2_images.tensor), None)
+        d2_props, _ = d2_model.proposal_generator(
+            d2_images, d2_model.backbone(d2_images.tensor), None
+        )
         our_in = _inputs(images, d2=False, with_gt=False)
         our_images = ours.preprocess_image(our_in)
         assert torch.equal(our_images.tensor, d2_images.tensor)
@@ -129,15 +132,21 @@ def test_rpn_proposals_match(models):
         matched = (iou.max(dim=1).values >= 0.99).float().mean().item()
         iou_top = pairwise_iou(Boxes(top), Boxes(p.proposal_boxes.tensor[:100]))
         matched_top = (iou_top.max(dim=1).values >= 0.99).float().mean().item()
-        print(f"RPN: {len(d2_p)} vs {len(p)} proposals; d2 top-100 matched (IoU>=0.99): "
-              f"{matched:.3f} among all ours, {matched_top:.3f} among our top-100")
+        print(
+            f"RPN: {len(d2_p)} vs {len(p)} proposals; d2 top-100 matched (IoU>=0.99): "
+            f"{matched:.3f} among all ours, {matched_top:.3f} among our top-100"
+        )
         assert matched >= 0.95
         assert abs(len(d2_p) - len(p)) <= 0.05 * len(d2_p)
 
 
 def _coco_ap(d2_results, our_results):
     """AP@[.5:.95] of our detections with detectron2's detections as ground truth."""
-    gt = {"images": [], "annotations": [], "categories": [{"id": c + 1} for c in range(NUM_CLASSES)]}
+    gt = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": c + 1} for c in range(NUM_CLASSES)],
+    }
     dets = []
     for img_id, (d2_r, r) in enumerate(zip(d2_results, our_results), start=1):
         d2_i, i = d2_r["instances"], r["instances"]
@@ -145,15 +154,28 @@ def _coco_ap(d2_results, our_results):
         gt["images"].append({"id": img_id, "height": h, "width": w})
         for box, cls in zip(d2_i.pred_boxes.tensor.tolist(), d2_i.pred_classes.tolist()):
             x0, y0, x1, y1 = box
-            gt["annotations"].append({
-                "id": len(gt["annotations"]) + 1, "image_id": img_id, "category_id": cls + 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
-            })
-        for box, cls, score in zip(i.pred_boxes.tensor.tolist(), i.pred_classes.tolist(), i.scores.tolist()):
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": img_id,
+                    "category_id": cls + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+        for box, cls, score in zip(
+            i.pred_boxes.tensor.tolist(), i.pred_classes.tolist(), i.scores.tolist()
+        ):
             x0, y0, x1, y1 = box
-            dets.append({
-                "image_id": img_id, "category_id": cls + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
-            })
+            dets.append(
+                {
+                    "image_id": img_id,
+                    "category_id": cls + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": score,
+                }
+            )
     coco_gt = COCO()
     coco_gt.dataset = gt
     coco_gt.createIndex()
@@ -179,8 +201,10 @@ def test_detections_match(models):
         print(f"detections: detectron2 {len(d2_i)}, ours {len(i)}")
         if len(i) == len(d2_i):
             diff = (i.pred_boxes.tensor - d2_i.pred_boxes.tensor).abs().max().item()
-            print(f"  same count; max |box diff| {diff:.2e}, classes equal: "
-                  f"{torch.equal(i.pred_classes, d2_i.pred_classes)}")
+            print(
+                f"  same count; max |box diff| {diff:.2e}, classes equal: "
+                f"{torch.equal(i.pred_classes, d2_i.pred_classes)}"
+            )
     ap = _coco_ap(d2_out, out)
     print(f"COCO AP of ours vs detectron2-as-ground-truth: {ap:.4f}")
     assert ap >= 0.98
@@ -215,13 +239,18 @@ def _losses(model, images, seed, d2: bool):
     return {k: v.item() for k, v in losses.items()}, grads
 
 
-@pytest.mark.parametrize("take_all", [True, False], ids=["all-anchors-and-rois", "seeded-default-sampling"])
+@pytest.mark.parametrize(
+    "take_all", [True, False], ids=["all-anchors-and-rois", "seeded-default-sampling"]
+)
 def test_training_losses_match(models, take_all):
     d2_model, ours, images, _ = models
     saved = {}
     if take_all:
         for m in (d2_model, ours):
-            saved[id(m)] = (m.proposal_generator.batch_size_per_image, m.roi_heads.batch_size_per_image)
+            saved[id(m)] = (
+                m.proposal_generator.batch_size_per_image,
+                m.roi_heads.batch_size_per_image,
+            )
             m.proposal_generator.batch_size_per_image = 100000
             m.roi_heads.batch_size_per_image = 100000
     try:
@@ -230,12 +259,20 @@ def test_training_losses_match(models, take_all):
     finally:
         for m in (d2_model, ours):
             if id(m) in saved:
-                m.proposal_generator.batch_size_per_image, m.roi_heads.batch_size_per_image = saved[id(m)]
+                m.proposal_generator.batch_size_per_image, m.roi_heads.batch_size_per_image = saved[
+                    id(m)
+                ]
     print(f"losses ({'take all' if take_all else 'seeded sampling'}):")
     for k in d2_losses:
-        print(f"  {k}: detectron2 {d2_losses[k]:.6f}  ours {losses[k]:.6f}  "
-              f"rel diff {abs(losses[k] - d2_losses[k]) / max(abs(d2_losses[k]), 1e-12):.2e}")
-    assert list(losses) == list(d2_losses) == ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"]
+        print(
+            f"  {k}: detectron2 {d2_losses[k]:.6f}  ours {losses[k]:.6f}  "
+            f"rel diff {abs(losses[k] - d2_losses[k]) / max(abs(d2_losses[k]), 1e-12):.2e}"
+        )
+    assert (
+        list(losses)
+        == list(d2_losses)
+        == ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"]
+    )
     for k in d2_losses:
         assert losses[k] == pytest.approx(d2_losses[k], rel=0.01), k
     for k in GRAD_CHECKED:
@@ -251,7 +288,14 @@ def test_default_predictor_matches(models, tmp_path, fmt):
     ours_file = tmp_path / "ours.pth"
     torch.save({"model": ours.state_dict()}, ours_file)
     D2DetectionCheckpointer(d2_model, save_dir=str(tmp_path)).save("d2_saved")
-    overrides = NARROW + ["INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 200, "INPUT.FORMAT", fmt]
+    overrides = NARROW + [
+        "INPUT.MIN_SIZE_TEST",
+        160,
+        "INPUT.MAX_SIZE_TEST",
+        200,
+        "INPUT.FORMAT",
+        fmt,
+    ]
     if fmt == "RGB":
         overrides += ["MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]"]
     d2_cfg, cfg = _both_configs(overrides)
@@ -289,7 +333,12 @@ def _flat(node, prefix=""):
         (
             "voc/faster_rcnn_R101_C4.yaml",
             "PascalVOC-Detection/faster_rcnn_R_50_C4.yaml",  # detectron2 has no R101 VOC config
-            ["MODEL.RESNETS.DEPTH", "101", "MODEL.WEIGHTS", "detectron2://ImageNetPretrained/MSRA/R-101.pkl"],
+            [
+                "MODEL.RESNETS.DEPTH",
+                "101",
+                "MODEL.WEIGHTS",
+                "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
+            ],
         ),
     ],
 )
@@ -305,7 +354,9 @@ def test_configs_equal_detectron2s(ours, theirs, extra):
     d2_view = d2_get_cfg()
     d2_view.merge_from_file(os.path.join(ROOT, "configs", ours))
     ref_flat, d2_flat = _flat(ref), _flat(d2_view)
-    assert os.path.basename(d2_flat.pop("MODEL.WEIGHTS")) == os.path.basename(ref_flat.pop("MODEL.WEIGHTS"))
+    assert os.path.basename(d2_flat.pop("MODEL.WEIGHTS")) == os.path.basename(
+        ref_flat.pop("MODEL.WEIGHTS")
+    )
     assert d2_flat == ref_flat
 
     cfg = get_cfg()

@@ -3,11 +3,13 @@
 Small models (``configs/shapes/faster_rcnn_tiny_C4.yaml``: ResNet-50 layout at 1/8 width) and
 tiny images keep this fast on a CPU.
 """
+
 import os
 import re
 
 import pytest
 import torch
+from helpers import tiny_cfg
 
 import resnet_backbones
 from resnet_backbones import build_model, get_cfg
@@ -15,16 +17,15 @@ from resnet_backbones.modeling.meta_arch import GeneralizedRCNN
 from resnet_backbones.structures import Boxes, Instances
 from resnet_backbones.utils.events import EventStorage
 
-from helpers import tiny_cfg
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_KEYS = ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"]
 
 
-
 SMALL_BATCHES = {  # fewer proposals and sampled anchors / RoIs than the yaml: fast on a CPU
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 48, "MODEL.RPN.POST_NMS_TOPK_TEST": 32,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32, "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 64,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 48,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 32,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 64,
 }
 
 
@@ -96,8 +97,14 @@ def test_r50_c4_state_dict_is_detectron2s():
     assert buffers["pixel_mean"].shape == (3, 1, 1)
     # detectron2's freezing: stem and res2 frozen (FREEZE_AT 2), the rest trainable
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert "backbone.res3.0.conv1.weight" in trainable and "backbone.res2.0.conv1.weight" not in trainable
-    assert "roi_heads.res5.0.conv1.weight" in trainable and "proposal_generator.rpn_head.conv.weight" in trainable
+    assert (
+        "backbone.res3.0.conv1.weight" in trainable
+        and "backbone.res2.0.conv1.weight" not in trainable
+    )
+    assert (
+        "roi_heads.res5.0.conv1.weight" in trainable
+        and "proposal_generator.rpn_head.conv.weight" in trainable
+    )
 
 
 def test_build_model_reads_config_values():
@@ -105,11 +112,19 @@ def test_build_model_reads_config_values():
     model = build_model(cfg)
     rpn, heads = model.proposal_generator, model.roi_heads
     assert rpn.in_features == ["res4"] and heads.in_features == ["res4"]
-    assert rpn.pre_nms_topk == {True: 2000, False: 1000} and rpn.post_nms_topk == {True: 48, False: 32}
+    assert rpn.pre_nms_topk == {True: 2000, False: 1000} and rpn.post_nms_topk == {
+        True: 48,
+        False: 32,
+    }
     assert rpn.nms_thresh == 0.7 and rpn.box2box_transform.weights == (1.0, 1.0, 1.0, 1.0)
-    assert rpn.anchor_matcher.allow_low_quality_matches and not heads.proposal_matcher.allow_low_quality_matches
+    assert (
+        rpn.anchor_matcher.allow_low_quality_matches
+        and not heads.proposal_matcher.allow_low_quality_matches
+    )
     assert heads.box_predictor.box2box_transform.weights == (10.0, 10.0, 5.0, 5.0)
-    assert heads.box_predictor.test_score_thresh == 0.05 and heads.box_predictor.test_nms_thresh == 0.5
+    assert (
+        heads.box_predictor.test_score_thresh == 0.05 and heads.box_predictor.test_nms_thresh == 0.5
+    )
     assert heads.box_predictor.test_topk_per_image == 100
     assert heads.pooler.output_size == (14, 14) and heads.pooler.pooler_type == "ROIAlignV2"
     assert heads.pooler.level_poolers[0].spatial_scale == 1 / 16
@@ -124,23 +139,35 @@ def test_basic_block_res5_head_is_resnet18s_own_res5():
     from resnet_backbones.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
     for depth, num_blocks in ((18, 2), (34, 3)):
-        cfg = tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__DEPTH=depth,
-                       MODEL__RESNETS__RES2_OUT_CHANNELS=16, MODEL__RESNETS__STEM_OUT_CHANNELS=16,
-                       MODEL__RESNETS__RES5_HEAD_BLOCK="basic")
+        cfg = tiny_cfg(
+            SMALL_BATCHES,
+            MODEL__RESNETS__DEPTH=depth,
+            MODEL__RESNETS__RES2_OUT_CHANNELS=16,
+            MODEL__RESNETS__STEM_OUT_CHANNELS=16,
+            MODEL__RESNETS__RES5_HEAD_BLOCK="basic",
+        )
         model = build_model(cfg)
         res5 = model.roi_heads.res5
         assert len(res5) == num_blocks and all(type(b) is BasicBlock for b in res5)
         assert res5[0].conv1.stride == (2, 2) and res5[0].conv1.in_channels == 64
-        assert res5[-1].out_channels == 128 and model.roi_heads.box_predictor.cls_score.in_features == 128
+        assert (
+            res5[-1].out_channels == 128
+            and model.roi_heads.box_predictor.cls_score.in_features == 128
+        )
         img, inst = two_box_image()
         with EventStorage(0):
             model.train()
             losses = model([{"image": img, "instances": inst}])
-        assert sorted(losses) == sorted(LOSS_KEYS) and all(torch.isfinite(v) for v in losses.values())
+        assert sorted(losses) == sorted(LOSS_KEYS) and all(
+            torch.isfinite(v) for v in losses.values()
+        )
 
-    default = build_model(tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__DEPTH=18,
-                                   MODEL__RESNETS__RES2_OUT_CHANNELS=16))
-    assert len(default.roi_heads.res5) == 3 and all(type(b) is BottleneckBlock for b in default.roi_heads.res5)
+    default = build_model(
+        tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__DEPTH=18, MODEL__RESNETS__RES2_OUT_CHANNELS=16)
+    )
+    assert len(default.roi_heads.res5) == 3 and all(
+        type(b) is BottleneckBlock for b in default.roi_heads.res5
+    )
     with pytest.raises(ValueError, match="RES5_HEAD_BLOCK='basic' needs .*DEPTH=50"):
         build_model(tiny_cfg(SMALL_BATCHES, MODEL__RESNETS__RES5_HEAD_BLOCK="basic"))
     with pytest.raises(ValueError, match="RES5_HEAD_BLOCK='wide'"):
@@ -185,13 +212,24 @@ def test_training_returns_detectron2_loss_dict():
     empty.gt_boxes = Boxes(torch.zeros(0, 4))
     empty.gt_classes = torch.zeros(0, dtype=torch.int64)
     with EventStorage() as storage:
-        losses = model([{"image": img, "instances": inst}, {"image": torch.rand(3, 48, 80) * 255, "instances": empty}])
+        losses = model(
+            [
+                {"image": img, "instances": inst},
+                {"image": torch.rand(3, 48, 80) * 255, "instances": empty},
+            ]
+        )
     assert list(losses) == LOSS_KEYS
     # detectron2's training metrics go to the trainer's event storage
     logged = storage.latest()
-    for name in ("rpn/num_pos_anchors", "rpn/num_neg_anchors", "roi_head/num_fg_samples",
-                 "roi_head/num_bg_samples", "fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy",
-                 "fast_rcnn/false_negative"):
+    for name in (
+        "rpn/num_pos_anchors",
+        "rpn/num_neg_anchors",
+        "roi_head/num_fg_samples",
+        "roi_head/num_bg_samples",
+        "fast_rcnn/cls_accuracy",
+        "fast_rcnn/fg_cls_accuracy",
+        "fast_rcnn/false_negative",
+    ):
         assert name in logged, name
     assert logged["roi_head/num_fg_samples"][0] > 0  # the appended gt boxes at least
     for k, v in losses.items():
@@ -210,8 +248,11 @@ def test_sgd_steps_lower_the_loss():
     anchors / RoIs make every step see the same samples, so the loss is a deterministic function
     of the weights."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(SMALL_BATCHES, MODEL__RPN__BATCH_SIZE_PER_IMAGE=512,
-                   MODEL__ROI_HEADS__BATCH_SIZE_PER_IMAGE=512)
+    cfg = tiny_cfg(
+        SMALL_BATCHES,
+        MODEL__RPN__BATCH_SIZE_PER_IMAGE=512,
+        MODEL__ROI_HEADS__BATCH_SIZE_PER_IMAGE=512,
+    )
     model = build_model(cfg).train()
     img, inst = two_box_image()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -244,7 +285,12 @@ def test_inference_output_structure_and_coordinates():
         assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
         assert 0 < len(inst) <= 100
         b = inst.pred_boxes.tensor
-        assert (b[:, 0] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= h).all()
+        assert (
+            (b[:, 0] >= 0).all()
+            and (b[:, 2] <= w).all()
+            and (b[:, 1] >= 0).all()
+            and (b[:, 3] <= h).all()
+        )
         assert ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all()
         assert inst.pred_classes.dtype == torch.int64 and inst.pred_classes.max() < 3
         assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
@@ -266,4 +312,8 @@ def test_inference_with_no_detections():
         (out,) = model([{"image": img, "height": 32, "width": 48}])
     inst = out["instances"]
     assert len(inst) == 0 and inst.image_size == (32, 48)
-    assert inst.pred_boxes.tensor.shape == (0, 4) and inst.scores.shape == (0,) and inst.pred_classes.shape == (0,)
+    assert (
+        inst.pred_boxes.tensor.shape == (0, 4)
+        and inst.scores.shape == (0,)
+        and inst.pred_classes.shape == (0,)
+    )

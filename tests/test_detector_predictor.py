@@ -1,13 +1,13 @@
 """``DefaultPredictor``: resizing, channel order, and detections mapped back to the original image."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_cfg
 
 from resnet_backbones import DefaultPredictor
 from resnet_backbones.engine import ResizeShortestEdge
 from resnet_backbones.structures import Boxes, Instances
-
-from helpers import tiny_cfg
 
 FEW_PROPOSALS = {"MODEL.RPN.POST_NMS_TOPK_TEST": 16}  # tiny_cfg: MIN_SIZE_TEST 160, MAX 256
 
@@ -60,7 +60,9 @@ def test_detection_maps_back_to_the_original_image():
     assert recorder.seen["image_sizes"] == [(160, 240)]
     inst = out["instances"]
     assert inst.image_size == (300, 450)
-    torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([original_box]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        inst.pred_boxes.tensor, torch.tensor([original_box]), rtol=0, atol=1e-4
+    )
     assert inst.scores.tolist() == pytest.approx([0.9]) and inst.pred_classes.tolist() == [1]
     # the network saw the resized image, normalized with the config's BGR statistics
     resized = ResizeShortestEdge(160, 256).get_transform(image).apply_image(image)

@@ -1,5 +1,6 @@
 """docs/reliability.md, the catalogue of bad inputs, names only tests that exist: every row of its
 tables cites at least one ``tests/<file>.py::<test>``, and each is a ``def`` in that file."""
+
 import re
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """launch(): gloo worker processes, torchrun, failure propagation without hangs, signal forwarding, teardown."""
+
 import json
 import os
 import signal
@@ -25,9 +26,15 @@ def _collective_main(out_dir):
 
     t = torch.tensor([comm.get_rank() + 1.0])
     dist.all_reduce(t)
-    info = {"sum": t.item(), "world": comm.get_world_size(), "rank": comm.get_rank(),
-            "local_rank": comm.get_local_rank(), "local_size": comm.get_local_size(),
-            "gathered": comm.all_gather(comm.get_rank() * 10), "backend": dist.get_backend()}
+    info = {
+        "sum": t.item(),
+        "world": comm.get_world_size(),
+        "rank": comm.get_rank(),
+        "local_rank": comm.get_local_rank(),
+        "local_size": comm.get_local_size(),
+        "gathered": comm.all_gather(comm.get_rank() * 10),
+        "backend": dist.get_backend(),
+    }
     with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
         json.dump(info, f)
     _finish_unevenly(out_dir)
@@ -103,7 +110,9 @@ def test_sigterm_is_forwarded_to_the_workers(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline:
             if all(os.path.exists(tmp_path / f"ready{r}") for r in range(2)):
-                os.kill(os.getpid(), signal.SIGTERM)  # launch() has its forwarding handler installed
+                os.kill(
+                    os.getpid(), signal.SIGTERM
+                )  # launch() has its forwarding handler installed
                 return
             time.sleep(0.05)
 
@@ -121,20 +130,34 @@ def test_sigterm_is_forwarded_to_the_workers(tmp_path):
 def _torchrun_collective_job(tmp_path, out_dir):
     out_dir.mkdir()
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import faulthandler, sys
         faulthandler.enable()  # a worker that aborts shows where it was
-        sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+        sys.path.insert(0, {os.path.join(REPO, "tests")!r})
         from resnet_backbones.engine.launch import launch
         from test_engine_launch import _collective_main
         # --num-gpus is ignored under torchrun: the process count comes from torchrun
         launch(_collective_main, 1, args=(sys.argv[1],), backend="gloo")
-    """))
+    """)
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-         str(out_dir)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(out_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -142,7 +165,9 @@ def _aborted_after_finishing(proc, out_dir):
     """A worker died in C++ (std::terminate) after every rank had finished its work and reached the
     teardown: what a few full-suite runs showed (never in 300 runs of this job alone), inside
     torch/gloo rather than in launch()."""
-    finished = all((out_dir / name).exists() for name in ("rank0.json", "rank1.json", "teardown0.json"))
+    finished = all(
+        (out_dir / name).exists() for name in ("rank0.json", "rank1.json", "teardown0.json")
+    )
     return finished and "terminate called without an active exception" in proc.stderr
 
 
@@ -151,8 +176,10 @@ def test_under_torchrun(tmp_path):
     out_dir = tmp_path / "run1"
     proc = _torchrun_collective_job(tmp_path, out_dir)
     if proc.returncode != 0 and _aborted_after_finishing(proc, out_dir):
-        warnings.warn("a torchrun worker aborted in torch's teardown after finishing; ran the job again:\n"
-                      + proc.stderr[-2000:])
+        warnings.warn(
+            "a torchrun worker aborted in torch's teardown after finishing; ran the job again:\n"
+            + proc.stderr[-2000:]
+        )
         out_dir = tmp_path / "run2"
         proc = _torchrun_collective_job(tmp_path, out_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr

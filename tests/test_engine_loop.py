@@ -2,6 +2,7 @@
 
 The detector itself is exercised end to end in test_engine_train_net.py.
 """
+
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from itertools import count
 import numpy as np
 import pytest
 import torch
+from helpers import logging_state, restore_logging_state
 from torch import nn
 
 from resnet_backbones.checkpoint.atomic import AtomicCheckpointer, atomic_torch_save
@@ -27,9 +29,12 @@ from resnet_backbones.engine.defaults import (
 )
 from resnet_backbones.engine.train_loop import AMPTrainer, SimpleTrainer
 from resnet_backbones.utils.env import get_rng_states, seed_all_rng, set_rng_states
-from resnet_backbones.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, get_event_storage
-
-from helpers import logging_state, restore_logging_state
+from resnet_backbones.utils.events import (
+    CommonMetricPrinter,
+    EventStorage,
+    JSONWriter,
+    get_event_storage,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,7 +78,10 @@ class ToyLoader:
             batch = []
             for j in range(self.batch_size):
                 g = np.random.default_rng([self.seed, pos, j])
-                x = g.normal(size=4).astype(np.float32) + np.random.normal(size=4).astype(np.float32) * 0.1
+                x = (
+                    g.normal(size=4).astype(np.float32)
+                    + np.random.normal(size=4).astype(np.float32) * 0.1
+                )
                 batch.append({"x": torch.from_numpy(x), "y": torch.tensor(float(x.sum() > 0))})
             yield batch
 
@@ -168,7 +176,13 @@ def test_complete_run_outputs(reference):
     assert trainer.finished and trainer.iter == 10
     assert results == trainer._last_eval_results and set(results["toy"]) == {"AP", "AP50"}
     names = sorted(os.listdir(out))
-    assert {"model_0000003.pth", "model_0000007.pth", "model_final.pth", "last_checkpoint", "metrics.json"} <= set(names)
+    assert {
+        "model_0000003.pth",
+        "model_0000007.pth",
+        "model_final.pth",
+        "last_checkpoint",
+        "metrics.json",
+    } <= set(names)
     assert "model_0000009.pth" not in names
     assert not [n for n in names if n.endswith(".tmp")]
     assert any(n.startswith("events.out.tfevents") for n in names)
@@ -185,9 +199,14 @@ def test_complete_run_outputs(reference):
     last_train = [l for l in lines if "total_loss" in l][-1]
     assert last_train["iteration"] == 9
     assert {"loss_mse", "loss_l1", "lr", "data_time", "time"} <= set(last_train)
-    assert last_train["total_loss"] == pytest.approx(last_train["loss_mse"] + last_train["loss_l1"], rel=0.5)
+    assert last_train["total_loss"] == pytest.approx(
+        last_train["loss_mse"] + last_train["loss_l1"], rel=0.5
+    )
     evals = [l for l in lines if "toy/AP" in l]
-    assert [l["iteration"] for l in evals] == [4, 10]  # TEST.EVAL_PERIOD 5 (after iteration 4) and at the end
+    assert [l["iteration"] for l in evals] == [
+        4,
+        10,
+    ]  # TEST.EVAL_PERIOD 5 (after iteration 4) and at the end
     assert evals[-1]["toy/AP"] == results["toy"]["AP"]
 
 
@@ -203,7 +222,16 @@ def test_console_line(tmp_path):
     run(cfg)
     with open(tmp_path / "log.txt") as f:  # the console handler's twin
         line = [l for l in f.read().splitlines() if "iter: 5" in l][-1]
-    for field in ("eta:", "total_loss:", "loss_mse:", "loss_l1:", "time:", "data_time:", "lr:", "max_mem:"):
+    for field in (
+        "eta:",
+        "total_loss:",
+        "loss_mse:",
+        "loss_l1:",
+        "time:",
+        "data_time:",
+        "lr:",
+        "max_mem:",
+    ):
         assert field in line, (field, line)
 
 
@@ -219,7 +247,9 @@ def test_crash_then_resume_equals_uninterrupted(reference, tmp_path):
     assert_same_state(state(trainer), ref_state)
     assert results == ref_results
     iters = [l["iteration"] for l in read_metrics(tmp_path)]
-    assert iters == sorted(set(iters))  # lines of the recomputed iterations were replaced, not duplicated
+    assert iters == sorted(
+        set(iters)
+    )  # lines of the recomputed iterations were replaced, not duplicated
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(reference, tmp_path):
@@ -280,12 +310,17 @@ def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         ck.save("model_0000001", iteration=1)
     monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]  # no temp file left
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+    ]  # no temp file left
     assert (tmp_path / "model_0000001.pth").read_bytes() == good
     assert ck.get_checkpoint_file() == str(tmp_path / "model_0000001.pth")
     umask = os.umask(0)
     os.umask(umask)
-    assert os.stat(tmp_path / "model_0000001.pth").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert (
+        os.stat(tmp_path / "model_0000001.pth").st_mode & 0o777 == 0o666 & ~umask
+    )  # not mkstemp's 0600
     atomic_torch_save({"a": 1}, str(tmp_path / "x.pth"))
     assert torch.load(tmp_path / "x.pth") == {"a": 1}
 
@@ -325,15 +360,26 @@ def test_event_storage_and_json_writer(tmp_path):
 def test_metric_printer_line(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("resnet_backbones"), "propagate", True)  # to caplog
     printer = CommonMetricPrinter(max_iter=100)
-    with EventStorage(0) as s, caplog.at_level(logging.INFO, logger="resnet_backbones.utils.events"):
+    with (
+        EventStorage(0) as s,
+        caplog.at_level(logging.INFO, logger="resnet_backbones.utils.events"),
+    ):
         for i in range(3):
             s.iter = i
             s.put_scalars(total_loss=1.0, loss_cls=0.5, time=0.2, data_time=0.01)
             s.put_scalar("lr", 0.02, smoothing_hint=False)
         printer.write()
     msg = caplog.records[-1].getMessage()
-    for field in ("eta: 0:00:19", "iter: 2", "total_loss: 1", "loss_cls: 0.5", "time: 0.2000", "data_time: 0.0100",
-                  "lr: 0.02", "max_mem:"):
+    for field in (
+        "eta: 0:00:19",
+        "iter: 2",
+        "total_loss: 1",
+        "loss_cls: 0.5",
+        "time: 0.2000",
+        "data_time: 0.0100",
+        "lr: 0.02",
+        "max_mem:",
+    ):
         assert field in msg, (field, msg)
 
 
@@ -361,7 +407,9 @@ def test_revert_sync_batchnorm_keeps_state():
     net[1].weight.data.fill_(2.0)
     out = revert_sync_batchnorm(net)
     assert type(out[1]) is nn.BatchNorm2d
-    assert torch.equal(out[1].running_mean, torch.full((4,), 0.5)) and torch.equal(out[1].weight, torch.full((4,), 2.0))
+    assert torch.equal(out[1].running_mean, torch.full((4,), 0.5)) and torch.equal(
+        out[1].weight, torch.full((4,), 2.0)
+    )
     out.train()(torch.randn(2, 3, 5, 5))  # runs on CPU without a process group
 
 
@@ -384,9 +432,26 @@ def test_argument_parser_flags():
     a = p.parse_args(["--config", "x.yaml", "--num-gpus", "2", "--resume", "SOLVER.BASE_LR", "0.1"])
     assert a.config_file == "x.yaml" and a.num_gpus == 2 and a.resume and not a.eval_only
     assert a.opts == ["SOLVER.BASE_LR", "0.1"] and a.dist_url == "auto"
-    a = p.parse_args(["--config-file", "y.yaml", "--eval-only", "--num-machines", "2", "--machine-rank", "1",
-                      "--dist-url", "tcp://h:1234"])
-    assert (a.config_file, a.eval_only, a.num_machines, a.machine_rank, a.dist_url) == ("y.yaml", True, 2, 1, "tcp://h:1234")
+    a = p.parse_args(
+        [
+            "--config-file",
+            "y.yaml",
+            "--eval-only",
+            "--num-machines",
+            "2",
+            "--machine-rank",
+            "1",
+            "--dist-url",
+            "tcp://h:1234",
+        ]
+    )
+    assert (a.config_file, a.eval_only, a.num_machines, a.machine_rank, a.dist_url) == (
+        "y.yaml",
+        True,
+        2,
+        1,
+        "tcp://h:1234",
+    )
 
 
 def test_default_setup_writes_config_and_env(tmp_path):
@@ -401,8 +466,11 @@ def test_default_setup_writes_config_and_env(tmp_path):
     assert again.SOLVER.BASE_LR == 0.123 and again.SEED == 11
     env = (tmp_path / "out" / "env.txt").read_text()
     versions = dict(re.findall(r"^(PyTorch|numpy|Python) {2,}(\S+)", env, re.M))
-    assert versions == {"PyTorch": torch.__version__, "numpy": np.__version__,
-                        "Python": platform.python_version()}
+    assert versions == {
+        "PyTorch": torch.__version__,
+        "numpy": np.__version__,
+        "Python": platform.python_version(),
+    }
     assert (tmp_path / "out" / "log.txt").exists()
     a = torch.rand(1)
     seed_all_rng(11)
@@ -439,10 +507,14 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError) as info:
         trainer.train()
     msg = str(info.value)
-    assert msg.startswith("Loss became infinite or NaN at iteration=5: loss_l1=nan (rank 0). "
-                          "Loss terms (rank 0): loss_mse=")
-    assert msg.endswith(", loss_l1=nan. Training stopped before the weights were updated "
-                        "(lower SOLVER.BASE_LR, check the data, or enable SOLVER.CLIP_GRADIENTS).")
+    assert msg.startswith(
+        "Loss became infinite or NaN at iteration=5: loss_l1=nan (rank 0). "
+        "Loss terms (rank 0): loss_mse="
+    )
+    assert msg.endswith(
+        ", loss_l1=nan. Training stopped before the weights were updated "
+        "(lower SOLVER.BASE_LR, check the data, or enable SOLVER.CLIP_GRADIENTS)."
+    )
     weights = [k for k, _ in trainer.model.named_parameters()]
     assert weights and all(torch.equal(state(trainer)[k], snap.states[4][k]) for k in weights)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
@@ -486,14 +558,20 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, mon
     if failing == "checkpoint":
         assert str(info.value) == (
             f"[Errno {errno.ENOSPC}] No space left on device: "
-            f"checkpoint {path} was not written ({kept})")
+            f"checkpoint {path} was not written ({kept})"
+        )
         names = [n for n in os.listdir(tmp_path) if not n.startswith("events.out.tfevents")]
         assert sorted(names) == [  # no partial file left behind
-            "last_checkpoint", "log.txt", "metrics.json", "model_0000003.pth"]
+            "last_checkpoint",
+            "log.txt",
+            "metrics.json",
+            "model_0000003.pth",
+        ]
     else:
         assert str(info.value) == (
             f"[Errno {errno.ENOSPC}] No space left on device: "
-            f"checkpoint {path} was written, but {kept}")
+            f"checkpoint {path} was written, but {kept}"
+        )
         assert torch.load(path, weights_only=False)["iteration"] == 7
     monkeypatch.undo()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
@@ -536,8 +614,11 @@ def test_kill_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, caplog):
     import time
 
     out, marker = tmp_path / "out", tmp_path / "writing"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_SAVING, str(out), str(marker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WHILE_SAVING, str(out), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300  # a bound on a stuck child, not a timing check
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -548,8 +629,9 @@ def test_kill_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, caplog):
         proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
-    left = [n for n in os.listdir(out)
-            if n.startswith(".model_0000002.pth.") and n.endswith(".tmp")]
+    left = [
+        n for n in os.listdir(out) if n.startswith(".model_0000002.pth.") and n.endswith(".tmp")
+    ]
     assert sorted(os.listdir(out)) == sorted(["last_checkpoint", "model_0000001.pth", *left])
     assert len(left) == 1  # the half-written temporary file, never under the checkpoint's name
     torch.manual_seed(0)
@@ -623,10 +705,13 @@ def test_resume_with_a_corrupt_last_checkpoint_names_it(finished_run, tmp_path):
     with pytest.raises(ResumeError) as info:
         _trainer(make_cfg(out), resume=True)
     msg = str(info.value)
-    assert msg.startswith(f"--resume: {out}/last_checkpoint names 'model_final.pth', which cannot "
-                          f"be read (")
-    assert (f"Nothing was loaded, changed or deleted. Checkpoints in {out} that load: "
-            f"model_0000003.pth (iteration 3). To resume from one") in msg
+    assert msg.startswith(
+        f"--resume: {out}/last_checkpoint names 'model_final.pth', which cannot be read ("
+    )
+    assert (
+        f"Nothing was loaded, changed or deleted. Checkpoints in {out} that load: "
+        f"model_0000003.pth (iteration 3). To resume from one"
+    ) in msg
     assert (out / "model_final.pth").read_bytes() == final[: len(final) // 2]  # left for the user
     (out / "last_checkpoint").write_text("")
     empty = f"^--resume: {out}/last_checkpoint is empty. Nothing was loaded"

@@ -15,6 +15,7 @@ sampling ratio. MODEL.WEIGHTS stands in for pretrained weights: the random initi
 BatchNorm statistics measured on the data, so that FrozenBN keeps activations in range as it does
 with ImageNet weights.
 """
+
 import importlib.util
 import json
 import math
@@ -25,12 +26,11 @@ import sys
 
 import pytest
 import torch
+from helpers import logging_state, restore_logging_state
 
 from resnet_backbones.data import DatasetCatalog
 from resnet_backbones.data.datasets import register_coco_instances
 from resnet_backbones.data.shapes import SHAPES_CLASSES, generate_shapes_dataset
-
-from helpers import logging_state, restore_logging_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -115,8 +115,10 @@ if __name__ == "__main__":
 
 
 def _meta():
-    return {"thing_classes": list(SHAPES_CLASSES),
-            "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPES_CLASSES))}}
+    return {
+        "thing_classes": list(SHAPES_CLASSES),
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPES_CLASSES))},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +126,33 @@ def env(tmp_path_factory):
     saved = logging_state()
     root = tmp_path_factory.mktemp("rbtest")
     shapes = root / "shapes"
-    generate_shapes_dataset(shapes, num_train=8, num_val=4, seed=0, num_cls_train=0, num_cls_val=0,
-                            min_size=96, max_size=96)
+    generate_shapes_dataset(
+        shapes,
+        num_train=8,
+        num_val=4,
+        seed=0,
+        num_cls_train=0,
+        num_cls_val=0,
+        min_size=96,
+        max_size=96,
+    )
     for split in ("train", "val"):
         name = f"rbtest_shapes_{split}"
         if name not in DatasetCatalog:
-            register_coco_instances(name, _meta(), str(shapes / "annotations" / f"instances_{split}.json"),
-                                    str(shapes / split))
+            register_coco_instances(
+                name,
+                _meta(),
+                str(shapes / "annotations" / f"instances_{split}.json"),
+                str(shapes / split),
+            )
     weights = root / "init.pth"
     cfg_file = root / "tiny.yaml"
     cfg_file.write_text(TINY_CONFIG.format(repo=REPO, weights=weights))
     _calibrated_init(str(cfg_file), str(weights))
     driver = root / "driver.py"
-    driver.write_text(DRIVER.format(tools=os.path.join(REPO, "tools"), meta=_meta(), root=str(shapes)))
+    driver.write_text(
+        DRIVER.format(tools=os.path.join(REPO, "tools"), meta=_meta(), root=str(shapes))
+    )
     spec = importlib.util.spec_from_file_location("rb_train_net_under_test", TRAIN_NET)
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
@@ -192,7 +208,16 @@ def _subprocess(env, out, *extra, opts=(), kill_at=None):
     e = dict(os.environ, OMP_NUM_THREADS="1")
     if kill_at is not None:
         e["RBTEST_SIGKILL_AT"] = str(kill_at)
-    cmd = [sys.executable, env["driver"], "--config-file", env["cfg"], *extra, "OUTPUT_DIR", str(out), *opts]
+    cmd = [
+        sys.executable,
+        env["driver"],
+        "--config-file",
+        env["cfg"],
+        *extra,
+        "OUTPUT_DIR",
+        str(out),
+        *opts,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
 
 
@@ -273,30 +298,55 @@ def test_sigkill_resume_and_eval_only_are_exact(env, tmp_path):
 
     # c. --eval-only on the final checkpoint: the same numbers as the evaluation after training
     with one_thread():
-        eval_results = tn.main(_args(env, evald, "--eval-only", opts=("MODEL.WEIGHTS", str(full / "model_final.pth"))))
+        eval_results = tn.main(
+            _args(env, evald, "--eval-only", opts=("MODEL.WEIGHTS", str(full / "model_final.pth")))
+        )
     _same_results(eval_results, final_results)
 
     # the run's records
     names = set(os.listdir(full))
-    assert {"config.yaml", "env.txt", "log.txt", "metrics.json", "last_checkpoint", "model_0000001.pth",
-            "model_0000003.pth", "model_final.pth"} <= names
+    assert {
+        "config.yaml",
+        "env.txt",
+        "log.txt",
+        "metrics.json",
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
+    } <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     lines = [json.loads(l) for l in (full / "metrics.json").read_text().splitlines()]
     train_line = [l for l in lines if "total_loss" in l][-1]
     assert train_line["iteration"] == 5
-    assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "lr", "data_time"} <= set(train_line)
+    assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "lr", "data_time"} <= set(
+        train_line
+    )
     eval_line = [l for l in lines if any(k.startswith("bbox/") for k in l)][-1]
     for k, v in final_results["bbox"].items():
         if not math.isnan(v):
             assert eval_line[f"bbox/{k}"] == v
     log = (full / "log.txt").read_text()
     line = [l for l in log.splitlines() if "iter: 5" in l][-1]
-    for field in ("eta:", "loss_cls:", "loss_box_reg:", "loss_rpn_cls:", "time:", "data_time:", "lr:", "max_mem:"):
+    for field in (
+        "eta:",
+        "loss_cls:",
+        "loss_box_reg:",
+        "loss_rpn_cls:",
+        "time:",
+        "data_time:",
+        "lr:",
+        "max_mem:",
+    ):
         assert field in line, (field, line)
     assert "Environment info" in log
 
-    plot = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_metrics.py"), str(full)],
-                          capture_output=True, text=True, timeout=300)
+    plot = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "plot_metrics.py"), str(full)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plot.returncode == 0, plot.stderr
     for png in ("loss.png", "lr.png", "ap.png"):
         assert (full / "plots" / png).stat().st_size > 1000
@@ -305,20 +355,38 @@ def test_sigkill_resume_and_eval_only_are_exact(env, tmp_path):
 def test_missing_paths_fail_before_any_process_starts(env, tmp_path, capsys):
     tn = env["train_net"]
     out = tmp_path / "never"
-    code = tn.invoke_main(["--config-file", env["cfg"], "--num-gpus", "2", "OUTPUT_DIR", str(out),
-                           "MODEL.WEIGHTS", str(tmp_path / "missing" / "R-101.pkl"), "MODEL.DEVICE", "cpu"])
+    code = tn.invoke_main(
+        [
+            "--config-file",
+            env["cfg"],
+            "--num-gpus",
+            "2",
+            "OUTPUT_DIR",
+            str(out),
+            "MODEL.WEIGHTS",
+            str(tmp_path / "missing" / "R-101.pkl"),
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert str(tmp_path / "missing" / "R-101.pkl") in capsys.readouterr().err
     assert not out.exists()  # nothing started, nothing written
 
     name = "rbtest_missing_train"
     if name not in DatasetCatalog:
-        register_coco_instances(name, _meta(), str(tmp_path / "nowhere" / "instances.json"), str(tmp_path / "nowhere"))
-    code = tn.invoke_main(["--config-file", env["cfg"], "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{name}',)"])
+        register_coco_instances(
+            name, _meta(), str(tmp_path / "nowhere" / "instances.json"), str(tmp_path / "nowhere")
+        )
+    code = tn.invoke_main(
+        ["--config-file", env["cfg"], "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{name}',)"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "instances.json") in err and name in err
     assert not out.exists()
 
-    code = tn.invoke_main(["--config-file", env["cfg"], "OUTPUT_DIR", str(out), "DATASETS.TEST", "('no_such_set',)"])
+    code = tn.invoke_main(
+        ["--config-file", env["cfg"], "OUTPUT_DIR", str(out), "DATASETS.TEST", "('no_such_set',)"]
+    )
     assert code == 2 and "no_such_set" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """TorchScript and ONNX export of the backbone and of the C4 detector's inference path."""
+
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_C4, randomize_norms, tiny_cfg
 
 from resnet_backbones import build_model
 from resnet_backbones.export import (
@@ -20,11 +22,8 @@ from resnet_backbones.export import (
 )
 from resnet_backbones.modeling import build_backbone, prepare_model
 
-from helpers import TINY_C4, randomize_norms, tiny_cfg
-
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128
-
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +83,14 @@ def test_detector_onnx_matches_eager(detector, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     wrapper = DetectorExportWrapper(detector).eval()
-    path = export_onnx(wrapper, (images(1)[0],), str(tmp_path / "model.onnx"), input_names=["image"],
-                       output_names=["boxes", "scores", "classes"],
-                       dynamic_axes={n: {0: "detections"} for n in ("boxes", "scores", "classes")})
+    path = export_onnx(
+        wrapper,
+        (images(1)[0],),
+        str(tmp_path / "model.onnx"),
+        input_names=["image"],
+        output_names=["boxes", "scores", "classes"],
+        dynamic_axes={n: {0: "detections"} for n in ("boxes", "scores", "classes")},
+    )
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "classes"]
     for image in images(3):
@@ -109,9 +113,17 @@ def test_backbone_export_any_size(tmp_path):
     with torch.no_grad():
         assert torch.equal(traced(y)[0], backbone(y)["res4"])
     ort = pytest.importorskip("onnxruntime")
-    path = export_onnx(wrapper, (x,), str(tmp_path / "backbone.onnx"), input_names=["images"],
-                       output_names=["res4"], dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}})
-    (out,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"images": y.numpy()})
+    path = export_onnx(
+        wrapper,
+        (x,),
+        str(tmp_path / "backbone.onnx"),
+        input_names=["images"],
+        output_names=["res4"],
+        dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}},
+    )
+    (out,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"images": y.numpy()}
+    )
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), backbone(y)["res4"], rtol=1e-3, atol=1e-3)
 
@@ -127,7 +139,11 @@ def test_export_model_with_weights_writes_info(tmp_path):
     result = export_model(cfg, "torchscript", str(tmp_path / "det"), input_size=(H, W))
     assert result.max_abs_diff == 0.0 and result.what == "detector"
     info = json.loads((tmp_path / "det" / "export_info.json").read_text())
-    assert info["output_names"] == ["boxes", "scores", "classes"] and info["input_shape"] == [3, H, W]
+    assert info["output_names"] == ["boxes", "scores", "classes"] and info["input_shape"] == [
+        3,
+        H,
+        W,
+    ]
     assert (tmp_path / "det" / "config.yaml").is_file()
     loaded = torch.jit.load(result.path)
     model.eval()
@@ -142,7 +158,9 @@ def test_export_model_with_weights_writes_info(tmp_path):
         for a, b in zip(exported, eager_detections(model, image)):
             assert a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-3)
     # The backbone alone from the same detector checkpoint (res5 of the head is skipped).
-    result = export_model(cfg, "torchscript", str(tmp_path / "bb"), backbone_only=True, input_size=(64, 64))
+    result = export_model(
+        cfg, "torchscript", str(tmp_path / "bb"), backbone_only=True, input_size=(64, 64)
+    )
     traced = torch.jit.load(result.path)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -152,12 +170,28 @@ def test_export_model_with_weights_writes_info(tmp_path):
 
 def test_export_model_cli(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    spec = importlib.util.spec_from_file_location("export_model_tool", ROOT / "tools" / "export_model.py")
+    spec = importlib.util.spec_from_file_location(
+        "export_model_tool", ROOT / "tools" / "export_model.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    code = tool.main(["--config-file", str(TINY_C4), "--format", "onnx", "--output", str(tmp_path),
-                      "--backbone-only", "--input-size", "64", "64",
-                      "--opts", "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4']"])
+    code = tool.main(
+        [
+            "--config-file",
+            str(TINY_C4),
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path),
+            "--backbone-only",
+            "--input-size",
+            "64",
+            "64",
+            "--opts",
+            "MODEL.RESNETS.OUT_FEATURES",
+            "['res3', 'res4']",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["path"].endswith("model.onnx") and summary["max_abs_diff"] < 1e-2

@@ -1,11 +1,11 @@
 """FLOPs / parameter counts (resnet_backbones.utils.flops, tools/analyze_model.py) against the papers."""
+
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 from resnet_backbones.modeling.backbone import create_model
@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("analyze_model_tool", ROOT / "tools" / "analyze_model.py")
+    spec = importlib.util.spec_from_file_location(
+        "analyze_model_tool", ROOT / "tools" / "analyze_model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,7 +42,9 @@ def test_paper_table1_flops(name):
     assert list(rows)[:6] == ["stem", "res2", "res3", "res4", "res5", "avgpool"]
     assert sum(f for _, _, f in stats.rows) == stats.total_flops
     assert sum(p for _, p, _ in stats.rows) == stats.total_params
-    assert rows["linear"][2] == rows["linear"][1] - 1000  # one multiply-add per weight (not per bias)
+    assert (
+        rows["linear"][2] == rows["linear"][1] - 1000
+    )  # one multiply-add per weight (not per bias)
     assert stats.flops_by_operator["conv"] > 0.99 * stats.total_flops
 
 
@@ -55,7 +59,9 @@ def test_stride_in_3x3_costs_more_and_basic_blocks_do_not_care():
     v15 = count_flops(create_model("resnet50"), 224)  # torchvision layout (create_model's default)
     assert 4.05e9 < v15 < 4.15e9  # torchvision documents 4.09 GFLOPS (convs + fc)
     # basic blocks have no 1x1 convs: the flag changes nothing
-    small = [count_flops(create_model("resnet20_cifar", stride_in_1x1=s), 32) for s in (False, True)]
+    small = [
+        count_flops(create_model("resnet20_cifar", stride_in_1x1=s), 32) for s in (False, True)
+    ]
     assert small[0] == small[1]
 
 
@@ -84,7 +90,10 @@ def test_params_only_and_format():
 
 def test_analyze_model_tool(capsys, tmp_path):
     tool = _load_tool()
-    assert tool.main(["--model", "resnet20_cifar", "--input-size", "32", "--tasks", "flops", "params"]) == 0
+    assert (
+        tool.main(["--model", "resnet20_cifar", "--input-size", "32", "--tasks", "flops", "params"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| res4 |" in out and "| **total** | 269,722 |" in out and "multiply-add" in out
 

@@ -1,18 +1,27 @@
 """BatchNorm folding and optimize_for_inference (resnet_backbones.modeling.fuse)."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from helpers import randomize_norms
 from torch import nn
 from torch.nn import functional as F
 
 from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
-from resnet_backbones.modeling.backbone import BottleneckBlock, ResNet, create_backbone, create_model
-from resnet_backbones.modeling.fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
-
-from helpers import randomize_norms
+from resnet_backbones.modeling.backbone import (
+    BottleneckBlock,
+    ResNet,
+    create_backbone,
+    create_model,
+)
+from resnet_backbones.modeling.fuse import (
+    fold_batch_norm,
+    freeze_for_inference,
+    optimize_for_inference,
+)
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -74,23 +83,35 @@ def test_bottleneck_fold():
     backbone = randomize_norms(create_backbone("resnet50", **NARROW), seed=1)
     fast = check_fold(backbone, torch.randn(2, 3, 64, 96))
     with torch.no_grad():
-        assert fast(torch.randn(1, 3, 64, 64))["res4"].is_contiguous(memory_format=torch.channels_last)
+        assert fast(torch.randn(1, 3, 64, 64))["res4"].is_contiguous(
+            memory_format=torch.channels_last
+        )
 
 
 def test_res5_head_and_conv_with_bias():
     """Any module tree with our Conv2d + norm: a res5-style stage; convs that already have a bias."""
-    head = nn.Sequential(*ResNet.make_stage(
-        BottleneckBlock, 2, in_channels=64, out_channels=128, bottleneck_channels=32,
-        first_stride=2, norm="FrozenBN", stride_in_1x1=True,
-    ))
+    head = nn.Sequential(
+        *ResNet.make_stage(
+            BottleneckBlock,
+            2,
+            in_channels=64,
+            out_channels=128,
+            bottleneck_channels=32,
+            first_stride=2,
+            norm="FrozenBN",
+            stride_in_1x1=True,
+        )
+    )
     x = torch.randn(2, 64, 14, 14)
     check_fold(randomize_norms(head), x.contiguous(memory_format=torch.channels_last))
 
     with_bias = nn.Sequential(
         Conv2d(3, 8, 3, padding=1, bias=True, norm=nn.BatchNorm2d(8), activation=F.relu),
         Conv2d(8, 8, 1, bias=True, norm=FrozenBatchNorm2d(8)),
-        nn.Conv2d(8, 4, 3, bias=True), nn.BatchNorm2d(4),  # torchvision-style pair in a Sequential
-        nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4, affine=False),
+        nn.Conv2d(8, 4, 3, bias=True),
+        nn.BatchNorm2d(4),  # torchvision-style pair in a Sequential
+        nn.Conv2d(4, 4, 1, bias=False),
+        nn.BatchNorm2d(4, affine=False),
     )
     with torch.no_grad():
         for m in with_bias.modules():

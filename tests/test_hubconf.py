@@ -1,4 +1,5 @@
 """hubconf.py: every registered model is a torch.hub entry point (source="local")."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,7 +23,11 @@ def hubconf():
 
 def test_every_registered_model_is_an_entry_point(hubconf):
     assert hubconf.dependencies == ["torch", "torchvision"]
-    entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
+    entries = {
+        name
+        for name in dir(hubconf)
+        if callable(getattr(hubconf, name)) and not name.startswith("_")
+    }
     assert set(list_models()) <= entries
     assert "fasterrcnn_resnet_c4" in entries
     assert hubconf.resnet50.__name__ == "resnet50" and "create_model" in hubconf.resnet50.__doc__
@@ -36,7 +41,9 @@ def test_torch_hub_load_local(tmp_path):
     reference = create_model("resnet18", num_classes=5).eval()
     path = tmp_path / "r18.pth"
     torch.save(reference.state_dict(), path)
-    loaded = torch.hub.load(str(ROOT), "resnet18", source="local", num_classes=5, weights=str(path)).eval()
+    loaded = torch.hub.load(
+        str(ROOT), "resnet18", source="local", num_classes=5, weights=str(path)
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), reference(x))
@@ -44,7 +51,9 @@ def test_torch_hub_load_local(tmp_path):
     import torchvision
 
     tv = torchvision.models.resnet18()
-    backbone = torch.hub.load(str(ROOT), "resnet18", source="local", num_classes=None, weights=tv.state_dict())
+    backbone = torch.hub.load(
+        str(ROOT), "resnet18", source="local", num_classes=None, weights=tv.state_dict()
+    )
     assert torch.equal(backbone.stem.conv1.weight, tv.conv1.weight)
     with pytest.raises(ValueError, match="no weights are hosted"):
         torch.hub.load(str(ROOT), "resnet50", source="local", pretrained=True)
@@ -53,5 +62,7 @@ def test_torch_hub_load_local(tmp_path):
 def test_torch_hub_load_c4_detector():
     from torchvision.models.detection import FasterRCNN
 
-    model = torch.hub.load(str(ROOT), "fasterrcnn_resnet_c4", source="local", name="resnet18", num_classes=4)
+    model = torch.hub.load(
+        str(ROOT), "fasterrcnn_resnet_c4", source="local", name="resnet18", num_classes=4
+    )
     assert isinstance(model, FasterRCNN) and model.backbone.out_channels == 256

@@ -11,18 +11,21 @@
 * ``optimize_detector_for_training``: same state dict (names and values) and the same parameter
   objects; losses and gradients within 1e-4 relative given the same proposals and sampling.
 """
+
 import copy
 
 import pytest
 import torch
+from helpers import calibrated_narrow_c4, scene_inputs, tiny_cfg
+from helpers import narrow_c4_cfg as _cfg
 from torchvision.ops import roi_align
 
 from resnet_backbones.data.shapes import render_detection_image
 from resnet_backbones.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbones.modeling import build_model
 from resnet_backbones.modeling.fast_path import (
-    FrozenBNConv2d,
     RES5_CHUNK_SIZE,
+    FrozenBNConv2d,
     PooledRes5,
     SubsampledROIPooler,
     fuse_frozen_bn_into_convs,
@@ -34,11 +37,7 @@ from resnet_backbones.modeling.fast_path import (
 from resnet_backbones.structures import Boxes, Instances, pairwise_iou
 from resnet_backbones.utils.events import EventStorage
 
-from helpers import calibrated_narrow_c4, scene_inputs, tiny_cfg
-from helpers import narrow_c4_cfg as _cfg
-
 TOL = 1e-4
-
 
 
 def rel(a, b):
@@ -97,9 +96,13 @@ def test_roi_align_subsampled_gradient_equals_torchvision():
 
 
 def test_roi_align_subsampled_gradcheck():
-    rois = torch.tensor([[0, 10.0, 20, 90, 70], [1, 0, 0, 50, 40], [0, 30, 5, 95, 60]], dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, 10.0, 20, 90, 70], [1, 0, 0, 50, 40], [0, 30, 5, 95, 60]], dtype=torch.float64
+    )
     x = torch.randn(2, 2, 8, 10, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda f: roi_align_subsampled(f, rois, (4, 4), 1 / 8, 0, True, 2), (x,))
+    assert torch.autograd.gradcheck(
+        lambda f: roi_align_subsampled(f, rois, (4, 4), 1 / 8, 0, True, 2), (x,)
+    )
 
 
 def test_roi_align_subsampled_under_autocast_returns_the_feature_dtype():
@@ -108,7 +111,10 @@ def test_roi_align_subsampled_under_autocast_returns_the_feature_dtype():
     ref = roi_align(x, rois, (14, 14), 1 / 16, 0, True)[:, :, ::2, ::2]
     out = roi_align_subsampled(x.bfloat16(), rois, (14, 14), 1 / 16, 0, True, 2)
     assert out.dtype == torch.bfloat16
-    assert rel(out, roi_align(x.bfloat16().float(), rois, (14, 14), 1 / 16, 0, True)[:, :, ::2, ::2]) <= 1e-2
+    assert (
+        rel(out, roi_align(x.bfloat16().float(), rois, (14, 14), 1 / 16, 0, True)[:, :, ::2, ::2])
+        <= 1e-2
+    )
     assert rel(out, ref) <= 2e-2
 
 
@@ -136,7 +142,10 @@ def test_subsampled_res5_head_equals_original(model):
     heads = copy.deepcopy(model.roi_heads)
     torch.manual_seed(1)
     feats = [torch.randn(2, 128, 12, 16)]
-    boxes = [Boxes(_rois(k=60, n=1, h=12, w=16)[:, 1:]), Boxes(_rois(k=40, n=1, h=12, w=16, seed=1)[:, 1:])]
+    boxes = [
+        Boxes(_rois(k=60, n=1, h=12, w=16)[:, 1:]),
+        Boxes(_rois(k=40, n=1, h=12, w=16, seed=1)[:, 1:]),
+    ]
     with torch.no_grad():
         ref = heads._shared_roi_transform(feats, boxes)
         assert subsample_res5_roi_pooling(heads)
@@ -178,7 +187,10 @@ def test_frozen_bn_conv_equals_conv_then_frozen_bn():
 
 def test_optimize_for_inference_same_outputs(model):
     fast = optimize_detector_for_inference(model)
-    assert fast is not model and isinstance(model.roi_heads.pooler, type(fast.roi_heads.pooler)) is False
+    assert (
+        fast is not model
+        and isinstance(model.roi_heads.pooler, type(fast.roi_heads.pooler)) is False
+    )
     assert type(fast.roi_heads.res5) is PooledRes5
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # folded
     batch = scene_inputs((9, 192, 256), (10, 160, 224))
@@ -189,8 +201,12 @@ def test_optimize_for_inference_same_outputs(model):
         # the RoI heads on the same features and proposals
         proposals, _ = model.proposal_generator(images, f0, None)
         boxes = [p.proposal_boxes for p in proposals]
-        p0 = model.roi_heads.box_predictor(model.roi_heads._shared_roi_transform([f0["res4"]], boxes).mean(dim=[2, 3]))
-        p1 = fast.roi_heads.box_predictor(fast.roi_heads._shared_roi_transform([f0["res4"]], boxes).mean(dim=[2, 3]))
+        p0 = model.roi_heads.box_predictor(
+            model.roi_heads._shared_roi_transform([f0["res4"]], boxes).mean(dim=[2, 3])
+        )
+        p1 = fast.roi_heads.box_predictor(
+            fast.roi_heads._shared_roi_transform([f0["res4"]], boxes).mean(dim=[2, 3])
+        )
         assert rel(p1[0], p0[0]) <= TOL and rel(p1[1], p0[1]) <= TOL
         d0, _ = model.roi_heads(images, f0, proposals)
         d1, _ = fast.roi_heads(images, f0, proposals)
@@ -245,7 +261,9 @@ def test_default_predictor_optimize_switch(model, tmp_path):
 
     weights = tmp_path / "narrow.pth"
     torch.save({"model": model.state_dict()}, weights)
-    cfg = _cfg(["MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 256])
+    cfg = _cfg(
+        ["MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 256]
+    )
     img, _ = render_detection_image(21, 192, 256)
     plain, fast = DefaultPredictor(cfg), DefaultPredictor(cfg, optimize=True)
     assert isinstance(fast.model.roi_heads.pooler, SubsampledROIPooler)
@@ -288,18 +306,26 @@ def test_optimize_for_training_same_state_losses_and_gradients():
                 *_rpn_loss_inputs(m, images, features, targets)
             )
             # the same proposals for both models (selection can flip on ~1e-6 differences)
-            proposals = results["plain"]["proposals"] if name == "fast" else _proposals(m, images, features)
+            proposals = (
+                results["plain"]["proposals"] if name == "fast" else _proposals(m, images, features)
+            )
             torch.manual_seed(1)
             _, det_losses = m.roi_heads(images, features, proposals, targets)
         losses = {**rpn_losses, **det_losses}
         sum(losses.values()).backward()
         grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
-        results[name] = {"losses": losses, "grads": grads, "features": features["res4"].detach(),
-                         "proposals": proposals}
+        results[name] = {
+            "losses": losses,
+            "grads": grads,
+            "features": features["res4"].detach(),
+            "proposals": proposals,
+        }
     a, b = results["plain"], results["fast"]
     assert rel(b["features"], a["features"]) <= TOL
     for k in a["losses"]:
-        assert abs(b["losses"][k].item() - a["losses"][k].item()) <= TOL * max(abs(a["losses"][k].item()), 1e-3), k
+        assert abs(b["losses"][k].item() - a["losses"][k].item()) <= TOL * max(
+            abs(a["losses"][k].item()), 1e-3
+        ), k
     assert sorted(a["grads"]) == sorted(b["grads"])
     diffs = {k: rel(b["grads"][k], a["grads"][k]) for k in a["grads"]}
     # Weight gradients are sums over ~50k RoI positions with cancellation: another summation order
@@ -317,7 +343,10 @@ def _rpn_loss_inputs(m, images, features, targets):
     anchors = rpn.anchor_generator(feats)
     logits, deltas = rpn.rpn_head(feats)
     logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
-    deltas = [x.view(x.shape[0], -1, 4, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in deltas]
+    deltas = [
+        x.view(x.shape[0], -1, 4, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+        for x in deltas
+    ]
     gt_labels, gt_boxes = rpn.label_and_sample_anchors(anchors, targets)
     return anchors, logits, gt_labels, deltas, gt_boxes
 
@@ -372,7 +401,9 @@ def test_model_fast_path_key_in_trainer_and_predictor(tmp_path):
         outs[name] = predictor(img)["instances"]
     assert len(outs["fast"]) == len(outs["plain"]) > 0
     assert torch.allclose(outs["fast"].scores, outs["plain"].scores, atol=1e-4)
-    assert torch.allclose(outs["fast"].pred_boxes.tensor, outs["plain"].pred_boxes.tensor, atol=1e-2)
+    assert torch.allclose(
+        outs["fast"].pred_boxes.tensor, outs["plain"].pred_boxes.tensor, atol=1e-2
+    )
 
 
 def test_prepare_model_modes_and_scope():

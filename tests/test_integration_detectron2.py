@@ -3,6 +3,7 @@
 Runs only where detectron2 is installed:
     /work/d2env/bin/python -m pytest tests/test_integration_detectron2.py -q
 """
+
 from __future__ import annotations
 
 import runpy
@@ -21,10 +22,15 @@ from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY  # noqa: E
 from detectron2.modeling import Backbone as D2Backbone  # noqa: E402
 from detectron2.modeling import build_backbone as d2_build_backbone  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
+from helpers import randomize_norms  # noqa: E402
 
 from resnet_backbones import build_model, create_model, get_cfg  # noqa: E402
 from resnet_backbones.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from resnet_backbones.data.shapes import SHAPES_CLASSES, generate_shapes_dataset, render_detection_image  # noqa: E402
+from resnet_backbones.data.shapes import (
+    SHAPES_CLASSES,
+    generate_shapes_dataset,
+    render_detection_image,
+)  # noqa: E402
 from resnet_backbones.integrations.detectron2 import (  # noqa: E402
     RB_RESNETS_KEYS,
     D2ResNet,
@@ -35,15 +41,12 @@ from resnet_backbones.integrations.detectron2 import (  # noqa: E402
 )
 from resnet_backbones.modeling.backbone import ResNet  # noqa: E402
 
-from helpers import randomize_norms  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.yaml): fast on a CPU
     "MODEL.RESNETS.STEM_OUT_CHANNELS": 16,
     "MODEL.RESNETS.RES2_OUT_CHANNELS": 32,
     "MODEL.RESNETS.WIDTH_PER_GROUP": 8,
 }
-
 
 
 def our_cfg(narrow: bool = True, **overrides):
@@ -62,13 +65,24 @@ def test_registration_and_config_keys():
     assert not any(k in cfg.MODEL.RESNETS for k in RB_RESNETS_KEYS)
     add_rb_config(cfg)
     ours = get_cfg().MODEL.RESNETS
-    assert {k: cfg.MODEL.RESNETS[k] for k in RB_RESNETS_KEYS} == {k: ours[k] for k in RB_RESNETS_KEYS}
-    assert set(RB_RESNETS_KEYS) == {"SHORTCUT", "PREACT", "CHANNELS_LAST", "ZERO_INIT_RESIDUAL", "RES5_HEAD_BLOCK"}
+    assert {k: cfg.MODEL.RESNETS[k] for k in RB_RESNETS_KEYS} == {
+        k: ours[k] for k in RB_RESNETS_KEYS
+    }
+    assert set(RB_RESNETS_KEYS) == {
+        "SHORTCUT",
+        "PREACT",
+        "CHANNELS_LAST",
+        "ZERO_INIT_RESIDUAL",
+        "RES5_HEAD_BLOCK",
+    }
     cfg.MODEL.RESNETS.SHORTCUT = "C"
     add_rb_config(cfg)  # idempotent: keeps values already set
     assert cfg.MODEL.RESNETS.SHORTCUT == "C"
     cfg.merge_from_file(str(ROOT / "configs" / "detectron2" / "faster_rcnn_rb_R50_C4_shapes.yaml"))
-    assert cfg.MODEL.BACKBONE.NAME == "build_rb_resnet_backbone" and cfg.MODEL.ROI_HEADS.NAME == "RBRes5ROIHeads"
+    assert (
+        cfg.MODEL.BACKBONE.NAME == "build_rb_resnet_backbone"
+        and cfg.MODEL.ROI_HEADS.NAME == "RBRes5ROIHeads"
+    )
     # Without add_rb_config our builder explains what is missing.
     plain = get_d2_cfg()
     plain.MODEL.BACKBONE.NAME = "build_rb_resnet_backbone"
@@ -84,14 +98,30 @@ def test_backbone_is_a_detectron2_backbone_with_our_options():
     cfg.MODEL.RESNETS.SHORTCUT = "C"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4"]
     backbone = d2_build_backbone(cfg)
-    assert isinstance(backbone, D2Backbone) and isinstance(backbone, ResNet) and isinstance(backbone, D2ResNet)
+    assert (
+        isinstance(backbone, D2Backbone)
+        and isinstance(backbone, ResNet)
+        and isinstance(backbone, D2ResNet)
+    )
     assert backbone.res2[0].shortcut is not None  # option C: projection in every block
     shapes = backbone.output_shape()
     assert type(shapes["res4"]).__module__.startswith("detectron2")
-    assert (shapes["res3"].channels, shapes["res3"].stride, shapes["res4"].channels, shapes["res4"].stride) == (128, 8, 256, 16)
+    assert (
+        shapes["res3"].channels,
+        shapes["res3"].stride,
+        shapes["res4"].channels,
+        shapes["res4"].stride,
+    ) == (128, 8, 256, 16)
     # Same network, names and outputs as our own builder.
-    ours = create_model("resnet18", num_classes=None, out_features=["res3", "res4"], norm="FrozenBN",
-                        shortcut="C", freeze_at=2, stride_in_1x1=True)
+    ours = create_model(
+        "resnet18",
+        num_classes=None,
+        out_features=["res3", "res4"],
+        norm="FrozenBN",
+        shortcut="C",
+        freeze_at=2,
+        stride_in_1x1=True,
+    )
     assert list(ours.state_dict()) == list(backbone.state_dict())
     ours.load_state_dict(backbone.state_dict())
     x = torch.randn(1, 3, 64, 64)
@@ -121,7 +151,9 @@ def test_exact_state_dict_round_trip_with_our_detector(tmp_path, rb_modules):
     # Same weights, same detections.
     ours.eval(), d2.eval()
     image, _ = render_detection_image(0, 96, 128)
-    inputs = [{"image": torch.from_numpy(image).permute(2, 0, 1).float(), "height": 96, "width": 128}]
+    inputs = [
+        {"image": torch.from_numpy(image).permute(2, 0, 1).float(), "height": 96, "width": 128}
+    ]
     with torch.no_grad():
         a, b = ours(inputs)[0]["instances"], d2(inputs)[0]["instances"]
     assert len(a) == len(b) > 0
@@ -152,9 +184,14 @@ def test_res5_head_with_our_blocks_preact():
     # An ImageNet pre-activation ResNet-50 of ours fills backbone and head, post_norm included.
     imagenet = create_model("preact_resnet50", stride_in_1x1=True, norm="FrozenBN").state_dict()
     report = load_checkpoint(model, imagenet, strict=False, drop_classifier=True)
-    assert {k.rsplit(".", 2)[0] for k in report.missing} == {"proposal_generator.rpn_head", "roi_heads.box_predictor"}
+    assert {k.rsplit(".", 2)[0] for k in report.missing} == {
+        "proposal_generator.rpn_head",
+        "roi_heads.box_predictor",
+    }
     assert not report.unexpected and not report.shape_mismatch
-    assert torch.equal(model.state_dict()["roi_heads.res5.post_norm.weight"], imagenet["post_norm.weight"])
+    assert torch.equal(
+        model.state_dict()["roi_heads.res5.post_norm.weight"], imagenet["post_norm.weight"]
+    )
     with torch.no_grad():
         out = model([{"image": torch.zeros(3, 64, 64)}])
     assert "instances" in out[0]
@@ -168,24 +205,41 @@ def test_res5_head_with_our_blocks_preact():
 def test_res5_head_basic_blocks_match_ours():
     """RES5_HEAD_BLOCK basic: detectron2 with our modules builds our ResNet-18 C4 head, and an
     ImageNet ResNet-18 fills its backbone and head."""
-    opts = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
-            "MODEL.RESNETS.RES5_HEAD_BLOCK": "basic"}
+    opts = {
+        "MODEL.RESNETS.DEPTH": 18,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+        "MODEL.RESNETS.RES5_HEAD_BLOCK": "basic",
+    }
     ours = build_model(our_cfg(narrow=False, **opts))
     model = d2_build_model(to_detectron2_config(our_cfg(narrow=False, **opts), use_rb_modules=True))
     res5 = model.roi_heads.res5
-    assert [type(b).__name__ for b in res5] == ["BasicBlock", "BasicBlock"] and res5[0].conv1.stride == (2, 2)
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    assert [type(b).__name__ for b in res5] == ["BasicBlock", "BasicBlock"] and res5[
+        0
+    ].conv1.stride == (2, 2)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in ours.state_dict().items()
+    }
     imagenet = create_model("resnet18", norm="FrozenBN").state_dict()
     report = load_checkpoint(model, imagenet, strict=False, drop_classifier=True)
-    assert {k.rsplit(".", 2)[0] for k in report.missing} == {"proposal_generator.rpn_head", "roi_heads.box_predictor"}
+    assert {k.rsplit(".", 2)[0] for k in report.missing} == {
+        "proposal_generator.rpn_head",
+        "roi_heads.box_predictor",
+    }
     assert not report.unexpected and not report.shape_mismatch
 
 
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
-    generate_shapes_dataset(root / "shapes", num_train=4, num_val=2, num_cls_train=0, num_cls_val=0,
-                            min_size=64, max_size=96)
+    generate_shapes_dataset(
+        root / "shapes",
+        num_train=4,
+        num_val=2,
+        num_cls_train=0,
+        num_cls_val=0,
+        min_size=64,
+        max_size=96,
+    )
     return root
 
 
@@ -203,14 +257,25 @@ def test_default_trainer_and_coco_evaluator_on_shapes(shapes_root, tmp_path, mon
     monkeypatch.chdir(ROOT)  # the snippet reads configs/detectron2/... relative to the repository
     out_dir = tmp_path / "out"
     overrides = [str(v) for kv in NARROW.items() for v in kv] + [
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "OUTPUT_DIR", str(out_dir),
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model: keep every detection
-
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "96",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "96",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "32",
+        "OUTPUT_DIR",
+        str(out_dir),
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",  # an untrained model: keep every detection
     ]
     monkeypatch.setattr(sys, "argv", ["detectron2_train_shapes.py"] + overrides)
-    namespace = runpy.run_path(str(ROOT / "docs" / "snippets" / "detectron2_train_shapes.py"), run_name="__main__")
+    namespace = runpy.run_path(
+        str(ROOT / "docs" / "snippets" / "detectron2_train_shapes.py"), run_name="__main__"
+    )
     trainer = namespace["trainer"]
     assert trainer.iter == trainer.max_iter == 3  # MAX_ITER 3 from the config
     assert type(trainer.model.backbone).__name__ == "D2ResNet"
@@ -219,7 +284,10 @@ def test_default_trainer_and_coco_evaluator_on_shapes(shapes_root, tmp_path, mon
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
     assert 0.0 <= results["bbox"]["AP50"] <= 100.0  # COCOeval ran on real detections
     assert (out_dir / "coco_instances_results.json").is_file()
-    assert register_shapes(str(shapes_root)) == ["shapes_train", "shapes_val"]  # already there: no-op
+    assert register_shapes(str(shapes_root)) == [
+        "shapes_train",
+        "shapes_val",
+    ]  # already there: no-op
 
     # detectron2's final checkpoint loads into our detector, tensor for tensor.
     cfg = our_cfg(**{"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.NORM": "BN"})

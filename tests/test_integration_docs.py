@@ -3,6 +3,7 @@
 A block is marked ``<!-- snippet: docs/snippets/NAME.py -->`` and must equal that file exactly.
 The detectron2 snippets run in tests/test_integration_detectron2.py (they need detectron2).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -31,15 +32,23 @@ def doc_blocks():
 def test_doc_blocks_are_the_snippet_files():
     blocks = doc_blocks()
     files = sorted(f"docs/snippets/{p.name}" for p in SNIPPETS.glob("*.py"))
-    assert sorted(blocks) == files, "every snippet file appears once in docs/integrations.md, and only those"
+    assert sorted(blocks) == files, (
+        "every snippet file appears once in docs/integrations.md, and only those"
+    )
     for path, code in blocks.items():
         text = (ROOT / path).read_text(encoding="utf-8")
         if code != text:
-            diff = "".join(difflib.unified_diff(code.splitlines(True), text.splitlines(True), "doc", path))
-            pytest.fail(f"the block of {path} in docs/integrations.md differs from the file:\n{diff}")
+            diff = "".join(
+                difflib.unified_diff(code.splitlines(True), text.splitlines(True), "doc", path)
+            )
+            pytest.fail(
+                f"the block of {path} in docs/integrations.md differs from the file:\n{diff}"
+            )
     # Every ```python block of the doc is a marked snippet (no untested code).
     python_blocks = DOC.read_text(encoding="utf-8").count("```python\n")
-    assert python_blocks == len(blocks) + 4  # + the four signature summaries, which are not programs
+    assert (
+        python_blocks == len(blocks) + 4
+    )  # + the four signature summaries, which are not programs
 
 
 def test_detectron2_snippets_are_run_by_the_detectron2_tests():
@@ -61,7 +70,9 @@ def repo_like_dir(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in SNIPPETS.glob("*.py") if p.name not in RUN_WITH_DETECTRON2))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in SNIPPETS.glob("*.py") if p.name not in RUN_WITH_DETECTRON2)
+)
 def test_snippet_runs(name, repo_like_dir, capsys):
     torch.manual_seed(0)
     runpy.run_path(str(SNIPPETS / name), run_name="__main__")

@@ -1,10 +1,12 @@
 """Our ResNets inside torchvision's detectors: C4 Faster R-CNN, its parts, and the FPN backbone."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import tiny_cfg
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
@@ -23,10 +25,7 @@ from resnet_backbones.integrations.torchvision import (
 from resnet_backbones.layers import FrozenBatchNorm2d
 from resnet_backbones.modeling.backbone import ResNet
 
-from helpers import tiny_cfg
-
 NARROW = {"stem_out_channels": 16, "res2_out_channels": 16}  # resnet18 at 1/4 width: fast on a CPU
-
 
 
 def shapes_batch(num_images: int = 2, size: int = 128, seed: int = 0):
@@ -36,10 +35,12 @@ def shapes_batch(num_images: int = 2, size: int = 128, seed: int = 0):
     for _ in range(num_images):
         bgr, anns = render_detection_image(rng, size, size)
         images.append(torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255)
-        targets.append({
-            "boxes": torch.tensor([box for _, box in anns], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor([cls + 1 for cls, _ in anns], dtype=torch.int64),
-        })
+        targets.append(
+            {
+                "boxes": torch.tensor([box for _, box in anns], dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor([cls + 1 for cls, _ in anns], dtype=torch.int64),
+            }
+        )
     return images, targets
 
 
@@ -49,7 +50,10 @@ def test_c4_detector_is_torchvision_faster_rcnn_with_our_trunk_and_res5_head():
     assert isinstance(model.backbone, ResNet) and model.backbone.out_channels == 1024
     assert model.backbone.stage_names == ("res2", "res3", "res4")
     head = model.roi_heads.box_head
-    assert isinstance(head, ResNetRes5BoxHead) and (head.in_channels, head.out_channels) == (1024, 2048)
+    assert isinstance(head, ResNetRes5BoxHead) and (head.in_channels, head.out_channels) == (
+        1024,
+        2048,
+    )
     assert len(head.res5) == 3 and head.res5[0].stride == 2
     predictor = model.roi_heads.box_predictor
     assert isinstance(predictor, FastRCNNPredictor)
@@ -67,15 +71,23 @@ def test_c4_detector_is_torchvision_faster_rcnn_with_our_trunk_and_res5_head():
     assert all(p.requires_grad for p in model.backbone.res3.parameters())
     assert all(p.requires_grad for p in head.parameters())
     keys = list(model.state_dict())
-    assert "backbone.res4.5.conv3.weight" in keys and "roi_heads.box_head.res5.2.conv3.weight" in keys
+    assert (
+        "backbone.res4.5.conv3.weight" in keys and "roi_heads.box_head.res5.2.conv3.weight" in keys
+    )
 
 
 def test_c4_train_loss_goes_down_and_inference_returns_detections():
     torch.manual_seed(0)
     model = fasterrcnn_resnet_c4(
-        "resnet18", num_classes=len(SHAPES_CLASSES) + 1, min_size=128, max_size=128,
-        rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_batch_size_per_image=64,
-        box_batch_size_per_image=32, **NARROW,
+        "resnet18",
+        num_classes=len(SHAPES_CLASSES) + 1,
+        min_size=128,
+        max_size=128,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=32,
+        **NARROW,
     )
     assert model.backbone.out_channels == 64 and model.roi_heads.box_head.out_channels == 128
     images, targets = shapes_batch()
@@ -85,7 +97,12 @@ def test_c4_train_loss_goes_down_and_inference_returns_detections():
     losses = []
     for _ in range(10):
         loss_dict = model(images, targets)
-        assert set(loss_dict) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+        assert set(loss_dict) == {
+            "loss_classifier",
+            "loss_box_reg",
+            "loss_objectness",
+            "loss_rpn_box_reg",
+        }
         loss = sum(loss_dict.values())
         optimizer.zero_grad()
         loss.backward()
@@ -135,7 +152,12 @@ def test_weights_from_torchvision_checkpoint_reproduce_torchvision(tmp_path, as_
 
 def test_trunk_and_head_builders_and_errors():
     trunk = resnet_c4_trunk("resnet18", norm="BN", freeze_at=0)
-    assert trunk.out_channels == 256 and trunk(torch.zeros(1, 3, 64, 64))["res4"].shape == (1, 256, 4, 4)
+    assert trunk.out_channels == 256 and trunk(torch.zeros(1, 3, 64, 64))["res4"].shape == (
+        1,
+        256,
+        4,
+        4,
+    )
     head = resnet_res5_box_head("preact_resnet18")
     assert head.post_norm is not None
     assert head(torch.zeros(3, 256, 14, 14)).shape == (3, 512)
@@ -178,7 +200,11 @@ def test_weights_from_a_c4_detector_checkpoint(tmp_path):
     detector = build_model(tiny_cfg()).eval()
     save_checkpoint(tmp_path / "c4.pkl", detector.state_dict())
     model = fasterrcnn_resnet_c4(
-        "resnet50", num_classes=4, weights=tmp_path / "c4.pkl", stem_out_channels=16, res2_out_channels=32,
+        "resnet50",
+        num_classes=4,
+        weights=tmp_path / "c4.pkl",
+        stem_out_channels=16,
+        res2_out_channels=32,
         width_per_group=8,
     ).eval()
     x = torch.randn(1, 3, 64, 96)

@@ -7,15 +7,16 @@ trained ResNets), >= 80% of the fp32 detections scoring above 0.5 have a bf16 de
 class with IoU >= 0.8, and their scores differ by at most 0.1; the RPN/box outputs and the losses
 stay float32.
 """
+
 import contextlib
 
-import numpy as np
 import pytest
 import torch
+from helpers import calibrated_narrow_c4, scene_inputs
+from helpers import narrow_c4_cfg as _cfg
 
-from resnet_backbones import get_cfg
+from resnet_backbones import get_cfg, precision
 from resnet_backbones.data.shapes import render_detection_image
-from resnet_backbones import precision
 from resnet_backbones.precision import (
     Bf16Speed,
     autocast_context,
@@ -29,16 +30,22 @@ from resnet_backbones.precision import (
 )
 from resnet_backbones.structures import pairwise_iou
 
-from helpers import calibrated_narrow_c4, scene_inputs
-from helpers import narrow_c4_cfg as _cfg
-
 
 # ------------------------------------------------------------------------------ parsing
-@pytest.mark.parametrize("name, dtype", [
-    ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("BFloat16", torch.bfloat16),
-    ("torch.bfloat16", torch.bfloat16), ("float16", torch.float16), ("fp16", torch.float16),
-    ("half", torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
-])
+@pytest.mark.parametrize(
+    "name, dtype",
+    [
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        ("BFloat16", torch.bfloat16),
+        ("torch.bfloat16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("half", torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float16),
+    ],
+)
 def test_parse_amp_dtype(name, dtype):
     assert parse_amp_dtype(name) is dtype
 
@@ -155,8 +162,18 @@ def test_test_amp_auto_follows_the_measurement(cpu_bf16):
 
 def test_config_keys_enable_and_validate(cpu_bf16):
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "TEST.AMP.ENABLED", "True", "SOLVER.AMP.ENABLED", "True",
-                         "SOLVER.AMP.DTYPE", "bfloat16"])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "TEST.AMP.ENABLED",
+            "True",
+            "SOLVER.AMP.ENABLED",
+            "True",
+            "SOLVER.AMP.DTYPE",
+            "bfloat16",
+        ]
+    )
     assert inference_amp_dtype(cfg) is torch.bfloat16
     assert training_amp_dtype(cfg) is torch.bfloat16
     cfg.merge_from_list(["TEST.AMP.DTYPE", "float16"])
@@ -191,7 +208,9 @@ def _match_fraction(ref, other, score_min=0.5, iou_min=0.8):
     iou[ref_cls[:, None] != other.pred_classes[None, :]] = 0
     best, idx = iou.max(dim=1)
     ok = best >= iou_min
-    score_diff = (ref_scores[ok] - other.scores[idx[ok]]).abs().max().item() if ok.any() else float("inf")
+    score_diff = (
+        (ref_scores[ok] - other.scores[idx[ok]]).abs().max().item() if ok.any() else float("inf")
+    )
     return ok.float().mean().item(), score_diff
 
 
@@ -203,7 +222,9 @@ def test_bf16_inference_matches_fp32_within_tolerance(tiny_model):
     # decoding, NMS and scores ran in float32
     assert bf16.pred_boxes.tensor.dtype == torch.float32 and bf16.scores.dtype == torch.float32
     frac, score_diff = _match_fraction(fp32, bf16)
-    print(f"bf16 vs fp32: {100 * frac:.0f}% of confident fp32 detections matched, max |dscore| {score_diff:.3f}")
+    print(
+        f"bf16 vs fp32: {100 * frac:.0f}% of confident fp32 detections matched, max |dscore| {score_diff:.3f}"
+    )
     assert frac >= 0.8
     assert score_diff <= 0.1
 
@@ -238,7 +259,9 @@ def test_default_predictor_test_amp(tiny_model, tmp_path, cpu_bf16):
     weights = tmp_path / "tiny.pth"
     torch.save({"model": tiny_model.state_dict()}, weights)
     img, _ = render_detection_image(7, 200, 240)
-    cfg = _cfg(["MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 256])
+    cfg = _cfg(
+        ["MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 256]
+    )
     fp32 = DefaultPredictor(cfg)
     assert fp32.autocast_dtype is None
     cfg.merge_from_list(["TEST.AMP.ENABLED", "True"])
@@ -278,7 +301,9 @@ def test_amp_trainer_bfloat16_step_on_cpu(tiny_model):
 def _proposals_of(model, inputs, amp):
     """The RPN proposals of one inference (through GeneralizedRCNN.inference), fp32 or bf16 autocast."""
     seen = []
-    handle = model.proposal_generator.register_forward_hook(lambda m, i, out: seen.append(out[0][0]))
+    handle = model.proposal_generator.register_forward_hook(
+        lambda m, i, out: seen.append(out[0][0])
+    )
     try:
         with torch.no_grad(), autocast_context("cpu", amp, "bfloat16"):
             model(inputs)

@@ -1,12 +1,13 @@
 """Packaging and the README's promises: what a user gets from a fresh clone."""
+
 import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,9 @@ def test_pyproject_declares_the_distribution():
 
 def test_constraints_pin_a_working_torch_torchvision_pair():
     pins = dict(
-        line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line
+        line.split("==")
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line
     )
     assert pins == {"torch": "2.14.1", "torchvision": "0.29.1"}
 
@@ -39,7 +42,9 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     commands = _quick_start_commands()
     assert commands == ["./run demo", "./run test"]
     ci = (REPO / ".ci" / "run").read_text()
-    assert re.search(r"^\./run test$", ci, re.M), ".ci/run must call exactly the README's test command"
+    assert re.search(r"^\./run test$", ci, re.M), (
+        ".ci/run must call exactly the README's test command"
+    )
 
 
 @pytest.mark.parametrize("pytest_rc, ci_rc", [(0, 0), (1, 1), (2, 2), (5, 1)])
@@ -51,8 +56,9 @@ def test_ci_fails_when_pytest_collects_nothing(tmp_path, pytest_rc, ci_rc):
     stub = tmp_path / "run"  # stands in for ./run: records its arguments, exits with pytest's code
     stub.write_text(f'#!/usr/bin/env bash\necho "$@" > called\nexit {pytest_rc}\n')
     stub.chmod(0o755)
-    result = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
-                            cwd="/")
+    result = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, cwd="/"
+    )
     assert result.returncode == ci_rc, result.stderr
     assert (tmp_path / "called").read_text() == "test\n"  # from the repository root
     assert ("collected no tests" in result.stderr) == (pytest_rc == 5)
@@ -67,7 +73,14 @@ def test_installed_package_imports_under_its_name():
     import resnet_backbones
 
     assert resnet_backbones.__version__
-    for name in ("get_cfg", "list_models", "create_model", "build_model", "DatasetCatalog", "MetadataCatalog"):
+    for name in (
+        "get_cfg",
+        "list_models",
+        "create_model",
+        "build_model",
+        "DatasetCatalog",
+        "MetadataCatalog",
+    ):
         assert hasattr(resnet_backbones, name), name
 
 
@@ -78,7 +91,9 @@ def test_demo_generates_and_summarises_the_shapes_data(tmp_path):
 
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "run_demo.py"), "--output", str(tmp_path), "--smoke"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "detection train: 12 images" in result.stdout
@@ -94,7 +109,9 @@ def test_demo_generates_and_summarises_the_shapes_data(tmp_path):
     assert summary["settings"]["detector_iterations"] == {"pretrained": 4, "scratch": 4}
     pngs = sorted((tmp_path / "detections").glob("*.png"))
     assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
-    assert (tmp_path / "curves.png").is_file() and (tmp_path / "pretrained" / "plots" / "loss.png").is_file()
+    assert (tmp_path / "curves.png").is_file() and (
+        tmp_path / "pretrained" / "plots" / "loss.png"
+    ).is_file()
     for rel in summary["outputs"]["detections"] + summary["outputs"]["plots"]:
         assert (tmp_path / rel).is_file(), rel
     assert "pretrained (shapes cls)" in result.stdout and "scratch (random init)" in result.stdout

@@ -1,10 +1,16 @@
 """Registries: models by name (timm style), backbones and meta-architectures (detectron2 style)."""
+
 import pytest
 from torch import nn
 
 import resnet_backbones as rb
 from resnet_backbones.config import get_cfg
-from resnet_backbones.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_backbone, build_model
+from resnet_backbones.modeling import (
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    build_backbone,
+    build_model,
+)
 from resnet_backbones.modeling.backbone.registry import MODEL_REGISTRY
 
 
@@ -31,12 +37,15 @@ def test_list_models_is_sorted():
 
 
 def test_unknown_model_suggests_close_names(tiny_model):
-    with pytest.raises(KeyError, match="unknown model 'tiny_test_nett'.*did you mean 'tiny_test_net'"):
+    with pytest.raises(
+        KeyError, match="unknown model 'tiny_test_nett'.*did you mean 'tiny_test_net'"
+    ):
         rb.create_model("tiny_test_nett")
 
 
 def test_registering_a_name_twice_is_refused(tiny_model):
     with pytest.raises(AssertionError, match="tiny_test_net"):
+
         @rb.register_model
         def tiny_test_net() -> nn.Module:  # noqa: F811
             return nn.Identity()
@@ -86,9 +95,12 @@ def test_unknown_config_names_suggest_close_ones():
     """utils.registry.lookup: the key, the bad value, the closest names and all registered names."""
     from resnet_backbones.utils.registry import did_you_mean, lookup
 
-    with pytest.raises(KeyError, match=r"MODEL\.META_ARCHITECTURE: unknown meta-architecture "
-                                       r"'GeneralizedRCN'; did you mean 'GeneralizedRCNN'\? "
-                                       r"\(registered: .*GeneralizedRCNN"):
+    with pytest.raises(
+        KeyError,
+        match=r"MODEL\.META_ARCHITECTURE: unknown meta-architecture "
+        r"'GeneralizedRCN'; did you mean 'GeneralizedRCNN'\? "
+        r"\(registered: .*GeneralizedRCNN",
+    ):
         lookup(META_ARCH_REGISTRY, "GeneralizedRCN", "MODEL.META_ARCHITECTURE", "meta-architecture")
     cfg = get_cfg()
     cfg.MODEL.BACKBONE.NAME = "BUILD_RESNET_BACKBONE"  # differs only by case

@@ -2,12 +2,14 @@
 
 The detectron2 part (our head vs ``RBRes5ROIHeads``) runs only where detectron2 is installed.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
 
 import pytest
 import torch
+from helpers import BASE_C4, tiny_cfg
 from torch import nn
 
 from resnet_backbones import build_model, create_model
@@ -28,8 +30,6 @@ from resnet_backbones.modeling.roi_heads.roi_heads import Res5ROIHeads
 from resnet_backbones.structures import Boxes, Instances
 from resnet_backbones.utils.events import EventStorage
 
-from helpers import BASE_C4, tiny_cfg
-
 NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.yaml)
     "MODEL.DEVICE": "cpu",
     "MODEL.RESNETS.STEM_OUT_CHANNELS": 16,
@@ -40,16 +40,25 @@ NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.
     "MODEL.RPN.POST_NMS_TOPK_TRAIN": 16,
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 16,
 }
-R18_BASIC = {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
-             "MODEL.RESNETS.RES5_HEAD_BLOCK": "basic"}
+R18_BASIC = {
+    "MODEL.RESNETS.DEPTH": 18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
+    "MODEL.RESNETS.RES5_HEAD_BLOCK": "basic",
+}
 VARIANTS = {
     "default": {},
     "zero_init": {"MODEL.RESNETS.ZERO_INIT_RESIDUAL": True},
     "preact": {"MODEL.RESNETS.PREACT": True},
-    "preact_zero_init_A": {"MODEL.RESNETS.PREACT": True, "MODEL.RESNETS.ZERO_INIT_RESIDUAL": True,
-                           "MODEL.RESNETS.SHORTCUT": "A"},
-    "shortcut_C_resnext": {"MODEL.RESNETS.SHORTCUT": "C", "MODEL.RESNETS.NUM_GROUPS": 2,
-                           "MODEL.RESNETS.WIDTH_PER_GROUP": 4},
+    "preact_zero_init_A": {
+        "MODEL.RESNETS.PREACT": True,
+        "MODEL.RESNETS.ZERO_INIT_RESIDUAL": True,
+        "MODEL.RESNETS.SHORTCUT": "A",
+    },
+    "shortcut_C_resnext": {
+        "MODEL.RESNETS.SHORTCUT": "C",
+        "MODEL.RESNETS.NUM_GROUPS": 2,
+        "MODEL.RESNETS.WIDTH_PER_GROUP": 4,
+    },
     "r18_bottleneck_head": {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16},
     "r18_basic_preact": {**R18_BASIC, "MODEL.RESNETS.PREACT": True},
 }
@@ -62,15 +71,21 @@ def c4_cfg(overrides: Dict[str, Any] = None):
 
 def structure(module: nn.Module):
     """Every submodule's name and type, every tensor's name and shape."""
-    return ([(n, type(m).__name__) for n, m in module.named_modules()],
-            {k: tuple(v.shape) for k, v in module.state_dict().items()})
+    return (
+        [(n, type(m).__name__) for n, m in module.named_modules()],
+        {k: tuple(v.shape) for k, v in module.state_dict().items()},
+    )
 
 
 def test_head_is_the_backbones_res5_stage():
     """The head is the res5 of the network the backbone builder would build: same blocks, same
     names and shapes (post_norm included with PREACT), stride 2 even where the backbone dilates."""
-    for overrides in ({}, {"MODEL.RESNETS.PREACT": True, "MODEL.RESNETS.SHORTCUT": "C"}, R18_BASIC,
-                      {"MODEL.RESNETS.RES5_DILATION": 2}):
+    for overrides in (
+        {},
+        {"MODEL.RESNETS.PREACT": True, "MODEL.RESNETS.SHORTCUT": "C"},
+        R18_BASIC,
+        {"MODEL.RESNETS.RES5_DILATION": 2},
+    ):
         cfg = c4_cfg({**overrides, "MODEL.RESNETS.OUT_FEATURES": ["res5"]})
         full = build_resnet(**resnet_args_from_config(cfg, ShapeSpec(channels=3)))
         head, out_channels = build_res5_head_from_config(cfg)
@@ -87,12 +102,16 @@ def test_head_is_the_backbones_res5_stage():
 
 def test_detectron2_head_for_basic_depths():
     """RES5_HEAD_BLOCK bottleneck on R18/R34: detectron2's head, three bottlenecks, these widths."""
-    head, out_channels = build_res5_head(18, bottleneck=True, res2_out_channels=64,
-                                         stride_in_1x1=True)
+    head, out_channels = build_res5_head(
+        18, bottleneck=True, res2_out_channels=64, stride_in_1x1=True
+    )
     d2_like = resnet_layout(50, stride_in_1x1=True).stages[3]
     assert len(head) == IMAGENET_BLOCKS_PER_STAGE[50][3] == 3 and out_channels == 512
     assert [(b.in_channels, b.out_channels, b.stride) for b in head] == [
-        (256, 512, 2), (512, 512, 1), (512, 512, 1)]
+        (256, 512, 2),
+        (512, 512, 1),
+        (512, 512, 1),
+    ]
     assert head[0].conv2.in_channels == d2_like.block_kwargs["bottleneck_channels"] == 512
     with pytest.raises(ValueError, match="basic-block res5 head needs ResNet-18 or -34"):
         build_res5_head(50, bottleneck=False)
@@ -120,12 +139,19 @@ def test_native_head_builds_preact():
     assert not res5[1].preact_shortcut and isinstance(res5.post_relu, nn.ReLU)
     assert res5[0].conv1.stride == (2, 2)  # stride in the 1x1, detectron2's default
     assert "roi_heads.res5.post_norm.weight" in model.state_dict()
-    imagenet = create_model("preact_resnet50", stride_in_1x1=True, norm="FrozenBN",
-                            stem_out_channels=16, res2_out_channels=32,
-                            width_per_group=8).state_dict()
+    imagenet = create_model(
+        "preact_resnet50",
+        stride_in_1x1=True,
+        norm="FrozenBN",
+        stem_out_channels=16,
+        res2_out_channels=32,
+        width_per_group=8,
+    ).state_dict()
     report = load_checkpoint(model, imagenet, strict=False, drop_classifier=True)
-    assert {k.rsplit(".", 2)[0] for k in report.missing} == {"proposal_generator.rpn_head",
-                                                             "roi_heads.box_predictor"}
+    assert {k.rsplit(".", 2)[0] for k in report.missing} == {
+        "proposal_generator.rpn_head",
+        "roi_heads.box_predictor",
+    }
     assert not report.unexpected and not report.shape_mismatch
     post_norm = model.state_dict()["roi_heads.res5.post_norm.weight"]
     assert torch.equal(post_norm, imagenet["post_norm.weight"])
@@ -197,4 +223,5 @@ def test_native_and_detectron2_heads_are_one_head(variant):
     assert structure(build_rb_res5_head(d2_cfg)[0]) == structure(ours)  # the old name
     ours_model, d2_model = build_model(ours_cfg), d2_build_model(d2_cfg)
     assert {k: v.shape for k, v in ours_model.state_dict().items()} == {
-        k: v.shape for k, v in d2_model.state_dict().items()}
+        k: v.shape for k, v in d2_model.state_dict().items()
+    }

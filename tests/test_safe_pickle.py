@@ -1,4 +1,5 @@
 """The restricted unpickler: plain data and numpy arrays load, anything that could run code does not."""
+
 import os
 import pickle
 import struct
@@ -33,7 +34,9 @@ def _assert_payload_equal(got, expected):
     assert got["scalars"] == expected["scalars"]
     for k, v in expected["arrays"].items():
         assert got["arrays"][k].dtype == v.dtype and np.array_equal(got["arrays"][k], v), k
-    assert got["numpy_scalar"] == expected["numpy_scalar"] and got["numpy_scalar"].dtype == np.float32
+    assert (
+        got["numpy_scalar"] == expected["numpy_scalar"] and got["numpy_scalar"].dtype == np.float32
+    )
 
 
 @pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
@@ -126,7 +129,10 @@ def _py2_pickle(blobs: dict) -> bytes:
 def test_python2_latin1_pickle_loads(tmp_path):
     rng = np.random.RandomState(0)
     # bytes >= 0x80 in the data are what needs encoding="latin1"
-    blobs = {"conv1_w": rng.randn(4, 3, 2, 2).astype(np.float32), "res_conv1_bn_s": np.float32([-1.5, 1e-8, 300])}
+    blobs = {
+        "conv1_w": rng.randn(4, 3, 2, 2).astype(np.float32),
+        "res_conv1_bn_s": np.float32([-1.5, 1e-8, 300]),
+    }
     data = _py2_pickle(blobs)
     assert any(b >= 0x80 for b in blobs["conv1_w"].tobytes())
     path = tmp_path / "py2.pkl"

@@ -1,4 +1,5 @@
 """Tests of the synthetic shapes dataset generator and its CLI."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def small(tmp_path_factory):
 
 
 def _tree_bytes(root: Path) -> Dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------- in-memory rendering
@@ -68,7 +71,12 @@ def test_boxes_are_tight_boxes_of_visible_pixels(seed):
         x0, y0, x1, y1 = (int(v) for v in inst.box)
         mine = scene.label_map == k
         assert mine.sum() == inst.visible_area > 0
-        assert not mine[:y0].any() and not mine[y1:].any() and not mine[:, :x0].any() and not mine[:, x1:].any()
+        assert (
+            not mine[:y0].any()
+            and not mine[y1:].any()
+            and not mine[:, :x0].any()
+            and not mine[:, x1:].any()
+        )
         # every border row/column of the box holds visible pixels of the shape
         assert mine[y0, x0:x1].any() and mine[y1 - 1, x0:x1].any()
         assert mine[y0:y1, x0].any() and mine[y0:y1, x1 - 1].any()
@@ -110,17 +118,25 @@ def test_different_seed_differs_and_images_do_not_depend_on_counts(small, tmp_pa
     root, _ = small
     other = tmp_path / "other"
     generate_shapes_dataset(other, num_train=3, num_val=0, seed=4, num_cls_train=0, num_cls_val=0)
-    assert (root / "train/train_000000.jpg").read_bytes() != (other / "train/train_000000.jpg").read_bytes()
+    assert (root / "train/train_000000.jpg").read_bytes() != (
+        other / "train/train_000000.jpg"
+    ).read_bytes()
     ann = (root / "annotations/instances_train.json").read_bytes()
     assert ann != (other / "annotations/instances_train.json").read_bytes()
     fewer = tmp_path / "fewer"
-    generate_shapes_dataset(fewer, num_train=3, num_val=0, seed=SMALL["seed"], num_cls_train=0, num_cls_val=0)
-    assert (root / "train/train_000002.jpg").read_bytes() == (fewer / "train/train_000002.jpg").read_bytes()
+    generate_shapes_dataset(
+        fewer, num_train=3, num_val=0, seed=SMALL["seed"], num_cls_train=0, num_cls_val=0
+    )
+    assert (root / "train/train_000002.jpg").read_bytes() == (
+        fewer / "train/train_000002.jpg"
+    ).read_bytes()
 
 
 def test_coco_json_matches_summary_and_images(small):
     root, summary = small
-    assert json.loads((root / "summary.json").read_text()) == {k: v for k, v in summary.items() if k != "seconds"}
+    assert json.loads((root / "summary.json").read_text()) == {
+        k: v for k, v in summary.items() if k != "seconds"
+    }
     for split in ("train", "val"):
         paths = summary["paths"]["coco"][split]
         coco = COCO(str(root / paths["json_file"]))
@@ -152,10 +168,15 @@ def test_voc_agrees_with_coco(small):
         names = {c["id"]: c["name"] for c in coco["categories"]}
         for im in coco["images"]:
             file_id = im["file_name"][:-4]
-            assert (voc / "JPEGImages" / im["file_name"]).read_bytes() == (root / split / im["file_name"]).read_bytes()
+            assert (voc / "JPEGImages" / im["file_name"]).read_bytes() == (
+                root / split / im["file_name"]
+            ).read_bytes()
             tree = ET.parse(voc / "Annotations" / f"{file_id}.xml").getroot()
             assert tree.findtext("filename") == im["file_name"]
-            assert int(tree.findtext("size/width")) == im["width"] and int(tree.findtext("size/height")) == im["height"]
+            assert (
+                int(tree.findtext("size/width")) == im["width"]
+                and int(tree.findtext("size/height")) == im["height"]
+            )
             voc_boxes = []
             for obj in tree.findall("object"):
                 assert obj.findtext("difficult") == "0"
@@ -163,9 +184,17 @@ def test_voc_agrees_with_coco(small):
                 assert 1 <= b[0] <= b[2] <= im["width"] and 1 <= b[1] <= b[3] <= im["height"]
                 voc_boxes.append((obj.findtext("name"), b))
             coco_boxes = [
-                (names[a["category_id"]], [int(a["bbox"][0]) + 1, int(a["bbox"][1]) + 1,
-                                           int(a["bbox"][0] + a["bbox"][2]), int(a["bbox"][1] + a["bbox"][3])])
-                for a in coco["annotations"] if a["image_id"] == im["id"]
+                (
+                    names[a["category_id"]],
+                    [
+                        int(a["bbox"][0]) + 1,
+                        int(a["bbox"][1]) + 1,
+                        int(a["bbox"][0] + a["bbox"][2]),
+                        int(a["bbox"][1] + a["bbox"][3]),
+                    ],
+                )
+                for a in coco["annotations"]
+                if a["image_id"] == im["id"]
             ]
             assert voc_boxes == coco_boxes
 
@@ -214,8 +243,13 @@ def test_overwrite_policy(tmp_path):
     tiny = dict(num_val=1, num_cls_train=0, num_cls_val=0)
     root = tmp_path / "ds"
     generate_shapes_dataset(root, num_train=4, **tiny)
-    generate_shapes_dataset(root, num_train=2, **tiny)  # only managed entries: regenerated, stale files gone
-    assert sorted(p.name for p in (root / "train").iterdir()) == ["train_000000.jpg", "train_000001.jpg"]
+    generate_shapes_dataset(
+        root, num_train=2, **tiny
+    )  # only managed entries: regenerated, stale files gone
+    assert sorted(p.name for p in (root / "train").iterdir()) == [
+        "train_000000.jpg",
+        "train_000001.jpg",
+    ]
     assert len(list((root / "VOC/Annotations").iterdir())) == 3
     (root / "mine.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="mine.txt"):
@@ -246,14 +280,32 @@ def test_ensure_shapes_dataset_skips_when_parameters_match(tmp_path):
 
 def test_cli_runs_and_prints_summary(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, str(REPO / "datasets/prepare_shapes.py"), "--output", str(out), "--num-train", "4",
-           "--num-val", "2", "--seed", "1", "--num-cls-train", "3", "--num-cls-val", "3", "--image-size", "96"]
+    cmd = [
+        sys.executable,
+        str(REPO / "datasets/prepare_shapes.py"),
+        "--output",
+        str(out),
+        "--num-train",
+        "4",
+        "--num-val",
+        "2",
+        "--seed",
+        "1",
+        "--num-cls-train",
+        "3",
+        "--num-cls-val",
+        "3",
+        "--image-size",
+        "96",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "detection train: 4 images" in proc.stdout and "detection val  : 2 images" in proc.stdout
     assert "classification train: 3 images" in proc.stdout
     summary = load_shapes_summary(out)
-    assert summary is not None and summary["params"]["min_size"] == summary["params"]["max_size"] == 96
+    assert (
+        summary is not None and summary["params"]["min_size"] == summary["params"]["max_size"] == 96
+    )
 
 
 def test_cli_reports_errors(tmp_path, capsys):

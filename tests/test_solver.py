@@ -1,4 +1,5 @@
 """Optimizer parameter groups, gradient clipping, LR schedules and world-size scaling (detectron2 semantics)."""
+
 import logging
 import math
 
@@ -41,7 +42,12 @@ def _group_of(groups, param):
 def test_param_groups_norm_bias_and_frozen():
     net = Net()
     groups = get_default_optimizer_params(
-        net, base_lr=0.1, weight_decay=1e-4, weight_decay_norm=0.0, bias_lr_factor=2.0, weight_decay_bias=1e-5
+        net,
+        base_lr=0.1,
+        weight_decay=1e-4,
+        weight_decay_norm=0.0,
+        bias_lr_factor=2.0,
+        weight_decay_bias=1e-5,
     )
     # conv/fc weights: defaults
     for p in (net.conv.weight, net.fc.weight):
@@ -64,7 +70,9 @@ def test_param_groups_norm_bias_and_frozen():
 
 def test_param_groups_bias_follows_weight_decay_when_unset():
     net = Net()
-    groups = get_default_optimizer_params(net, base_lr=0.1, weight_decay=1e-4, weight_decay_norm=0.0)
+    groups = get_default_optimizer_params(
+        net, base_lr=0.1, weight_decay=1e-4, weight_decay_norm=0.0
+    )
     assert _group_of(groups, net.conv.bias)["weight_decay"] == 1e-4
     assert _group_of(groups, net.bn.bias)["weight_decay"] == 0.0  # norm rule, no bias override
     assert _group_of(groups, net.conv.bias)["lr"] == 0.1
@@ -73,7 +81,11 @@ def test_param_groups_bias_follows_weight_decay_when_unset():
 def test_build_optimizer_sgd_from_config():
     cfg = get_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, cfg.SOLVER.NESTEROV = 0.05, 0.8, True
-    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_NORM, cfg.SOLVER.BIAS_LR_FACTOR = 1e-3, 0.0, 2.0
+    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_NORM, cfg.SOLVER.BIAS_LR_FACTOR = (
+        1e-3,
+        0.0,
+        2.0,
+    )
     opt = build_optimizer(cfg, Net())
     assert isinstance(opt, torch.optim.SGD)
     assert all(g["momentum"] == 0.8 and g["nesterov"] for g in opt.param_groups)
@@ -98,9 +110,13 @@ def test_gradient_clipping(clip_type):
     before = [p.detach().clone() for p in net.parameters()]
     _grads(net, [3.0, -0.1])
     opt.step()
-    steps = [(b - p.detach()) for b, p in zip(before, net.parameters())]  # = clipped grads (lr 1, no momentum)
+    steps = [
+        (b - p.detach()) for b, p in zip(before, net.parameters())
+    ]  # = clipped grads (lr 1, no momentum)
     if clip_type == "value":
-        assert torch.allclose(steps[0], torch.full((4, 4), 1.0)) and torch.allclose(steps[1], torch.full((1, 4), -0.1))
+        assert torch.allclose(steps[0], torch.full((4, 4), 1.0)) and torch.allclose(
+            steps[1], torch.full((1, 4), -0.1)
+        )
     elif clip_type == "norm":  # each parameter on its own
         assert steps[0].norm().item() == pytest.approx(1.0, rel=1e-5)
         assert torch.allclose(steps[1], torch.full((1, 4), -0.1))

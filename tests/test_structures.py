@@ -1,4 +1,5 @@
 """Boxes, BoxMode, Instances and ImageList behave like detectron2's."""
+
 import pickle
 
 import numpy as np
@@ -11,7 +12,9 @@ from resnet_backbones.structures import Boxes, BoxMode, ImageList, Instances, pa
 def test_box_mode_round_trip_for_lists_arrays_and_tensors():
     assert BoxMode.convert([1, 2, 3, 4], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) == [1, 2, 4, 6]
     arr = np.array([[1.0, 2, 4, 6]])
-    back = BoxMode.convert(BoxMode.convert(arr, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+    back = BoxMode.convert(
+        BoxMode.convert(arr, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS
+    )
     np.testing.assert_array_equal(back, arr)
     t = torch.tensor([[0.0, 0, 10, 5]])
     assert BoxMode.convert(t, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist() == [[0, 0, 10, 5]]
@@ -53,7 +56,9 @@ def test_instances_pickle_round_trip():
 
 
 def test_image_list_pads_to_the_size_divisibility():
-    images = ImageList.from_tensors([torch.ones(3, 5, 7), torch.ones(3, 9, 4)], size_divisibility=4, pad_value=-1)
+    images = ImageList.from_tensors(
+        [torch.ones(3, 5, 7), torch.ones(3, 9, 4)], size_divisibility=4, pad_value=-1
+    )
     assert images.tensor.shape == (2, 3, 12, 8)
     assert images.image_sizes == [(5, 7), (9, 4)]
     assert images[1].shape == (3, 9, 4) and bool((images[1] == 1).all())

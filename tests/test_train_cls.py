@@ -1,5 +1,6 @@
 """Classification training (resnet_backbones.classification, tools/train_cls.py): learning, exact
 resume, checkpoints that initialize the detector, the CIFAR-10 batch reader and the CLI."""
+
 import json
 import os
 import pickle
@@ -37,7 +38,6 @@ DEMO_DET = os.path.join(ROOT, "configs", "shapes", "demo_C4.yaml")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from helpers import tiny_cfg  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,18 @@ def test_schedule_follows_the_recipe():
     assert compute_schedule(cfg, 1281167, 8).base_lr == pytest.approx(0.4)  # 0.1 x batch / 256
     c = get_cls_cfg("cifar10")
     s = compute_schedule(c, 50000, 1)
-    assert (s.max_iter, s.steps, s.base_lr, s.batch_per_process) == (64000, [32000, 48000], 0.1, 128)
-    assert (c.SOLVER.WEIGHT_DECAY, c.SOLVER.MOMENTUM, c.INPUT.SIZE, c.INPUT.PADDING) == (1e-4, 0.9, 32, 4)
+    assert (s.max_iter, s.steps, s.base_lr, s.batch_per_process) == (
+        64000,
+        [32000, 48000],
+        0.1,
+        128,
+    )
+    assert (c.SOLVER.WEIGHT_DECAY, c.SOLVER.MOMENTUM, c.INPUT.SIZE, c.INPUT.PADDING) == (
+        1e-4,
+        0.9,
+        32,
+        4,
+    )
 
 
 def test_transforms_match_the_recipe(folder):
@@ -97,8 +107,14 @@ def test_transforms_match_the_recipe(folder):
     train, val = build_dataset(cfg, True), build_dataset(cfg, False)
     names = [type(t).__name__ for t in train.transform.transforms]
     assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "ToModelInput"]
-    assert train.transform.transforms[0].size == (224, 224) and train.transform.transforms[0].scale == (0.08, 1.0)
-    assert [type(t).__name__ for t in val.transform.transforms] == ["Resize", "CenterCrop", "ToModelInput"]
+    assert train.transform.transforms[0].size == (224, 224) and train.transform.transforms[
+        0
+    ].scale == (0.08, 1.0)
+    assert [type(t).__name__ for t in val.transform.transforms] == [
+        "Resize",
+        "CenterCrop",
+        "ToModelInput",
+    ]
     assert val.transform.transforms[0].size == 256 and val[0][0].shape == (3, 224, 224)
     cfg.INPUT.SIZE = 64
     assert build_dataset(cfg, False).transform.transforms[0].size == 73  # 64 * 256 / 224
@@ -108,7 +124,9 @@ def test_transforms_match_the_recipe(folder):
     mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1)
     std = torch.tensor(cfg.MODEL.PIXEL_STD).view(3, 1, 1)
     bgr = (x * std + mean).mean(dim=(1, 2))
-    assert torch.allclose(bgr, torch.tensor(img[:, :, ::-1].mean(axis=(0, 1)), dtype=torch.float32), atol=3)
+    assert torch.allclose(
+        bgr, torch.tensor(img[:, :, ::-1].mean(axis=(0, 1)), dtype=torch.float32), atol=3
+    )
 
 
 def test_tiny_classifier_lowers_its_loss_on_a_fixed_batch(folder):
@@ -118,7 +136,9 @@ def test_tiny_classifier_lowers_its_loss_on_a_fixed_batch(folder):
     torch.manual_seed(0)
     model = ClassifierWithLoss(build_classifier(cfg, 2))
     loader = iter(lambda: batch, None)  # the same batch forever
-    trainer = SimpleTrainer(model, loader, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    trainer = SimpleTrainer(
+        model, loader, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    )
     losses = []
     with EventStorage():
         for i in range(8):
@@ -147,7 +167,9 @@ def test_loader_is_exactly_resumable_and_independent_of_workers(folder):
 def _stop_at(trainer, iteration):
     def after_step(t):
         if t.iter == iteration:
-            os.kill(os.getpid(), signal.SIGINT)  # StopOnSignal saves a checkpoint after the next step
+            os.kill(
+                os.getpid(), signal.SIGINT
+            )  # StopOnSignal saves a checkpoint after the next step
 
     trainer.register_hooks([hooks.CallbackHook(after_step=after_step)])
 
@@ -188,14 +210,39 @@ def test_resume_equals_uninterrupted(folder, tmp_path):
 # detectron2's C4 head, and a ResNet-18 whose own basic-block res5 is the head (RES5_HEAD_BLOCK basic).
 CLASSIFIER_DETECTOR_PAIRS = {
     "R50-bottleneck-head": (
-        ["MODEL.NAME", "resnet50", "MODEL.STEM_OUT_CHANNELS", "16", "MODEL.RES2_OUT_CHANNELS", "32",
-         "MODEL.WIDTH_PER_GROUP", "8", "MODEL.STRIDE_IN_1X1", "True"],
+        [
+            "MODEL.NAME",
+            "resnet50",
+            "MODEL.STEM_OUT_CHANNELS",
+            "16",
+            "MODEL.RES2_OUT_CHANNELS",
+            "32",
+            "MODEL.WIDTH_PER_GROUP",
+            "8",
+            "MODEL.STRIDE_IN_1X1",
+            "True",
+        ],
         ["MODEL.RESNETS.STRIDE_IN_1X1", True],
     ),
     "R18-basic-head": (
-        ["MODEL.NAME", "resnet18", "MODEL.STEM_OUT_CHANNELS", "16", "MODEL.RES2_OUT_CHANNELS", "16"],
-        ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 16, "MODEL.RESNETS.RES5_HEAD_BLOCK", "basic",
-         "MODEL.RESNETS.STRIDE_IN_1X1", False],
+        [
+            "MODEL.NAME",
+            "resnet18",
+            "MODEL.STEM_OUT_CHANNELS",
+            "16",
+            "MODEL.RES2_OUT_CHANNELS",
+            "16",
+        ],
+        [
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            16,
+            "MODEL.RESNETS.RES5_HEAD_BLOCK",
+            "basic",
+            "MODEL.RESNETS.STRIDE_IN_1X1",
+            False,
+        ],
     ),
 }
 
@@ -215,7 +262,9 @@ def test_classification_checkpoint_initializes_the_detector(tmp_path, pair):
                 t.normal_().abs_()
     from resnet_backbones.classification import checkpoint_metadata
 
-    ckpt = ClassificationCheckpointer(classifier, str(tmp_path), meta=checkpoint_metadata(cfg, ["a", "b", "c"]))
+    ckpt = ClassificationCheckpointer(
+        classifier, str(tmp_path), meta=checkpoint_metadata(cfg, ["a", "b", "c"])
+    )
     ckpt.save("model_final", iteration=9)
 
     det_cfg = tiny_cfg(det_opts)
@@ -225,23 +274,34 @@ def test_classification_checkpoint_initializes_the_detector(tmp_path, pair):
     report = checkpointer.last_report
     src = classifier.state_dict()
     det = detector.state_dict()
-    expected = {("roi_heads." + k if k.startswith("res5.") else "backbone." + k): k for k in src
-                if not k.startswith("linear.")}
+    expected = {
+        ("roi_heads." + k if k.startswith("res5.") else "backbone." + k): k
+        for k in src
+        if not k.startswith("linear.")
+    }
     assert set(expected) <= set(report.matched)
     for dk, ck in expected.items():
         assert torch.equal(det[dk], src[ck]), dk
     assert not report.unexpected and not report.shape_mismatch
     assert {n for n, _ in report.dropped} == {"linear.weight", "linear.bias"}
-    assert all(k.startswith(("proposal_generator.", "roi_heads.box_predictor.")) for k in report.missing)
+    assert all(
+        k.startswith(("proposal_generator.", "roi_heads.box_predictor.")) for k in report.missing
+    )
     assert checkpointer._convention_mismatches(extra["meta"]) == []  # nothing to warn about
     meta = extra["meta"]  # the classifier's input convention travels with the weights
     assert meta["input_format"] == det_cfg.INPUT.FORMAT
     assert meta["stride_in_1x1"] is det_cfg.MODEL.RESNETS.STRIDE_IN_1X1
-    assert meta["pixel_mean"] == list(det_cfg.MODEL.PIXEL_MEAN) and meta["classes"] == ["a", "b", "c"]
+    assert meta["pixel_mean"] == list(det_cfg.MODEL.PIXEL_MEAN) and meta["classes"] == [
+        "a",
+        "b",
+        "c",
+    ]
 
     # the same through resnet_backbones.checkpoint directly, strict about the backbone
     fresh = build_model(det_cfg)
-    rep = load_checkpoint(fresh, str(tmp_path / "model_final.pth"), strict=False, drop_classifier=True)
+    rep = load_checkpoint(
+        fresh, str(tmp_path / "model_final.pth"), strict=False, drop_classifier=True
+    )
     assert set(expected) <= set(rep.matched)
 
 
@@ -265,7 +325,12 @@ def test_demo_configs_fit_each_other():
 # ------------------------------------------------------------------------------ CIFAR-10
 def _write_batch(path, images, labels, bytes_keys=False):
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    d = {"batch_label": "test", "labels": list(labels), "data": data, "filenames": [f"{i}.png" for i in labels]}
+    d = {
+        "batch_label": "test",
+        "labels": list(labels),
+        "data": data,
+        "filenames": [f"{i}.png" for i in labels],
+    }
     if bytes_keys:
         d = {k.encode(): v for k, v in d.items()}
     with open(path, "wb") as f:
@@ -279,7 +344,12 @@ def test_cifar_reader_on_hand_written_batches(tmp_path):
     images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     labels = [i % 10 for i in range(12)]
     for i in range(5):
-        _write_batch(root / f"data_batch_{i + 1}", images[2 * i: 2 * i + 2], labels[2 * i: 2 * i + 2], bytes_keys=i % 2)
+        _write_batch(
+            root / f"data_batch_{i + 1}",
+            images[2 * i : 2 * i + 2],
+            labels[2 * i : 2 * i + 2],
+            bytes_keys=i % 2,
+        )
     _write_batch(root / "test_batch", images[10:], labels[10:])
     with open(root / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072}, f, protocol=2)
@@ -324,27 +394,67 @@ def test_cli_trains_evaluates_and_writes_the_engine_outputs(folder, tmp_path, ca
     import train_cls
 
     out = tmp_path / "run"
-    common = ["--model", "resnet20_cifar", "--data", str(folder), "--input-size", "16", "--batch-size", "4",
-              "--workers", "0", "--seed", "1", "--device", "cpu", "--progress", "off", "--output-dir", str(out)]
-    assert train_cls.invoke_main(common + ["--epochs", "1", "--label-smoothing", "0.1", "--cosine",
-                                           "SOLVER.WARMUP_ITERS", "1"]) == 0
-    for name in ("config.yaml", "env.txt", "log.txt", "metrics.json", "model_final.pth", "last_checkpoint"):
+    common = [
+        "--model",
+        "resnet20_cifar",
+        "--data",
+        str(folder),
+        "--input-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--progress",
+        "off",
+        "--output-dir",
+        str(out),
+    ]
+    assert (
+        train_cls.invoke_main(
+            common
+            + ["--epochs", "1", "--label-smoothing", "0.1", "--cosine", "SOLVER.WARMUP_ITERS", "1"]
+        )
+        == 0
+    )
+    for name in (
+        "config.yaml",
+        "env.txt",
+        "log.txt",
+        "metrics.json",
+        "model_final.pth",
+        "last_checkpoint",
+    ):
         assert (out / name).is_file(), name
     lines = [json.loads(l) for l in open(out / "metrics.json")]
-    assert {"total_loss", "lr"} <= set(lines[0]) and "val/top1" in lines[-1] and "val/top5" in lines[-1]
+    assert (
+        {"total_loss", "lr"} <= set(lines[0])
+        and "val/top1" in lines[-1]
+        and "val/top5" in lines[-1]
+    )
     saved = torch.load(out / "model_final.pth", weights_only=True)
     assert saved["meta"]["classes"] == ["bright", "dark"] and "linear.weight" in saved["model"]
     capsys.readouterr()
-    assert train_cls.invoke_main(common + ["--eval-only", "--weights", str(out / "model_final.pth")]) == 0
+    assert (
+        train_cls.invoke_main(common + ["--eval-only", "--weights", str(out / "model_final.pth")])
+        == 0
+    )
     printed = capsys.readouterr().out
-    result = json.loads(printed[printed.rindex('{\n  "val"'):])
+    result = json.loads(printed[printed.rindex('{\n  "val"') :])
     assert result["val"]["top1"] == pytest.approx(lines[-1]["val/top1"])
 
 
 def test_cli_reports_missing_data(tmp_path, capsys):
     import train_cls
 
-    assert train_cls.invoke_main(["--data", str(tmp_path / "nope"), "--output-dir", str(tmp_path)]) == 2
+    assert (
+        train_cls.invoke_main(["--data", str(tmp_path / "nope"), "--output-dir", str(tmp_path)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"error: '{tmp_path / 'nope' / 'train'}' does not exist: --data must hold train/" in err
     assert train_cls.invoke_main(["--dataset", "cifar10", "--data", str(tmp_path)]) == 2

@@ -3,6 +3,7 @@ VOC-style folder give the same numbers from both libraries' evaluators.
 
 Run in the venv that has detectron2:  python -m pytest tests/test_voc_eval_detectron2_parity.py
 """
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,18 @@ from detectron2.evaluation import COCOEvaluator as D2COCOEvaluator  # noqa: E402
 from detectron2.evaluation import PascalVOCDetectionEvaluator as D2VOCEvaluator  # noqa: E402
 from detectron2.structures import Boxes as D2Boxes  # noqa: E402
 from detectron2.structures import Instances as D2Instances  # noqa: E402
+from helpers import VocObject, write_voc  # noqa: E402
 
 from resnet_backbones.data.catalog import DatasetCatalog, MetadataCatalog  # noqa: E402
 from resnet_backbones.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
 from resnet_backbones.structures import Boxes, BoxMode, Instances  # noqa: E402
 
-from helpers import VocObject, write_voc  # noqa: E402
-
 CLASSES = ["cat", "dog", "bird", "boat"]  # "boat": ground truth but never predicted
 
 
-def random_voc(root: str, seed: int, num_images: int = 30,
-               duplicates: bool = True) -> Dict[str, List[VocObject]]:
+def random_voc(
+    root: str, seed: int, num_images: int = 30, duplicates: bool = True
+) -> Dict[str, List[VocObject]]:
     """A VOC folder of random 500x375 annotations (some difficult objects, duplicated boxes, images
     without objects); returns them."""
     rng = np.random.default_rng(seed)
@@ -42,7 +43,12 @@ def random_voc(root: str, seed: int, num_images: int = 30,
         objs = []
         for _ in range(int(rng.integers(0, 7))):
             x0, y0 = int(rng.integers(1, 400)), int(rng.integers(1, 300))
-            box = (x0, y0, min(x0 + int(rng.integers(4, 120)), 500), min(y0 + int(rng.integers(4, 120)), 375))
+            box = (
+                x0,
+                y0,
+                min(x0 + int(rng.integers(4, 120)), 500),
+                min(y0 + int(rng.integers(4, 120)), 375),
+            )
             objs.append((CLASSES[int(rng.integers(len(CLASSES)))], box, int(rng.random() < 0.2)))
             if rng.random() < 0.1 and duplicates:
                 objs.append(objs[-1])
@@ -72,8 +78,11 @@ def make_predictions(images, seed: int):
             boxes.append([x0, y0, x0 + rng.uniform(3, 80), y0 + rng.uniform(3, 70)])
             scores.append(float(rng.random()))
             classes.append(int(rng.integers(3)))
-        preds[name] = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-                       np.asarray(classes, np.int64))
+        preds[name] = (
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(scores, np.float32),
+            np.asarray(classes, np.int64),
+        )
     return preds
 
 
@@ -82,10 +91,18 @@ def run_both(ours, theirs, preds, image_size=(375, 500)):
     theirs.reset()
     for image_id, (boxes, scores, classes) in preds.items():
         inputs = [{"image_id": image_id, "height": image_size[0], "width": image_size[1]}]
-        a = Instances(image_size, pred_boxes=Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
-                      pred_classes=torch.from_numpy(classes))
-        b = D2Instances(image_size, pred_boxes=D2Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
-                        pred_classes=torch.from_numpy(classes))
+        a = Instances(
+            image_size,
+            pred_boxes=Boxes(torch.from_numpy(boxes)),
+            scores=torch.from_numpy(scores),
+            pred_classes=torch.from_numpy(classes),
+        )
+        b = D2Instances(
+            image_size,
+            pred_boxes=D2Boxes(torch.from_numpy(boxes)),
+            scores=torch.from_numpy(scores),
+            pred_classes=torch.from_numpy(classes),
+        )
         ours.process(inputs, [{"instances": a}])
         theirs.process(inputs, [{"instances": b}])
     return ours.evaluate(), theirs.evaluate()
@@ -98,7 +115,9 @@ def voc(tmp_path, request):
 
     def register(name, year, dirname=str(tmp_path)):
         register_pascal_voc(name, dirname, "test", year, CLASSES)
-        MetadataCatalog.get(name).set(thing_classes=CLASSES, dirname=dirname, split="test", year=year)
+        MetadataCatalog.get(name).set(
+            thing_classes=CLASSES, dirname=dirname, split="test", year=year
+        )
         names.append(name)
 
     yield tmp_path, images, register
@@ -117,8 +136,10 @@ def test_voc_evaluator_equals_detectron2(voc, year, seed):
     register(name, year)
     preds = make_predictions(images, seed)
     ours, theirs = run_both(PascalVOCDetectionEvaluator(name), D2VOCEvaluator(name), preds)
-    print(f"\nVOC{year} seed {seed}: ours {dict((k, ours['bbox'][k]) for k in ('AP', 'AP50', 'AP75'))}, "
-          f"detectron2 {dict(theirs['bbox'])}")
+    print(
+        f"\nVOC{year} seed {seed}: ours {dict((k, ours['bbox'][k]) for k in ('AP', 'AP50', 'AP75'))}, "
+        f"detectron2 {dict(theirs['bbox'])}"
+    )
     for key in ("AP", "AP50", "AP75"):
         assert ours["bbox"][key] == pytest.approx(float(theirs["bbox"][key]), abs=1e-9, rel=0), key
     assert 0 < ours["bbox"]["AP"] < 100
@@ -133,9 +154,14 @@ def test_voc_perfect_detections_are_100_in_both(voc, year):
     register(name, year, str(root / "nodup"))
     preds = {}
     for image_id, objs in images.items():
-        boxes = np.asarray([[x0 - 1, y0 - 1, x1, y1] for _, (x0, y0, x1, y1), _ in objs], np.float32).reshape(-1, 4)
-        preds[image_id] = (boxes, np.full(len(objs), 0.9, np.float32),
-                           np.asarray([CLASSES.index(c) for c, _, _ in objs], np.int64))
+        boxes = np.asarray(
+            [[x0 - 1, y0 - 1, x1, y1] for _, (x0, y0, x1, y1), _ in objs], np.float32
+        ).reshape(-1, 4)
+        preds[image_id] = (
+            boxes,
+            np.full(len(objs), 0.9, np.float32),
+            np.asarray([CLASSES.index(c) for c, _, _ in objs], np.int64),
+        )
     ours, theirs = run_both(PascalVOCDetectionEvaluator(name), D2VOCEvaluator(name), preds)
     for key in ("AP", "AP50", "AP75"):
         assert ours["bbox"][key] == pytest.approx(100.0, abs=1e-9)
@@ -148,13 +174,23 @@ def test_coco_evaluator_on_converted_voc_equals_detectron2(voc, tmp_path):
     name = "_parity_coco_from_voc"
     register(name, 2012)
     d2_dicts = D2DatasetCatalog.get(name)
-    DatasetCatalog.register(name, lambda: [
-        dict(d, annotations=[dict(a, bbox_mode=BoxMode(int(a["bbox_mode"]))) for a in d["annotations"]])
-        for d in d2_dicts
-    ])
+    DatasetCatalog.register(
+        name,
+        lambda: [
+            dict(
+                d,
+                annotations=[
+                    dict(a, bbox_mode=BoxMode(int(a["bbox_mode"]))) for a in d["annotations"]
+                ],
+            )
+            for d in d2_dicts
+        ],
+    )
     preds = make_predictions(images, 3)
     ours_ev = COCOEvaluator(name, distributed=False, output_dir=str(tmp_path / "ours"))
-    theirs_ev = D2COCOEvaluator(name, distributed=False, output_dir=str(tmp_path / "d2"), use_fast_impl=False)
+    theirs_ev = D2COCOEvaluator(
+        name, distributed=False, output_dir=str(tmp_path / "d2"), use_fast_impl=False
+    )
     ours, theirs = run_both(ours_ev, theirs_ev, preds)
     ours_json = json.loads((tmp_path / "ours" / f"{name}_coco_format.json").read_text())
     d2_json = json.loads((tmp_path / "d2" / f"{name}_coco_format.json").read_text())

@@ -1,5 +1,6 @@
 """Pascal VOC evaluation: a hand-computed case, perfect detections, a plain loop implementation of the
 devkit algorithm as an independent reference on random data, and clear errors."""
+
 from __future__ import annotations
 
 import math
@@ -9,18 +10,18 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
+from helpers import write_voc
 
 from resnet_backbones.data.catalog import MetadataCatalog
 from resnet_backbones.evaluation import PascalVOCDetectionEvaluator
 from resnet_backbones.structures import Boxes, Instances
 
-from helpers import write_voc
-
 
 def register(name: str, root: str, year: int, classes: List[str]) -> None:
     MetadataCatalog.pop(name, None)
-    MetadataCatalog.get(name).set(thing_classes=classes, dirname=root, split="test", year=year,
-                                  evaluator_type="pascal_voc")
+    MetadataCatalog.get(name).set(
+        thing_classes=classes, dirname=root, split="test", year=year, evaluator_type="pascal_voc"
+    )
 
 
 def instances(boxes, scores, classes) -> Instances:
@@ -59,9 +60,19 @@ def test_hand_computed_ap(tmp_path, year):
         # cat: p1 exact A (0.9) TP; p2 exact difficult B (0.8) ignored; p3 A again (0.7) FP; p4 exact D (0.6) TP
         # dog: q2 on img2 without dogs (0.95) FP; q1 20x16 inside the 20x20 dog C (0.5): IoU 320/400 = 0.8,
         #      a TP for thresholds 0.50..0.75 and a FP from 0.80 on (the test is IoU > threshold)
-        "img1": instances([pred_box(1, 1, 10, 10), pred_box(21, 21, 30, 30), pred_box(1, 1, 10, 10),
-                           pred_box(1, 1, 20, 16)], [0.9, 0.8, 0.7, 0.5], [0, 0, 0, 1]),
-        "img2": instances([pred_box(11, 11, 20, 20), pred_box(100, 100, 150, 150)], [0.6, 0.95], [0, 1]),
+        "img1": instances(
+            [
+                pred_box(1, 1, 10, 10),
+                pred_box(21, 21, 30, 30),
+                pred_box(1, 1, 10, 10),
+                pred_box(1, 1, 20, 16),
+            ],
+            [0.9, 0.8, 0.7, 0.5],
+            [0, 0, 0, 1],
+        ),
+        "img2": instances(
+            [pred_box(11, 11, 20, 20), pred_box(100, 100, 150, 150)], [0.6, 0.95], [0, 1]
+        ),
     }
     res = run(name, preds)
     # cat (npos = 2: the difficult B is not counted), in score order: TP, -, FP, TP
@@ -89,34 +100,50 @@ def test_perfect_detections_score_100(tmp_path, year):
     register(name, str(tmp_path), year, ["cat", "dog"])
     preds = {}
     for image_id, objs in GT.items():
-        preds[image_id] = instances([pred_box(*b) for _, b, _ in objs], [0.9] * len(objs),
-                                    [["cat", "dog"].index(c) for c, _, _ in objs])
+        preds[image_id] = instances(
+            [pred_box(*b) for _, b, _ in objs],
+            [0.9] * len(objs),
+            [["cat", "dog"].index(c) for c, _, _ in objs],
+        )
     res = run(name, preds)
     for key in ("AP", "AP50", "AP75"):
         assert res[key] == pytest.approx(100.0, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- independent reference
-def reference_voc(root: str, classes: List[str], preds: Dict[str, Instances], use_07: bool) -> Dict[str, float]:
+def reference_voc(
+    root: str, classes: List[str], preds: Dict[str, Instances], use_07: bool
+) -> Dict[str, float]:
     """A direct loop implementation of the devkit's algorithm (with detectron2's text rounding)."""
     import xml.etree.ElementTree as ET
 
-    names = [n.strip() for n in open(os.path.join(root, "ImageSets", "Main", "test.txt")) if n.strip()]
+    names = [
+        n.strip() for n in open(os.path.join(root, "ImageSets", "Main", "test.txt")) if n.strip()
+    ]
     gts = {}
     for n in names:
         objs = []
         for o in ET.parse(os.path.join(root, "Annotations", f"{n}.xml")).findall("object"):
             bb = o.find("bndbox")
-            objs.append((o.find("name").text, [float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")],
-                         int(o.find("difficult").text)))
+            objs.append(
+                (
+                    o.find("name").text,
+                    [float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")],
+                    int(o.find("difficult").text),
+                )
+            )
         gts[n] = objs
     dets: Dict[int, list] = {c: [] for c in range(len(classes))}
     for image_id, inst in preds.items():
-        for box, score, cls in zip(inst.pred_boxes.tensor.numpy(), inst.scores.tolist(), inst.pred_classes.tolist()):
+        for box, score, cls in zip(
+            inst.pred_boxes.tensor.numpy(), inst.scores.tolist(), inst.pred_classes.tolist()
+        ):
             x0, y0, x1, y1 = box
             x0 += 1
             y0 += 1
-            dets[cls].append((image_id, float(f"{score:.3f}"), [float(f"{v:.1f}") for v in (x0, y0, x1, y1)]))
+            dets[cls].append(
+                (image_id, float(f"{score:.3f}"), [float(f"{v:.1f}") for v in (x0, y0, x1, y1)])
+            )
     aps = {t: [] for t in range(50, 100, 5)}
     for c, cname in enumerate(classes):
         for t in aps:
@@ -133,8 +160,11 @@ def reference_voc(root: str, classes: List[str], preds: Dict[str, Instances], us
                     iw = max(min(g[2], bb[2]) - max(g[0], bb[0]) + 1.0, 0.0)
                     ih = max(min(g[3], bb[3]) - max(g[1], bb[1]) + 1.0, 0.0)
                     inter = iw * ih
-                    union = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-                             + (g[2] - g[0] + 1.0) * (g[3] - g[1] + 1.0) - inter)
+                    union = (
+                        (bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
+                        + (g[2] - g[0] + 1.0) * (g[3] - g[1] + 1.0)
+                        - inter
+                    )
                     if inter / union > best:
                         best, best_j = inter / union, j
                 if best > t / 100.0:
@@ -175,7 +205,9 @@ def random_voc(root: str, seed: int, classes: List[str], num_images: int = 25):
         for _ in range(int(rng.integers(0, 6))):
             x0, y0 = int(rng.integers(1, 400)), int(rng.integers(1, 300))
             box = (x0, y0, x0 + int(rng.integers(5, 100)), y0 + int(rng.integers(5, 100)))
-            objs.append((classes[int(rng.integers(len(classes) - 1))], box, int(rng.random() < 0.2)))
+            objs.append(
+                (classes[int(rng.integers(len(classes) - 1))], box, int(rng.random() < 0.2))
+            )
             if rng.random() < 0.1:
                 objs.append(objs[-1])
         name = f"{i:06d}"
@@ -187,7 +219,9 @@ def random_voc(root: str, seed: int, classes: List[str], num_images: int = 25):
             j = rng.normal(0, 3, 4)
             boxes.append([x0 - 1 + j[0], y0 - 1 + j[1], x1 + j[2], y1 + j[3]])
             scores.append(round(float(rng.random()), 2))
-            cls.append(classes.index(c) if rng.random() < 0.9 else int(rng.integers(len(classes) - 1)))
+            cls.append(
+                classes.index(c) if rng.random() < 0.9 else int(rng.integers(len(classes) - 1))
+            )
         for _ in range(int(rng.integers(0, 5))):
             x0, y0 = rng.uniform(0, 400), rng.uniform(0, 300)
             boxes.append([x0, y0, x0 + rng.uniform(5, 100), y0 + rng.uniform(5, 100)])

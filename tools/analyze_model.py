@@ -16,6 +16,7 @@ are for MSRA's original models, with the stride in the first 1x1 conv: pass --st
 count those. With a config file the default is the config's MODEL.RESNETS.STRIDE_IN_1X1 (True in
 detectron2's C4 configs); either flag overrides it. Basic-block models are unaffected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,37 +33,64 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default=None, help="registered model name (default resnet50); see --list")
-    source.add_argument("--config-file", default=None, help="detection config: analyze its backbone (MODEL.RESNETS.*)")
+    source.add_argument(
+        "--model", default=None, help="registered model name (default resnet50); see --list"
+    )
+    source.add_argument(
+        "--config-file",
+        default=None,
+        help="detection config: analyze its backbone (MODEL.RESNETS.*)",
+    )
     parser.add_argument("--list", action="store_true", help="list registered models and exit")
     parser.add_argument(
-        "--tasks", nargs="+", default=["flops", "params"], choices=["flops", "params"],
+        "--tasks",
+        nargs="+",
+        default=["flops", "params"],
+        choices=["flops", "params"],
         help="what to count (default: both)",
     )
     parser.add_argument(
-        "--input-size", nargs="+", type=int, default=[224], metavar="S",
+        "--input-size",
+        nargs="+",
+        type=int,
+        default=[224],
+        metavar="S",
         help="input height and width: S (square) or H W; default 224",
     )
     parser.add_argument(
-        "--stride-in-1x1", action=argparse.BooleanOptionalAction, default=None,
+        "--stride-in-1x1",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="put bottleneck strides in the 1x1 conv (MSRA v1, the paper's counts); default: the "
         "model's own (create_model: no, torchvision layout; config: MODEL.RESNETS.STRIDE_IN_1X1)",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the dummy input (default 1)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (with --config-file)")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="batch size of the dummy input (default 1)"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... (with --config-file)"
+    )
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from resnet_backbones.modeling.backbone import create_model, list_models
-    from resnet_backbones.utils.flops import PAPER_GFLOPS, analyze_model, format_stats, input_shape_for
+    from resnet_backbones.utils.flops import (
+        PAPER_GFLOPS,
+        analyze_model,
+        format_stats,
+        input_shape_for,
+    )
 
     if args.list:
         print("\n".join(list_models()))
         return 0
     if args.opts and not args.config_file:
-        print(f"unexpected arguments {args.opts} (config overrides need --config-file)", file=sys.stderr)
+        print(
+            f"unexpected arguments {args.opts} (config overrides need --config-file)",
+            file=sys.stderr,
+        )
         return 2
     try:
         input_shape_for(args.input_size)
@@ -104,12 +132,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     layout = ""
     if bottleneck:
         layout = (
-            ", stride in the 1x1 conv (MSRA v1, as in the paper)" if stride_in_1x1
+            ", stride in the 1x1 conv (MSRA v1, as in the paper)"
+            if stride_in_1x1
             else ", stride in the 3x3 conv (torchvision v1.5)"
         )
     with torch.no_grad():
-        stats = analyze_model(model, args.input_size, batch_size=args.batch_size, in_channels=in_channels, tasks=args.tasks)
-    print(format_stats(stats, title=f"## {name}{layout}", paper_gflops=paper if "flops" in args.tasks else None))
+        stats = analyze_model(
+            model,
+            args.input_size,
+            batch_size=args.batch_size,
+            in_channels=in_channels,
+            tasks=args.tasks,
+        )
+    print(
+        format_stats(
+            stats, title=f"## {name}{layout}", paper_gflops=paper if "flops" in args.tasks else None
+        )
+    )
     if paper is not None and "flops" in args.tasks:
         if tuple(stats.input_shape[2:]) != (224, 224) or args.batch_size != 1:
             print("note: the paper's number is for one 224x224 image")

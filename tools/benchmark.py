@@ -8,6 +8,7 @@
 
 Each subcommand lives in ``resnet_backbones/benchmarks/<name>.py`` and has its own ``--help``.
 """
+
 import importlib
 import sys
 
@@ -18,7 +19,10 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nunknown benchmark '{argv[0]}'; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+            print(
+                f"\nunknown benchmark '{argv[0]}'; choose one of {', '.join(SUBCOMMANDS)}",
+                file=sys.stderr,
+            )
             return 2
         return 0
     module = importlib.import_module(f"resnet_backbones.benchmarks.{argv[0]}")

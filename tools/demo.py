@@ -12,6 +12,7 @@ detectron2's ``demo.py``; ``--confidence-threshold`` sets ``MODEL.ROI_HEADS.SCOR
 ``--json FILE`` also writes every detection (boxes in XYXY pixels of the original image).
 A tqdm progress bar runs over the images (``DefaultPredictor``, one image at a time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # Distinct BGR colors, one per class (cycled).
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
-    (48, 48, 255), (0, 200, 0), (255, 128, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0),
-    (128, 0, 255), (0, 128, 255), (128, 255, 0), (255, 0, 128),
+    (48, 48, 255),
+    (0, 200, 0),
+    (255, 128, 0),
+    (0, 200, 255),
+    (255, 0, 255),
+    (255, 255, 0),
+    (128, 0, 255),
+    (0, 128, 255),
+    (128, 255, 0),
+    (255, 0, 128),
 )
 
 logger = logging.getLogger("resnet_backbones.demo")
@@ -64,7 +73,9 @@ def draw_detections(
     thickness = thickness or max(1, int(round(min(h, w) / 200)))
     font_scale = font_scale or max(0.3, min(h, w) / 600)
     font = cv2.FONT_HERSHEY_SIMPLEX
-    order = np.argsort(-np.asarray(scores)) if scores is not None and len(scores) else range(len(boxes))
+    order = (
+        np.argsort(-np.asarray(scores)) if scores is not None and len(scores) else range(len(boxes))
+    )
     for i in reversed(list(order)):  # highest score drawn last (on top)
         x0, y0, x1, y1 = boxes[i]
         cls = int(classes[i]) if classes is not None else 0
@@ -72,7 +83,11 @@ def draw_detections(
         p0 = (int(np.floor(x0)), int(np.floor(y0)))
         p1 = (max(int(np.ceil(x1)) - 1, p0[0]), max(int(np.ceil(y1)) - 1, p0[1]))
         cv2.rectangle(out, p0, p1, color, thickness, lineType=cv2.LINE_8)
-        name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
+        name = (
+            class_names[cls]
+            if class_names is not None and 0 <= cls < len(class_names)
+            else str(cls)
+        )
         label = name if scores is None else f"{name} {float(scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(label, font, font_scale, 1)
         ty = p0[1] - 2 if p0[1] - th - base - 2 >= 0 else min(p1[1] + th + 2, h - base - 1)
@@ -89,7 +104,11 @@ def instances_to_arrays(instances) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     inst = instances.to("cpu")
     boxes = inst.pred_boxes.tensor.numpy() if inst.has("pred_boxes") else np.zeros((0, 4))
     scores = inst.scores.numpy() if inst.has("scores") else np.ones(len(boxes))
-    classes = inst.pred_classes.numpy() if inst.has("pred_classes") else np.zeros(len(boxes), dtype=np.int64)
+    classes = (
+        inst.pred_classes.numpy()
+        if inst.has("pred_classes")
+        else np.zeros(len(boxes), dtype=np.int64)
+    )
     return boxes, scores, classes
 
 
@@ -99,7 +118,16 @@ def add_title(image: np.ndarray, title: str) -> np.ndarray:
     font_scale = max(0.4, w / 500)
     (tw, th), base = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
     bar = np.full((th + base + 8, w, 3), 32, dtype=np.uint8)
-    cv2.putText(bar, title, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        bar,
+        title,
+        (4, th + 4),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        font_scale,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return np.concatenate([bar, image], axis=0)
 
 
@@ -109,7 +137,9 @@ def hconcat(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
     parts = []
     for i, im in enumerate(images):
         if im.shape[0] < height:
-            im = np.concatenate([im, np.full((height - im.shape[0], im.shape[1], 3), 255, np.uint8)], axis=0)
+            im = np.concatenate(
+                [im, np.full((height - im.shape[0], im.shape[1], 3), 255, np.uint8)], axis=0
+            )
         parts.append(im)
         if i < len(images) - 1:
             parts.append(np.full((height, gap, 3), 255, np.uint8))
@@ -124,17 +154,24 @@ def collect_inputs(inputs: Sequence[str], recursive: bool = False) -> List[str]:
         item = os.path.expanduser(item)
         if os.path.isdir(item):
             pattern = os.path.join(item, "**", "*") if recursive else os.path.join(item, "*")
-            found = sorted(p for p in glob.glob(pattern, recursive=recursive)
-                           if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(
+                p
+                for p in glob.glob(pattern, recursive=recursive)
+                if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)
+            )
             if not found:
-                raise FileNotFoundError(f"--input folder '{item}' holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+                raise FileNotFoundError(
+                    f"--input folder '{item}' holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+                )
             paths += found
         elif os.path.isfile(item):
             paths.append(item)
         else:
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not matches:
-                raise FileNotFoundError(f"--input '{item}': no such file, folder or matching pattern")
+                raise FileNotFoundError(
+                    f"--input '{item}': no such file, folder or matching pattern"
+                )
             paths += matches
     return paths
 
@@ -143,7 +180,9 @@ def output_paths(inputs: Sequence[str], output: Optional[str]) -> List[Optional[
     """Where each result image goes (see the module docstring)."""
     if not output:
         return [None] * len(inputs)
-    single_file = len(inputs) == 1 and output.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(output)
+    single_file = (
+        len(inputs) == 1 and output.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isdir(output)
+    )
     if single_file:
         return [output]
     used: Dict[str, int] = {}
@@ -170,7 +209,9 @@ def setup_cfg(args: argparse.Namespace):
         import torch
 
         if not torch.cuda.is_available():
-            logger.warning("MODEL.DEVICE is %s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
+            logger.warning(
+                "MODEL.DEVICE is %s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE
+            )
             cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
@@ -187,24 +228,43 @@ def class_names_of(cfg) -> Optional[List[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     parser.add_argument("--config-file", "--config", dest="config_file", default="", metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
-    parser.add_argument("--output", default="", help="output folder (or file, for a single input image)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="minimum score of a drawn detection (default: %(default)s)")
-    parser.add_argument("--recursive", action="store_true", help="also take images in sub-folders of --input folders")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+    )
+    parser.add_argument(
+        "--output", default="", help="output folder (or file, for a single input image)"
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of a drawn detection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also take images in sub-folders of --input folders",
+    )
     parser.add_argument("--json", default="", help="also write all detections to this JSON file")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s]: %(message)s",
-                        datefmt="%m/%d %H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s %(name)s %(levelname)s]: %(message)s",
+        datefmt="%m/%d %H:%M:%S",
+    )
     from tqdm import tqdm
 
     from resnet_backbones.config import ConfigError
@@ -233,15 +293,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         instances = predictor(image)["instances"]
         boxes, scores, classes = instances_to_arrays(instances)
-        records.append({
-            "file_name": path,
-            "height": int(image.shape[0]), "width": int(image.shape[1]),
-            "detections": [
-                {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4),
-                 "class_id": int(c), "class_name": names[int(c)] if names and int(c) < len(names) else str(int(c))}
-                for b, s, c in zip(boxes, scores, classes)
-            ],
-        })
+        records.append(
+            {
+                "file_name": path,
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "detections": [
+                    {
+                        "box_xyxy": [round(float(v), 2) for v in b],
+                        "score": round(float(s), 4),
+                        "class_id": int(c),
+                        "class_name": names[int(c)]
+                        if names and int(c) < len(names)
+                        else str(int(c)),
+                    }
+                    for b, s, c in zip(boxes, scores, classes)
+                ],
+            }
+        )
         if target is None:
             tqdm.write(f"{path}: {len(boxes)} detections")
             continue
@@ -256,8 +325,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             json.dump(records, f, indent=1)
     done = len(paths) - failed
     where = f" into {args.output}" if args.output else ""
-    print(f"{done} image(s) processed{where}; {sum(len(r['detections']) for r in records)} detections "
-          f"with score >= {cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST}", flush=True)
+    print(
+        f"{done} image(s) processed{where}; {sum(len(r['detections']) for r in records)} detections "
+        f"with score >= {cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST}",
+        flush=True,
+    )
     return 0 if failed == 0 else 1
 
 

@@ -14,6 +14,7 @@ already resized; ``--input-size H W``, default ``MIN_SIZE_TEST`` square) and ret
 ``scores``, ``classes``; the backbone takes normalized ``(N, 3, H, W)`` images of any size and
 returns one map per ``MODEL.RESNETS.OUT_FEATURES``. See docs/integrations.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,42 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a backbone or the C4 detector to TorchScript or ONNX.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a config of this project")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="a config of this project"
+    )
     parser.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     parser.add_argument("--output", required=True, metavar="DIR", help="directory to write into")
-    parser.add_argument("--backbone-only", action="store_true",
-                        help="export the backbone (any input size) instead of the detector")
-    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="height and width of the traced input (default: INPUT.MIN_SIZE_TEST square)")
+    parser.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="export the backbone (any input size) instead of the detector",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="height and width of the traced input (default: INPUT.MIN_SIZE_TEST square)",
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    parser.add_argument("--dynamo", action="store_true",
-                        help="ONNX: use the torch.export-based exporter (slower) instead of the TorchScript one")
-    parser.add_argument("--no-check", action="store_true",
-                        help="do not compare the exported model with the eager one")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. --opts MODEL.WEIGHTS model.pth (must come last)")
+    parser.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="ONNX: use the torch.export-based exporter (slower) instead of the TorchScript one",
+    )
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not compare the exported model with the eager one",
+    )
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides, e.g. --opts MODEL.WEIGHTS model.pth (must come last)",
+    )
     return parser
 
 
@@ -56,9 +79,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(list(args.opts))
     result = export_model(
-        cfg, args.format, args.output, backbone_only=args.backbone_only,
+        cfg,
+        args.format,
+        args.output,
+        backbone_only=args.backbone_only,
         input_size=tuple(args.input_size) if args.input_size else None,
-        opset_version=args.opset or DEFAULT_OPSET, dynamo=args.dynamo, check=not args.no_check,
+        opset_version=args.opset or DEFAULT_OPSET,
+        dynamo=args.dynamo,
+        check=not args.no_check,
     )
     print(f"wrote {result.path} ({result.what}, {result.format})")
     print(f"  inputs:  {result.input_names} {result.input_shape}")

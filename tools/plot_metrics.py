@@ -9,6 +9,7 @@ when an iteration appears more than once, e.g. after a resume, its last values w
 ``bbox/AP``, ``bbox/AP50``, ``bbox/AP75``) into ``--out`` (default: ``OUTPUT_DIR/plots``).
 A figure with nothing to show is skipped. Uses matplotlib's non-interactive Agg backend.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,11 @@ def read_metrics(path: str) -> Dict[int, Dict[str, float]]:
                 print(f"{path}:{lineno}: skipping an unreadable line", file=sys.stderr)
                 continue
             by_iter.setdefault(itr, {}).update(
-                {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                {
+                    k: float(v)
+                    for k, v in entry.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
             )
     return by_iter
 
@@ -68,8 +73,15 @@ def _smooth(values: Sequence[float], window: int) -> List[float]:
     return out
 
 
-def _plot(series: Series, keys: List[str], title: str, ylabel: str, path: str, smooth: int = 1,
-          logy: bool = False) -> Optional[str]:
+def _plot(
+    series: Series,
+    keys: List[str],
+    title: str,
+    ylabel: str,
+    path: str,
+    smooth: int = 1,
+    logy: bool = False,
+) -> Optional[str]:
     keys = [k for k in keys if series.get(k)]
     if not keys:
         return None
@@ -95,7 +107,9 @@ def plot_metrics(output_dir: str, out_dir: Optional[str] = None, smooth: int = 1
     """Write the PNGs for ``output_dir``'s metrics.json; returns the paths written."""
     metrics = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(metrics):
-        raise FileNotFoundError(f"{metrics} does not exist (is '{output_dir}' a training OUTPUT_DIR?)")
+        raise FileNotFoundError(
+            f"{metrics} does not exist (is '{output_dir}' a training OUTPUT_DIR?)"
+        )
     series = to_series(read_metrics(metrics))
     out_dir = out_dir or os.path.join(output_dir, "plots")
     os.makedirs(out_dir, exist_ok=True)
@@ -105,7 +119,9 @@ def plot_metrics(output_dir: str, out_dir: Optional[str] = None, smooth: int = 1
         loss_keys.insert(0, "total_loss")
     ap_keys = sorted(k for k in series if AP_KEY.search(k))
     written = [
-        _plot(series, loss_keys, "training losses", "loss", os.path.join(out_dir, "loss.png"), smooth),
+        _plot(
+            series, loss_keys, "training losses", "loss", os.path.join(out_dir, "loss.png"), smooth
+        ),
         _plot(series, ["lr"], "learning rate", "lr", os.path.join(out_dir, "lr.png")),
         _plot(series, ap_keys, "evaluation", "AP (%)", os.path.join(out_dir, "ap.png")),
     ]
@@ -115,8 +131,12 @@ def plot_metrics(output_dir: str, out_dir: Optional[str] = None, smooth: int = 1
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output_dir", help="a training OUTPUT_DIR holding metrics.json")
-    parser.add_argument("--out", default=None, help="where to write the PNGs (default: OUTPUT_DIR/plots)")
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window for the losses")
+    parser.add_argument(
+        "--out", default=None, help="where to write the PNGs (default: OUTPUT_DIR/plots)"
+    )
+    parser.add_argument(
+        "--smooth", type=int, default=1, help="moving-average window for the losses"
+    )
     args = parser.parse_args(argv)
     try:
         paths = plot_metrics(args.output_dir, args.out, args.smooth)

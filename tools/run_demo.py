@@ -21,6 +21,7 @@ Every stage runs the project's command-line tools in subprocesses; their logs go
 ``<stage>/stdout.log``. ``--smoke`` runs the same pipeline on a few images for a few iterations
 (seconds, for tests; the numbers mean nothing). ``--threads`` caps the CPU threads (default: all).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,17 +46,49 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 # The embedded default data: the generator's detection split sizes, and a classification set
 # large enough for the pre-training to learn shape features (generated in seconds).
-DATA_ARGS: Dict[str, int] = {"num_train": 400, "num_val": 100,
-                             "num_cls_train": 6000, "num_cls_val": 300}
-SMOKE_DATA_ARGS: Dict[str, int] = {"num_train": 12, "num_val": 6,
-                                   "num_cls_train": 24, "num_cls_val": 12}
+DATA_ARGS: Dict[str, int] = {
+    "num_train": 400,
+    "num_val": 100,
+    "num_cls_train": 6000,
+    "num_cls_val": 300,
+}
+SMOKE_DATA_ARGS: Dict[str, int] = {
+    "num_train": 12,
+    "num_val": 6,
+    "num_cls_train": 24,
+    "num_cls_val": 12,
+}
 # --smoke: the same pipeline, a few iterations (checks the plumbing, not the recipe).
-SMOKE_PRETRAIN_OPTS = ["SOLVER.EPOCHS", "2", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_EPOCHS", "0",
-                       "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "1",
-                       "DATA.NUM_WORKERS", "0", "LOG_PERIOD", "1"]
-SMOKE_DETECTOR_OPTS = ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
-                       "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000",
-                       "TEST.EVAL_PERIOD", "0"]
+SMOKE_PRETRAIN_OPTS = [
+    "SOLVER.EPOCHS",
+    "2",
+    "SOLVER.BATCH_SIZE",
+    "8",
+    "SOLVER.WARMUP_EPOCHS",
+    "0",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1",
+    "TEST.EVAL_PERIOD",
+    "1",
+    "DATA.NUM_WORKERS",
+    "0",
+    "LOG_PERIOD",
+    "1",
+]
+SMOKE_DETECTOR_OPTS = [
+    "SOLVER.MAX_ITER",
+    "4",
+    "SOLVER.STEPS",
+    "(3,)",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+    "TEST.EVAL_PERIOD",
+    "0",
+]
 NUM_VIS_IMAGES, SMOKE_NUM_VIS_IMAGES = 8, 2
 
 
@@ -83,16 +116,18 @@ def fmt_time(seconds: float) -> str:
 class Run:
     """A training subprocess whose progress is read from its OUTPUT_DIR/metrics.json."""
 
-    def __init__(self, name: str, cmd: List[str], out_dir: Path, env: Dict[str, str],
-                 max_iter: int) -> None:
+    def __init__(
+        self, name: str, cmd: List[str], out_dir: Path, env: Dict[str, str], max_iter: int
+    ) -> None:
         self.name, self.cmd, self.out_dir, self.max_iter = name, cmd, out_dir, max_iter
         out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = out_dir / "stdout.log"
         self._log = open(self.log_path, "w", encoding="utf-8")
         self._log.write("$ " + " ".join(cmd) + "\n")
         self._log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(REPO))
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO)
+        )
         self.start = time.perf_counter()
         self.seconds: Optional[float] = None
 
@@ -145,9 +180,18 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    bars = {r.name: tqdm(total=r.max_iter, desc=f"{title} {r.name}", unit="it", position=i,
-                         leave=True, dynamic_ncols=True, disable=not tty)
-            for i, r in enumerate(runs)}
+    bars = {
+        r.name: tqdm(
+            total=r.max_iter,
+            desc=f"{title} {r.name}",
+            unit="it",
+            position=i,
+            leave=True,
+            dynamic_ncols=True,
+            disable=not tty,
+        )
+        for i, r in enumerate(runs)
+    }
     last_print = time.perf_counter()
     try:
         while True:
@@ -173,8 +217,10 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
                 parts = []
                 for r in runs:
                     done, loss = r.progress()
-                    parts.append(f"{r.name} {done}/{r.max_iter} it"
-                                 + (f" loss {loss:.3f}" if loss is not None else ""))
+                    parts.append(
+                        f"{r.name} {done}/{r.max_iter} it"
+                        + (f" loss {loss:.3f}" if loss is not None else "")
+                    )
                 elapsed = fmt_time(time.perf_counter() - runs[0].start)
                 log(f"{title}: " + " | ".join(parts) + f" ({elapsed})")
                 last_print = time.perf_counter()
@@ -190,11 +236,14 @@ def wait_for(runs: Sequence[Run], title: str) -> None:
 
 def _env(threads: int, data_root: Path) -> Dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-        "RB_DATASETS": str(data_root),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "RB_DATASETS": str(data_root),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -212,8 +261,9 @@ def final_results(run_dir: Path) -> Dict[str, float]:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            found = {k.split("/", 1)[1]: float(v) for k, v in entry.items()
-                     if k.startswith("bbox/")}
+            found = {
+                k.split("/", 1)[1]: float(v) for k, v in entry.items() if k.startswith("bbox/")
+            }
             if found:
                 results = found
     if not results:
@@ -257,10 +307,13 @@ def format_table(summary: Dict[str, Any]) -> str:
     labels = {"pretrained": "pretrained (shapes cls)", "scratch": "scratch (random init)"}
     for run in RUNS:
         res = summary[run]
-        rows.append(f"{labels[run]:<28}"
-                    + "".join(f"{res.get(m, float('nan')):>7.1f}" for m in METRICS))
-    diff = {m: summary["pretrained"].get(m, float("nan")) - summary["scratch"].get(m, float("nan"))
-            for m in METRICS}
+        rows.append(
+            f"{labels[run]:<28}" + "".join(f"{res.get(m, float('nan')):>7.1f}" for m in METRICS)
+        )
+    diff = {
+        m: summary["pretrained"].get(m, float("nan")) - summary["scratch"].get(m, float("nan"))
+        for m in METRICS
+    }
     rows.append(f"{'difference':<28}" + "".join(f"{diff[m]:>+7.1f}" for m in METRICS))
     return "\n".join(rows)
 
@@ -288,8 +341,16 @@ def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -
     for run in RUNS:
         cfg = get_cfg()
         cfg.merge_from_file(str(DETECTOR_CONFIG))
-        cfg.merge_from_list(["MODEL.WEIGHTS", str(out / run / "model_final.pth"),
-                             "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
+        cfg.merge_from_list(
+            [
+                "MODEL.WEIGHTS",
+                str(out / run / "model_final.pth"),
+                "MODEL.DEVICE",
+                "cpu",
+                "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+                "0.5",
+            ]
+        )
         cfg.freeze()
         predictors[run] = DefaultPredictor(cfg)
     vis_dir = out / "detections"
@@ -301,9 +362,17 @@ def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -
         if image is None:
             raise FileNotFoundError(f"cannot read validation image {path}")
         anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
-        gt_boxes = np.array([[a["bbox"][0], a["bbox"][1],
-                              a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                             for a in anns]).reshape(-1, 4)
+        gt_boxes = np.array(
+            [
+                [
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+            ]
+        ).reshape(-1, 4)
         gt_classes = [cat_index[a["category_id"]] for a in anns]
         gt_drawn = demo.draw_detections(image, gt_boxes, None, gt_classes, SHAPES_CLASSES)
         panels = [demo.add_title(gt_drawn, "ground truth")]
@@ -338,8 +407,9 @@ def draw_curves(out: Path) -> List[str]:
         for key, style in (("bbox/AP50", "-o"), ("bbox/AP", "--s")):
             if series.get(key):
                 xs, ys = zip(*series[key])
-                ax_ap.plot(xs, ys, style, label=f"{run} {key.split('/')[1]}", color=color,
-                           markersize=4)
+                ax_ap.plot(
+                    xs, ys, style, label=f"{run} {key.split('/')[1]}", color=color, markersize=4
+                )
     ax_loss.set(title="training loss (Faster R-CNN C4)", xlabel="iteration", ylabel="total loss")
     ax_ap.set(title="COCO AP on shapes_val", xlabel="iteration", ylabel="AP (%)", ylim=(0, 100))
     for ax in (ax_loss, ax_ap):
@@ -372,17 +442,29 @@ class Demo:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line (the module docstring is the help text)."""
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.strip().splitlines()[2:]))
-    parser.add_argument("--output", type=Path, default=Path("demo_output"),
-                        help="demo folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="data generation and training seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads to use (default: all available)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a few images and iterations: a fast end-to-end check")
+    parser = argparse.ArgumentParser(
+        description=__doc__.strip().splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.strip().splitlines()[2:]),
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("demo_output"),
+        help="demo folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="data generation and training seed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads to use (default: all available)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few images and iterations: a fast end-to-end check"
+    )
     return parser.parse_args(argv)
 
 
@@ -434,17 +516,27 @@ def pretrain(demo: Demo, data_dir: Path, data_summary: Dict[str, Any]) -> Dict[s
 
     t = time.perf_counter()
     out = demo.out
-    cls_opts = ["DATA.PATH", str(data_dir / "classification"), "OUTPUT_DIR", str(out / "pretrain"),
-                "SEED", str(demo.seed), "PROGRESS", "off"]
+    cls_opts = [
+        "DATA.PATH",
+        str(data_dir / "classification"),
+        "OUTPUT_DIR",
+        str(out / "pretrain"),
+        "SEED",
+        str(demo.seed),
+        "PROGRESS",
+        "off",
+    ]
     cls_opts += SMOKE_PRETRAIN_OPTS if demo.smoke else []
     cls_cfg = get_cls_cfg()
     cls_cfg.merge_from_file(str(PRETRAIN_CONFIG))
     cls_cfg.merge_from_list(cls_opts)
     num_cls = sum(data_summary["classification"]["train"].values())
     cls_iters = compute_schedule(cls_cfg, num_cls, 1).max_iter
-    log(f"pre-training {cls_cfg.MODEL.NAME} (stem {cls_cfg.MODEL.STEM_OUT_CHANNELS}, "
+    log(
+        f"pre-training {cls_cfg.MODEL.NAME} (stem {cls_cfg.MODEL.STEM_OUT_CHANNELS}, "
         f"res2 {cls_cfg.MODEL.RES2_OUT_CHANNELS} channels) on {num_cls} shapes classification "
-        f"images, {cls_iters} iterations ...")
+        f"images, {cls_iters} iterations ..."
+    )
     workers = int(cls_cfg.DATA.NUM_WORKERS)
     cmd = [sys.executable, str(TOOLS / "train_cls.py"), "--config-file", str(PRETRAIN_CONFIG)]
     env = _env(max(1, demo.threads - min(workers, demo.threads // 2)), out)
@@ -453,12 +545,18 @@ def pretrain(demo: Demo, data_dir: Path, data_summary: Dict[str, Any]) -> Dict[s
     with open(out / "pretrain" / "metrics.json", encoding="utf-8") as f:
         cls_entries = [json.loads(line) for line in f if line.strip()]
     cls_res = next((e for e in reversed(cls_entries) if "val/top1" in e), {})
-    pretrain_summary = {"top1": cls_res.get("val/top1"), "val_loss": cls_res.get("val/loss"),
-                        "iterations": cls_iters, "model": cls_cfg.MODEL.NAME}
+    pretrain_summary = {
+        "top1": cls_res.get("val/top1"),
+        "val_loss": cls_res.get("val/loss"),
+        "iterations": cls_iters,
+        "model": cls_cfg.MODEL.NAME,
+    }
     demo.timings["pretrain"] = time.perf_counter() - t
     num_val = sum(data_summary["classification"]["val"].values())
-    log(f"classifier: top-1 {pretrain_summary['top1']:.1f}% on {num_val} "
-        f"validation images ({fmt_time(demo.timings['pretrain'])})")
+    log(
+        f"classifier: top-1 {pretrain_summary['top1']:.1f}% on {num_val} "
+        f"validation images ({fmt_time(demo.timings['pretrain'])})"
+    )
     return pretrain_summary
 
 
@@ -475,13 +573,20 @@ def finetune(demo: Demo) -> Any:
     det_cfg.merge_from_list(det_opts_common)
     det_iters = int(det_cfg.SOLVER.MAX_ITER)
     weights = {"pretrained": str(out / "pretrain" / "model_final.pth"), "scratch": ""}
-    log(f"fine-tuning Faster R-CNN C4 twice ({det_iters} iterations, batch "
+    log(
+        f"fine-tuning Faster R-CNN C4 twice ({det_iters} iterations, batch "
         f"{det_cfg.SOLVER.IMS_PER_BATCH}, same schedule and seed): from the classifier and from "
-        f"random initialization, {demo.half} thread(s) each ...")
+        f"random initialization, {demo.half} thread(s) each ..."
+    )
     cmd = [sys.executable, str(TOOLS / "train_net.py"), "--config-file", str(DETECTOR_CONFIG)]
     runs = [
-        Run(run, cmd + ["OUTPUT_DIR", str(out / run), "MODEL.WEIGHTS", weights[run]]
-            + det_opts_common, out / run, _env(demo.half, out), det_iters)
+        Run(
+            run,
+            cmd + ["OUTPUT_DIR", str(out / run), "MODEL.WEIGHTS", weights[run]] + det_opts_common,
+            out / run,
+            _env(demo.half, out),
+            det_iters,
+        )
         for run in RUNS
     ]
     wait_for(runs, "fine-tuning")
@@ -494,39 +599,54 @@ def evaluate(out: Path) -> Dict[str, Dict[str, float]]:
     return {run: final_results(out / run) for run in RUNS}
 
 
-def write_summary(demo: Demo, results: Dict[str, Dict[str, float]],
-                  pretrain_summary: Dict[str, Any], det_cfg: Any,
-                  pictures: List[str], plots: List[str]) -> Dict[str, Any]:
+def write_summary(
+    demo: Demo,
+    results: Dict[str, Dict[str, float]],
+    pretrain_summary: Dict[str, Any],
+    det_cfg: Any,
+    pictures: List[str],
+    plots: List[str],
+) -> Dict[str, Any]:
     """``summary.json``: both runs' AP, the pre-training, the settings, timings and outputs."""
     out = demo.out
     summary: Dict[str, Any] = {run: results[run] for run in RUNS}
     summary["pretraining"] = pretrain_summary
     summary["settings"] = {
-        "seed": demo.seed, "smoke": bool(demo.smoke), "threads": demo.threads,
+        "seed": demo.seed,
+        "smoke": bool(demo.smoke),
+        "threads": demo.threads,
         "detector_config": str(DETECTOR_CONFIG.relative_to(REPO)),
         "pretrain_config": str(PRETRAIN_CONFIG.relative_to(REPO)),
         "detector_iterations": {run: _iterations(out / run / "metrics.json") for run in RUNS},
-        "ims_per_batch": int(det_cfg.SOLVER.IMS_PER_BATCH), "data": data_args(demo.smoke),
+        "ims_per_batch": int(det_cfg.SOLVER.IMS_PER_BATCH),
+        "data": data_args(demo.smoke),
     }
     summary["timings_s"] = {k: round(v, 1) for k, v in demo.timings.items()}
-    summary["outputs"] = {"detections": [os.path.relpath(p, out) for p in pictures],
-                          "plots": [os.path.relpath(p, out) for p in plots]}
+    summary["outputs"] = {
+        "detections": [os.path.relpath(p, out) for p in pictures],
+        "plots": [os.path.relpath(p, out) for p in plots],
+    }
     text = json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n"
     (out / "summary.json").write_text(text, encoding="utf-8")
     return summary
 
 
-def print_table(demo: Demo, summary: Dict[str, Any], data_summary: Dict[str, Any],
-                det_iters: int) -> None:
+def print_table(
+    demo: Demo, summary: Dict[str, Any], data_summary: Dict[str, Any], det_iters: int
+) -> None:
     """Stage 5: the AP table, where the outputs are and how long each stage took."""
     out = demo.out
     print()
-    print(f"COCO box AP on shapes_val ({data_summary['detection']['val']['images']} images), "
-          f"Faster R-CNN C4, {det_iters} iterations each:")
+    print(
+        f"COCO box AP on shapes_val ({data_summary['detection']['val']['images']} images), "
+        f"Faster R-CNN C4, {det_iters} iterations each:"
+    )
     print(format_table(summary))
     print()
-    log(f"summary: {out / 'summary.json'}; detections: {out / 'detections'}; "
-        f"curves: {out / 'curves.png'}")
+    log(
+        f"summary: {out / 'summary.json'}; detections: {out / 'detections'}; "
+        f"curves: {out / 'curves.png'}"
+    )
     log("time: " + ", ".join(f"{k} {fmt_time(v)}" for k, v in demo.timings.items()))
 
 
@@ -534,8 +654,12 @@ def print_table(demo: Demo, summary: Dict[str, Any], data_summary: Dict[str, Any
 def main(argv: Optional[List[str]] = None) -> int:
     """The demo's stages in order; see the module docstring."""
     args = parse_args(argv)
-    demo = Demo(out=args.output.resolve(), seed=args.seed, smoke=bool(args.smoke),
-                threads=args.threads or available_cpus())
+    demo = Demo(
+        out=args.output.resolve(),
+        seed=args.seed,
+        smoke=bool(args.smoke),
+        threads=args.threads or available_cpus(),
+    )
     data_dir, data_summary = make_data(demo)
     pretrain_summary = pretrain(demo, data_dir, data_summary)
     det_cfg = finetune(demo)

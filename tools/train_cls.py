@@ -29,6 +29,7 @@ Outputs in ``--output-dir``: config.yaml, env.txt, log.txt, metrics.json (``tota
 ``val/top1``, ``val/top5``, ``val/loss``), TensorBoard events, model_{iter:07d}.pth,
 model_final.pth, last_checkpoint. ``model_final.pth`` is a valid detector ``MODEL.WEIGHTS``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,23 +64,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = __doc__.split("\n", 1)[0]
     add = parser.add_argument
     add("--model", help="registered model name (MODEL.NAME), e.g. resnet50, resnet56_cifar")
-    add("--data", help="dataset folder (DATA.PATH): ImageFolder root with train/ and val/, or the CIFAR-10 batches")
-    add("--dataset", choices=["imagefolder", "cifar10"], default=None,
-        help="dataset kind; cifar10 selects the paper's CIFAR recipe (default: imagefolder)")
+    add(
+        "--data",
+        help="dataset folder (DATA.PATH): ImageFolder root with train/ and val/, or the CIFAR-10 batches",
+    )
+    add(
+        "--dataset",
+        choices=["imagefolder", "cifar10"],
+        default=None,
+        help="dataset kind; cifar10 selects the paper's CIFAR recipe (default: imagefolder)",
+    )
     add("--output-dir", help="where checkpoints, logs and metrics go (OUTPUT_DIR)")
-    add("--epochs", type=int, help="training epochs (SOLVER.EPOCHS; LR steps at 1/3, 2/3 and 8/9 of them)")
-    add("--max-iter", type=int, help="train for this many iterations instead of epochs (SOLVER.MAX_ITER)")
+    add(
+        "--epochs",
+        type=int,
+        help="training epochs (SOLVER.EPOCHS; LR steps at 1/3, 2/3 and 8/9 of them)",
+    )
+    add(
+        "--max-iter",
+        type=int,
+        help="train for this many iterations instead of epochs (SOLVER.MAX_ITER)",
+    )
     add("--batch-size", type=int, help="global batch size (SOLVER.BATCH_SIZE)")
     add("--lr", type=float, help="base learning rate (SOLVER.BASE_LR; default 0.1 x batch / 256)")
     add("--weight-decay", type=float, help="SOLVER.WEIGHT_DECAY")
     add("--cosine", action="store_true", help="cosine learning-rate decay instead of steps")
     add("--warmup-epochs", type=int, help="linear warmup epochs (SOLVER.WARMUP_EPOCHS)")
     add("--label-smoothing", type=float, help="SOLVER.LABEL_SMOOTHING")
-    add("--amp", action="store_true", help="mixed precision: bfloat16 autocast on CPU, float16 + GradScaler on CUDA")
-    add("--channels-last", action="store_true", help="channels_last memory format (MODEL.CHANNELS_LAST)")
-    add("--input-size", type=int, help="crop size (INPUT.SIZE; validation resizes to size*256/224 first)")
+    add(
+        "--amp",
+        action="store_true",
+        help="mixed precision: bfloat16 autocast on CPU, float16 + GradScaler on CUDA",
+    )
+    add(
+        "--channels-last",
+        action="store_true",
+        help="channels_last memory format (MODEL.CHANNELS_LAST)",
+    )
+    add(
+        "--input-size",
+        type=int,
+        help="crop size (INPUT.SIZE; validation resizes to size*256/224 first)",
+    )
     add("--workers", type=int, help="data loader processes per training process (DATA.NUM_WORKERS)")
-    add("--weights", help="initial weights (MODEL.WEIGHTS); with --eval-only, the weights to evaluate")
+    add(
+        "--weights",
+        help="initial weights (MODEL.WEIGHTS); with --eval-only, the weights to evaluate",
+    )
     add("--seed", type=int, help="SEED (negative: random, saved with the checkpoints)")
     add("--device", help="MODEL.DEVICE: auto, cpu or cuda")
     add("--progress", choices=["auto", "on", "off"], help="tqdm progress bars (PROGRESS)")
@@ -97,11 +128,23 @@ def load_config(args: Any):
             cfg = get_cls_cfg("cifar10")
             cfg.merge_from_file(args.config_file)
     flags = {
-        "model": "MODEL.NAME", "data": "DATA.PATH", "dataset": "DATA.DATASET", "output_dir": "OUTPUT_DIR",
-        "epochs": "SOLVER.EPOCHS", "max_iter": "SOLVER.MAX_ITER", "batch_size": "SOLVER.BATCH_SIZE",
-        "lr": "SOLVER.BASE_LR", "weight_decay": "SOLVER.WEIGHT_DECAY", "warmup_epochs": "SOLVER.WARMUP_EPOCHS",
-        "label_smoothing": "SOLVER.LABEL_SMOOTHING", "input_size": "INPUT.SIZE", "workers": "DATA.NUM_WORKERS",
-        "weights": "MODEL.WEIGHTS", "seed": "SEED", "device": "MODEL.DEVICE", "progress": "PROGRESS",
+        "model": "MODEL.NAME",
+        "data": "DATA.PATH",
+        "dataset": "DATA.DATASET",
+        "output_dir": "OUTPUT_DIR",
+        "epochs": "SOLVER.EPOCHS",
+        "max_iter": "SOLVER.MAX_ITER",
+        "batch_size": "SOLVER.BATCH_SIZE",
+        "lr": "SOLVER.BASE_LR",
+        "weight_decay": "SOLVER.WEIGHT_DECAY",
+        "warmup_epochs": "SOLVER.WARMUP_EPOCHS",
+        "label_smoothing": "SOLVER.LABEL_SMOOTHING",
+        "input_size": "INPUT.SIZE",
+        "workers": "DATA.NUM_WORKERS",
+        "weights": "MODEL.WEIGHTS",
+        "seed": "SEED",
+        "device": "MODEL.DEVICE",
+        "progress": "PROGRESS",
     }
     overrides: List[str] = []
     for attr, key in flags.items():
@@ -115,9 +158,13 @@ def load_config(args: Any):
     if args.channels_last:
         overrides += ["MODEL.CHANNELS_LAST", "True"]
     cfg.merge_from_list(overrides)
-    if args.epochs is not None and not any(k == "SOLVER.STEP_EPOCHS" for k in (args.opts or [])[0::2]):
+    if args.epochs is not None and not any(
+        k == "SOLVER.STEP_EPOCHS" for k in (args.opts or [])[0::2]
+    ):
         # --epochs N keeps the recipe's proportions: steps at 30/90, 60/90, 80/90 of training
-        cfg.SOLVER.STEP_EPOCHS = tuple(int(round(args.epochs * f)) for f in (30 / 90, 60 / 90, 80 / 90))
+        cfg.SOLVER.STEP_EPOCHS = tuple(
+            int(round(args.epochs * f)) for f in (30 / 90, 60 / 90, 80 / 90)
+        )
     cfg.merge_from_list(args.opts or [])
     cfg.freeze()
     return cfg
@@ -131,8 +178,12 @@ def _check_inputs(cfg: Any, args: Any) -> None:
         find_cifar10_dir(cfg.DATA.PATH or ".")
     else:
         if not cfg.DATA.PATH:
-            raise FileNotFoundError("no data: pass --data PATH (a folder with train/ and val/ class folders)")
-        splits = [cfg.DATA.VAL_SPLIT] if args.eval_only else [cfg.DATA.TRAIN_SPLIT, cfg.DATA.VAL_SPLIT]
+            raise FileNotFoundError(
+                "no data: pass --data PATH (a folder with train/ and val/ class folders)"
+            )
+        splits = (
+            [cfg.DATA.VAL_SPLIT] if args.eval_only else [cfg.DATA.TRAIN_SPLIT, cfg.DATA.VAL_SPLIT]
+        )
         for split in splits:
             folder = os.path.join(os.path.expanduser(cfg.DATA.PATH), split)
             if not os.path.isdir(folder):
@@ -156,13 +207,22 @@ def eval_only(cfg: Any, args: Any) -> Any:
     elif cfg.MODEL.WEIGHTS:
         load_classifier_weights(model, cfg.MODEL.WEIGHTS)
     else:
-        logger.warning("--eval-only without --weights (or a checkpoint to resume): evaluating random weights")
+        logger.warning(
+            "--eval-only without --weights (or a checkpoint to resume): evaluating random weights"
+        )
     batch = int(cfg.TEST.BATCH_SIZE) or max(1, int(cfg.SOLVER.BATCH_SIZE) // comm.get_world_size())
     loader = build_test_loader(val_set, batch, num_workers=int(cfg.DATA.NUM_WORKERS))
-    res = evaluate(model, loader, device=device, autocast_dtype=amp_dtype(cfg, device), progress=cfg.PROGRESS)
+    res = evaluate(
+        model, loader, device=device, autocast_dtype=amp_dtype(cfg, device), progress=cfg.PROGRESS
+    )
     if comm.is_main_process():
-        logger.info("Evaluation on %d images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
-                    len(val_set), res["top1"], res["top5"], res["loss"])
+        logger.info(
+            "Evaluation on %d images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
+            len(val_set),
+            res["top1"],
+            res["top5"],
+            res["loss"],
+        )
         print(json.dumps({"val": res}, indent=2), flush=True)
     return res
 
@@ -186,10 +246,19 @@ def invoke_main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr, flush=True)
         return 2
     device = resolve_device(cfg.MODEL.DEVICE) if cfg.MODEL.DEVICE != "auto" else None
-    on_cpu = (device is not None and device.type == "cpu") or (device is None and not _cuda_available())
+    on_cpu = (device is not None and device.type == "cpu") or (
+        device is None and not _cuda_available()
+    )
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,), backend="gloo" if on_cpu else "nccl")
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            backend="gloo" if on_cpu else "nccl",
+        )
     except ProcessFailedError as e:
         print(f"error: a training process failed:{e}", file=sys.stderr, flush=True)
         return 1

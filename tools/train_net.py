@@ -22,6 +22,7 @@ SIGTERM or Ctrl-C saves a checkpoint after the current iteration and exits with 
 TensorBoard event files, model_{iter:07d}.pth, model_final.pth, last_checkpoint, inference/.
 Plot the curves with ``python tools/plot_metrics.py OUTPUT_DIR``.
 """
+
 from __future__ import annotations
 
 import logging

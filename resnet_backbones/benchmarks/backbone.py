@@ -27,6 +27,7 @@ of the per-round speed ratio to torchvision. Every variant's output is compared 
 torchvision's: max abs difference, and that difference relative to ``max |output|`` (must be
 <= 1e-4; the exit code is 1 otherwise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def _tv_to_ours_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, tor
             key = re.sub(r"^conv1\.", "stem.conv1.", key)
             key = re.sub(r"^bn1\.", "stem.conv1.norm.", key)
             key = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", key)
-            key = key.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
+            key = key.replace(".downsample.0.", ".shortcut.").replace(
+                ".downsample.1.", ".shortcut.norm."
+            )
             key = re.sub(r"^fc\.", "linear.", key)
             out[key] = value
         return out
@@ -91,8 +94,11 @@ def build_pair(name: str, seed: int = 0, calibrate_size: int = 160) -> Tuple[nn.
     torch.manual_seed(seed)
     tv = getattr(torchvision.models, name)(weights=None)
     g = torch.Generator().manual_seed(seed)
-    last_norms = {id(getattr(b, "bn3", getattr(b, "bn2", None))) for layer in
-                  (tv.layer1, tv.layer2, tv.layer3, tv.layer4) for b in layer}
+    last_norms = {
+        id(getattr(b, "bn3", getattr(b, "bn2", None)))
+        for layer in (tv.layer1, tv.layer2, tv.layer3, tv.layer4)
+        for b in layer
+    }
     with torch.no_grad():
         for m in tv.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -123,7 +129,9 @@ class _ChannelsLastInput(nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
-def make_variant(variant: str, tv: nn.Module, ours: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_variant(
+    variant: str, tv: nn.Module, ours: nn.Module, example: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The callable that runs ``variant``; ``example`` is used by the tracing/compiling variants."""
     if variant == "torchvision":
         return tv
@@ -147,7 +155,9 @@ def make_variant(variant: str, tv: nn.Module, ours: nn.Module, example: torch.Te
                 return compiled(x)
 
         return run
-    raise ValueError(f"unknown variant {variant!r}; expected one of {('torchvision',) + ALL_VARIANTS}")
+    raise ValueError(
+        f"unknown variant {variant!r}; expected one of {('torchvision',) + ALL_VARIANTS}"
+    )
 
 
 # ------------------------------------------------------------------------------------- timing
@@ -173,7 +183,9 @@ class Result:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _time_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int, clock: str = "wall") -> float:
+def _time_call(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int, clock: str = "wall"
+) -> float:
     """Seconds per call of ``fn(x)``: wall time, or this process's CPU time (all threads)."""
     timer = CLOCKS[clock]
     start = timer()
@@ -183,8 +195,17 @@ def _time_call(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iter
 
 
 def benchmark_case(
-    name: str, tv: nn.Module, ours: nn.Module, shape: Tuple[int, int, int, int], variants: Sequence[str],
-    *, repeats: int, warmup: int, min_time: float, clock: str = "wall", log: Callable[[str], None] = print,
+    name: str,
+    tv: nn.Module,
+    ours: nn.Module,
+    shape: Tuple[int, int, int, int],
+    variants: Sequence[str],
+    *,
+    repeats: int,
+    warmup: int,
+    min_time: float,
+    clock: str = "wall",
+    log: Callable[[str], None] = print,
 ) -> List[Result]:
     """Time torchvision and each of ``variants`` on one input shape, interleaved; see the module doc."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
@@ -207,7 +228,7 @@ def benchmark_case(
         iters = max(1, math.ceil(min_time / max(single, 1e-6)))
         times: Dict[str, List[float]] = {v: [] for v in names}
         for r in range(repeats):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for variant in order:
                 times[variant].append(_time_call(fns[variant], x, iters, clock))
     batch = shape[0]
@@ -215,15 +236,25 @@ def benchmark_case(
     results = []
     for variant in names:
         ratios = [t_tv / t for t_tv, t in zip(tv_times, times[variant])]
-        results.append(Result(
-            model=name, input=f"{batch}x{shape[1]}x{shape[2]}x{shape[3]}", variant=variant,
-            images_per_s=batch / statistics.median(times[variant]),
-            torchvision_images_per_s=batch / statistics.median(tv_times),
-            ratio=statistics.median(ratios), max_abs_diff=diffs[variant][0], rel_diff=diffs[variant][1],
-            output_scale=scale, setup_s=setup[variant], times_s=times[variant],
-        ))
-        log(f"  {name} {results[-1].input} {variant:12s} {results[-1].images_per_s:8.2f} img/s "
-            f"ratio {results[-1].ratio:.3f} max diff {diffs[variant][0]:.2e} (rel {diffs[variant][1]:.1e})")
+        results.append(
+            Result(
+                model=name,
+                input=f"{batch}x{shape[1]}x{shape[2]}x{shape[3]}",
+                variant=variant,
+                images_per_s=batch / statistics.median(times[variant]),
+                torchvision_images_per_s=batch / statistics.median(tv_times),
+                ratio=statistics.median(ratios),
+                max_abs_diff=diffs[variant][0],
+                rel_diff=diffs[variant][1],
+                output_scale=scale,
+                setup_s=setup[variant],
+                times_s=times[variant],
+            )
+        )
+        log(
+            f"  {name} {results[-1].input} {variant:12s} {results[-1].images_per_s:8.2f} img/s "
+            f"ratio {results[-1].ratio:.3f} max diff {diffs[variant][0]:.2e} (rel {diffs[variant][1]:.1e})"
+        )
     return results
 
 
@@ -259,22 +290,46 @@ def environment() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="benchmark.py backbone", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        prog="benchmark.py backbone",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per input (median taken; default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each variant first (default 2)")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds per variant per round (default 0.3)")
-    parser.add_argument("--models", nargs="+", default=["resnet50", "resnet101"], choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
-    parser.add_argument("--variants", nargs="+", default=list(BASE_VARIANTS), choices=list(ALL_VARIANTS))
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument(
-        "--cases", nargs="+", default=None, metavar="NxHxW",
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed rounds per input (median taken; default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed runs of each variant first (default 2)"
+    )
+    parser.add_argument(
+        "--min-time", type=float, default=0.3, help="seconds per variant per round (default 0.3)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet50", "resnet101"],
+        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(BASE_VARIANTS), choices=list(ALL_VARIANTS)
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (slow to compile)"
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        metavar="NxHxW",
         help="inputs as BATCHxHEIGHTxWIDTH (default: 1x224x224 8x224x224 1x600x800)",
     )
     parser.add_argument(
-        "--clock", choices=sorted(CLOCKS), default="wall",
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
         help="wall: elapsed time (default); cpu: process CPU time, steadier on a shared machine "
         "when combined with --threads 1 (with more threads it also counts OpenMP spin-waiting)",
     )
@@ -285,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse_case(text: str) -> Tuple[int, int, int]:
     parts = text.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"case {text!r}: expected BATCHxHEIGHTxWIDTH, e.g. 8x224x224")
+        raise argparse.ArgumentTypeError(
+            f"case {text!r}: expected BATCHxHEIGHTxWIDTH, e.g. 8x224x224"
+        )
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
@@ -310,8 +367,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         tv, ours = build_pair(name)
         for batch, height, width in cases:
             results += benchmark_case(
-                name, tv, ours, (batch, 3, height, width), variants,
-                repeats=args.repeats, warmup=args.warmup, min_time=args.min_time, clock=args.clock,
+                name,
+                tv,
+                ours,
+                (batch, 3, height, width),
+                variants,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                min_time=args.min_time,
+                clock=args.clock,
             )
     print()
     print(format_table(results))
@@ -319,14 +383,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     for variant in variants:
         print(f"- {variant}: {VARIANT_DESCRIPTIONS[variant]}")
         if variant in ("jit", "compile"):
-            setups = [f"{r.model} {r.input}: {r.setup_s:.1f}s" for r in results if r.variant == variant]
+            setups = [
+                f"{r.model} {r.input}: {r.setup_s:.1f}s" for r in results if r.variant == variant
+            ]
             print(f"  setup (trace/compile + warm-up): {'; '.join(setups)}")
     failed = [r for r in results if not r.ok]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "clock": args.clock, "argv": argv, "results": [asdict(r) for r in results]}, f, indent=1)
+            json.dump(
+                {
+                    "environment": env,
+                    "clock": args.clock,
+                    "argv": argv,
+                    "results": [asdict(r) for r in results],
+                },
+                f,
+                indent=1,
+            )
     if failed:
-        print(f"\nFAILED: {len(failed)} outputs differ from torchvision's by more than {REL_TOLERANCE} relative")
+        print(
+            f"\nFAILED: {len(failed)} outputs differ from torchvision's by more than {REL_TOLERANCE} relative"
+        )
         return 1
     print(f"\nall outputs equal torchvision's within {REL_TOLERANCE} x max|output|")
     return 0

@@ -17,6 +17,7 @@
 Benchmarks are not tests: the numbers depend on the machine and its load. ``--check`` makes the
 exit status 1 when a promise is not kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,31 +39,57 @@ SHAPES_MAX_S = 10.0
 SHAPES_SIZES = {"num_train": 300, "num_val": 100, "num_cls_train": 300, "num_cls_val": 90}
 
 
-def write_synthetic_coco(path: Union[str, os.PathLike], num_images: int, num_anns: int,
-                         seed: int = 0) -> Union[str, os.PathLike]:
+def write_synthetic_coco(
+    path: Union[str, os.PathLike], num_images: int, num_anns: int, seed: int = 0
+) -> Union[str, os.PathLike]:
     """A COCO-like instances json: ``num_images`` 640x480 images, ``num_anns`` valid boxes (COCO's
     80 category ids) with a 12-point polygon each, and COCO's extra image fields. Returns ``path``."""
     from ..data.datasets import COCO_CATEGORIES
 
     rng = np.random.default_rng(seed)
     ids = [c for c, _ in COCO_CATEGORIES]
-    images = [{"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "height": 480, "width": 640,
-               "license": 1, "coco_url": "http://images.cocodataset.org/x.jpg",
-               "date_captured": "2013-11-14"}
-              for i in range(num_images)]
+    images = [
+        {
+            "id": i + 1,
+            "file_name": f"{i + 1:012d}.jpg",
+            "height": 480,
+            "width": 640,
+            "license": 1,
+            "coco_url": "http://images.cocodataset.org/x.jpg",
+            "date_captured": "2013-11-14",
+        }
+        for i in range(num_images)
+    ]
     img = rng.integers(1, num_images + 1, size=num_anns)
     xy = rng.uniform(0, 200, size=(num_anns, 2)).round(2)  # x + w <= 640, y + h <= 480
     wh = rng.uniform(1, 250, size=(num_anns, 2)).round(2)
     cats = rng.choice(ids, size=num_anns)
     poly = [round(float(v), 2) for v in rng.uniform(0, 600, size=24)]
-    anns = [{"segmentation": [poly], "area": float(wh[k, 0] * wh[k, 1]), "iscrowd": 0,
-             "image_id": int(img[k]),
-             "bbox": [float(xy[k, 0]), float(xy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
-             "category_id": int(cats[k]), "id": k + 1} for k in range(num_anns)]
+    anns = [
+        {
+            "segmentation": [poly],
+            "area": float(wh[k, 0] * wh[k, 1]),
+            "iscrowd": 0,
+            "image_id": int(img[k]),
+            "bbox": [float(xy[k, 0]), float(xy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
+            "category_id": int(cats[k]),
+            "id": k + 1,
+        }
+        for k in range(num_anns)
+    ]
     categories = [{"supercategory": "x", "id": c, "name": n} for c, n in COCO_CATEGORIES]
     with open(path, "w") as f:  # json.dumps is C-accelerated; json.dump is not
-        f.write(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": anns,
-                            "categories": categories}))
+        f.write(
+            json.dumps(
+                {
+                    "info": {},
+                    "licenses": [],
+                    "images": images,
+                    "annotations": anns,
+                    "categories": categories,
+                }
+            )
+        )
     return path
 
 
@@ -99,8 +126,11 @@ def bench_coco(num_images: int, num_anns: int, repeats: int) -> Dict[str, Any]:
             mine.append(_timed(ours))
     best_base, best_mine = min(base), min(mine)
     return {
-        "images": num_images, "annotations": num_anns, "json_mb": round(size_mb, 1),
-        "pycocotools_s": round(best_base, 3), "ours_s": round(best_mine, 3),
+        "images": num_images,
+        "annotations": num_anns,
+        "json_mb": round(size_mb, 1),
+        "pycocotools_s": round(best_base, 3),
+        "ours_s": round(best_mine, 3),
         "ratio": round(best_mine / best_base, 3),
         "kept": best_mine <= COCO_MAX_RATIO * best_base + COCO_SLACK_S,
     }
@@ -120,7 +150,8 @@ def bench_shapes() -> Dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="benchmark.py data", description=__doc__.split("\n\n")[0],
+        prog="benchmark.py data",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
@@ -141,16 +172,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {}
     if "coco" in args.parts:
         r = results["coco"] = bench_coco(args.num_images, args.num_anns, args.repeats)
-        print(f"COCO json ({r['images']} images, {r['annotations']} annotations, "
-              f"{r['json_mb']} MB), best of {args.repeats}:")
+        print(
+            f"COCO json ({r['images']} images, {r['annotations']} annotations, "
+            f"{r['json_mb']} MB), best of {args.repeats}:"
+        )
         print(f"  pycocotools COCO(json): {r['pycocotools_s']:.2f} s")
-        print(f"  load_coco_json        : {r['ours_s']:.2f} s ({r['ratio']:.2f}x; promise <= "
-              f"{COCO_MAX_RATIO}x + {COCO_SLACK_S} s: {'kept' if r['kept'] else 'NOT KEPT'})")
+        print(
+            f"  load_coco_json        : {r['ours_s']:.2f} s ({r['ratio']:.2f}x; promise <= "
+            f"{COCO_MAX_RATIO}x + {COCO_SLACK_S} s: {'kept' if r['kept'] else 'NOT KEPT'})"
+        )
     if "shapes" in args.parts:
         r = results["shapes"] = bench_shapes()
-        print(f"shapes dataset ({r['num_train']} + {r['num_val']} detection, {r['num_cls_train']} + "
-              f"{r['num_cls_val']} classification images): {r['seconds']:.2f} s (promise < "
-              f"{SHAPES_MAX_S:.0f} s: {'kept' if r['kept'] else 'NOT KEPT'})")
+        print(
+            f"shapes dataset ({r['num_train']} + {r['num_val']} detection, {r['num_cls_train']} + "
+            f"{r['num_cls_val']} classification images): {r['seconds']:.2f} s (promise < "
+            f"{SHAPES_MAX_S:.0f} s: {'kept' if r['kept'] else 'NOT KEPT'})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     broken = [name for name, r in results.items() if not r["kept"]]

@@ -46,11 +46,10 @@ Accuracy of bfloat16 (``--amp-accuracy N``, default 4 images with ``--amp``): CO
 (pycocotools) of bf16 detections scored with our unoptimized fp32 detections (= detectron2's) as
 ground truth, on N new images; the fp32 fast path is scored too, as a control.
 """
+
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import gc
 import json
 import os
@@ -110,14 +109,18 @@ def d2_config(depth: int):
     return cfg
 
 
-def make_images(image_size: Tuple[int, int], count: int = 2, seed: int = 100) -> List[Dict[str, Any]]:
+def make_images(
+    image_size: Tuple[int, int], count: int = 2, seed: int = 100
+) -> List[Dict[str, Any]]:
     """``count`` synthetic scenes: ``{"image": (3, H, W) float BGR, "boxes": (G, 4), "classes": (G,)}``."""
     from ..utils.testing import random_scene
 
     return [random_scene(seed + i, image_size[0], image_size[1]) for i in range(count)]
 
 
-def batch_inputs(images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool) -> List[Dict[str, Any]]:
+def batch_inputs(
+    images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool
+) -> List[Dict[str, Any]]:
     from ..utils.testing import detector_inputs
 
     return detector_inputs(images, with_gt=with_gt, d2=d2)
@@ -125,7 +128,10 @@ def batch_inputs(images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool) -
 
 @torch.no_grad()
 def sane_random_weights(
-    depth: int, images: Sequence[Dict[str, Any]], seed: int = 0, residual_gain: Tuple[float, float] = (0.1, 0.3)
+    depth: int,
+    images: Sequence[Dict[str, Any]],
+    seed: int = 0,
+    residual_gain: Tuple[float, float] = (0.1, 0.3),
 ) -> Dict[str, torch.Tensor]:
     """Our R{depth}-C4 state dict with calibrated FrozenBN statistics
     (:func:`~resnet_backbones.utils.testing.calibrate_random_detector_` on the first image; small
@@ -135,7 +141,9 @@ def sane_random_weights(
 
     torch.manual_seed(seed)
     model = build_model(our_config(depth)).eval()
-    calibrate_random_detector_(model, batch_inputs(images[:1], with_gt=False, d2=False), residual_gain)
+    calibrate_random_detector_(
+        model, batch_inputs(images[:1], with_gt=False, d2=False), residual_gain
+    )
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -171,7 +179,9 @@ def _event_storage(variant: str):
     return EventStorage(0)
 
 
-def make_step(variant: str, mode: str, model, images: Sequence[Dict[str, Any]]) -> Callable[[], Any]:
+def make_step(
+    variant: str, mode: str, model, images: Sequence[Dict[str, Any]]
+) -> Callable[[], Any]:
     """A no-argument callable doing one inference (first image) or one training step (all images)."""
     d2 = variant == "d2"
     if mode == "inference":
@@ -255,21 +265,33 @@ def memory_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         method = "ru_maxrss" if peak > start_maxrss else "ru_maxrss (peak before the iteration)"
     else:
         method = "VmHWM"
-    return {"baseline_mib": (before or 0) / 1024, "peak_mib": peak / 1024,
-            "delta_mib": (peak - (before or 0)) / 1024, "method": method}
+    return {
+        "baseline_mib": (before or 0) / 1024,
+        "peak_mib": peak / 1024,
+        "delta_mib": (peak - (before or 0)) / 1024,
+        "method": method,
+    }
 
 
 def measure_memory(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    cmd = [sys.executable, "-m", "resnet_backbones.benchmarks.detector", _WORKER_FLAG, json.dumps(spec)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_backbones.benchmarks.detector",
+        _WORKER_FLAG,
+        json.dumps(spec),
+    ]
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT_MARK):
-            return json.loads(line[len(_RESULT_MARK):])
+            return json.loads(line[len(_RESULT_MARK) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)}"}
 
@@ -289,7 +311,11 @@ def _match_detections(ref, other, iou_thresh: float = 0.9) -> Tuple[float, float
     iou[a.pred_classes[:, None] != b.pred_classes[None, :]] = 0
     best, idx = iou.max(dim=1)
     ok = best >= iou_thresh
-    diff = (a.scores[ok].float() - b.scores[idx[ok]].float()).abs().max().item() if ok.any() else float("nan")
+    diff = (
+        (a.scores[ok].float() - b.scores[idx[ok]].float()).abs().max().item()
+        if ok.any()
+        else float("nan")
+    )
     return ok.float().mean().item(), diff
 
 
@@ -302,17 +328,40 @@ def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: in
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt: Dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": c + 1} for c in range(num_classes)]}
+    gt: Dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": c + 1} for c in range(num_classes)],
+    }
     dets = []
     for img_id, (ref, det) in enumerate(zip(reference, detections), start=1):
         h, w = ref.image_size
         gt["images"].append({"id": img_id, "height": h, "width": w})
         for (x0, y0, x1, y1), c in zip(ref.pred_boxes.tensor.tolist(), ref.pred_classes.tolist()):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": img_id, "category_id": c + 1,
-                                      "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-        boxes, classes, scores = det.pred_boxes.tensor.tolist(), det.pred_classes.tolist(), det.scores.tolist()
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+        boxes, classes, scores = (
+            det.pred_boxes.tensor.tolist(),
+            det.pred_classes.tolist(),
+            det.scores.tolist(),
+        )
         for (x0, y0, x1, y1), c, sc in zip(boxes, classes, scores):
-            dets.append({"image_id": img_id, "category_id": c + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": sc})
+            dets.append(
+                {
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": sc,
+                }
+            )
     with redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -327,7 +376,10 @@ def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: in
 
 
 def amp_accuracy(
-    depth: int, state: Dict[str, torch.Tensor], image_size: Tuple[int, int], num_images: int,
+    depth: int,
+    state: Dict[str, torch.Tensor],
+    image_size: Tuple[int, int],
+    num_images: int,
     log: Callable[[str], None],
 ) -> Dict[str, Any]:
     """COCO AP of bf16 detections (and, as a control, of the fp32 fast path) scored against our
@@ -335,8 +387,12 @@ def amp_accuracy(
     from ..precision import autocast_context
 
     images = make_images(image_size, count=num_images, seed=200)
-    runs = {"ours fp32 (ground truth)": ("ours", False), "ours-fast fp32": ("ours-fast", False),
-            "ours bf16": ("ours", True), "ours-fast bf16": ("ours-fast", True)}
+    runs = {
+        "ours fp32 (ground truth)": ("ours", False),
+        "ours-fast fp32": ("ours-fast", False),
+        "ours bf16": ("ours", True),
+        "ours-fast bf16": ("ours-fast", True),
+    }
     outputs: Dict[str, List[Any]] = {}
     for name, (variant, bf16) in runs.items():
         model = build_variant(variant, depth, state, "inference")
@@ -348,8 +404,11 @@ def amp_accuracy(
         del model
     reference = outputs.pop("ours fp32 (ground truth)")
     num_classes = int(our_config(depth).MODEL.ROI_HEADS.NUM_CLASSES)
-    result = {"images": num_images, "image_size": list(image_size),
-              "detections_per_image": [len(r) for r in reference]}
+    result = {
+        "images": num_images,
+        "image_size": list(image_size),
+        "detections_per_image": [len(r) for r in reference],
+    }
     for name, outs in outputs.items():
         result[name] = coco_ap(reference, outs, num_classes)
         log(f"  R{depth}-C4 COCO AP of {name} against fp32 detections: {result[name]:.4f}")
@@ -378,8 +437,13 @@ def load_average() -> str:
 
 
 def time_variants(
-    depth: int, mode: str, variants: Sequence[str], state: Dict[str, torch.Tensor],
-    images: Sequence[Dict[str, Any]], repeats: int, log: Callable[[str], None],
+    depth: int,
+    mode: str,
+    variants: Sequence[str],
+    state: Dict[str, torch.Tensor],
+    images: Sequence[Dict[str, Any]],
+    repeats: int,
+    log: Callable[[str], None],
 ) -> List[Row]:
     steps, agreement, outputs = {}, {}, {}
     for variant in variants:
@@ -388,31 +452,50 @@ def time_variants(
         steps[variant] = make_step(variant, mode, model, images)
         torch.manual_seed(0)
         outputs[variant] = steps[variant]()  # warm-up; seeded so that training samples alike
-        log(f"  R{depth}-C4 {mode:9s} {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s")
+        log(
+            f"  R{depth}-C4 {mode:9s} {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s"
+        )
     ref_name = "d2" if "d2" in variants else variants[0]
     for variant in variants:
         if mode == "inference":
             frac, diff = _match_detections(outputs[ref_name][0], outputs[variant][0])
             n = len(outputs[variant][0]["instances"])
-            agreement[variant] = f"{n} dets, {100 * frac:.0f}% of {ref_name}'s matched, max |dscore| {diff:.1e}"
+            agreement[variant] = (
+                f"{n} dets, {100 * frac:.0f}% of {ref_name}'s matched, max |dscore| {diff:.1e}"
+            )
         else:
-            agreement[variant] = "losses " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(outputs[variant].items()))
+            agreement[variant] = "losses " + ", ".join(
+                f"{k[5:]}={v:.4f}" for k, v in sorted(outputs[variant].items())
+            )
     times: Dict[str, List[float]] = {v: [] for v in variants}
     for r in range(repeats):
-        order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
+        order = list(variants[r % len(variants) :]) + list(variants[: r % len(variants)])
         for variant in order:
             t0 = time.perf_counter()
             steps[variant]()
             times[variant].append(time.perf_counter() - t0)
-        log(f"  R{depth}-C4 {mode:9s} round {r + 1}/{repeats}: "
-            + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants) + f" (load {load_average()})")
+        log(
+            f"  R{depth}-C4 {mode:9s} round {r + 1}/{repeats}: "
+            + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants)
+            + f" (load {load_average()})"
+        )
     rows = []
     for variant in variants:
         ratio = None
         if "d2" in times:
             ratio = statistics.median(t / t_ref for t, t_ref in zip(times[variant], times["d2"]))
-        rows.append(Row(depth, mode, variant, statistics.median(times[variant]), min(times[variant]), ratio,
-                        times[variant], agreement=agreement[variant]))
+        rows.append(
+            Row(
+                depth,
+                mode,
+                variant,
+                statistics.median(times[variant]),
+                min(times[variant]),
+                ratio,
+                times[variant],
+                agreement=agreement[variant],
+            )
+        )
     del steps, outputs
     gc.collect()
     return rows
@@ -432,8 +515,10 @@ def format_table(rows: Sequence[Row]) -> str:
             mem = f"{r.memory['delta_mib']:.0f} (peak {r.memory['peak_mib']:.0f})"
         else:
             mem = "not measured"
-        lines.append(f"| R{r.depth}-C4 | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} | {r.min_s:.2f} | "
-                     f"{ratio} | {mem} | {r.agreement} |")
+        lines.append(
+            f"| R{r.depth}-C4 | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} | {r.min_s:.2f} | "
+            f"{ratio} | {mem} | {r.agreement} |"
+        )
     return "\n".join(lines)
 
 
@@ -446,16 +531,20 @@ def environment() -> str:
         import detectron2
 
         d2 = detectron2.__version__
-    return (f"torch {torch.__version__}, detectron2 {d2}, CPU: {cpu} ({os.cpu_count()} cores, "
-            f"{cpu_flags_summary()}), {torch.get_num_threads()} threads")
+    return (
+        f"torch {torch.__version__}, detectron2 {d2}, CPU: {cpu} ({os.cpu_count()} cores, "
+        f"{cpu_flags_summary()}), {torch.get_num_threads()} threads"
+    )
 
 
 # -------------------------------------------------------------------------------------- CLI
 def test_size_overrides(args: argparse.Namespace) -> List[str]:
     """``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST`` overrides of the predictor mode."""
     out: List[str] = []
-    for key, value in (("INPUT.MIN_SIZE_TEST", args.min_size_test),
-                       ("INPUT.MAX_SIZE_TEST", args.max_size_test)):
+    for key, value in (
+        ("INPUT.MIN_SIZE_TEST", args.min_size_test),
+        ("INPUT.MAX_SIZE_TEST", args.max_size_test),
+    ):
         if value is not None:
             out += [key, str(value)]
     return out
@@ -463,37 +552,90 @@ def test_size_overrides(args: argparse.Namespace) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="benchmark.py detector", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        prog="benchmark.py detector",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    parser.add_argument("--amp", action="store_true",
-                        help="time ours-fast-bf16 (bfloat16 autocast) against detectron2's fp32; "
-                        "default depth 50 and variants d2 ours-fast ours-fast-bf16")
-    parser.add_argument("--depth", type=int, nargs="+", default=None, choices=[50, 101],
-                        help="ResNet depths (default: 50 101; with --amp: 50)")
-    parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=list(MODES),
-                        help="inference and train time one 600x800 tensor (default); predictor "
-                        "times whole photos of several sizes through each DefaultPredictor")
-    parser.add_argument("--images", nargs="+", default=[], metavar="PATH",
-                        help="predictor mode: image files or folders (default: scikit-image's "
-                        "sample photos where installed, else synthetic scenes)")
-    parser.add_argument("--min-size-test", type=int, default=None, metavar="N",
-                        help="predictor mode: INPUT.MIN_SIZE_TEST (default: the config's 800)")
-    parser.add_argument("--max-size-test", type=int, default=None, metavar="N",
-                        help="predictor mode: INPUT.MAX_SIZE_TEST (default: the config's 1333)")
-    parser.add_argument("--variants", nargs="+", default=None, choices=list(ALL_VARIANTS),
-                        help="default: d2 ours ours-fast (--amp: d2 ours-fast ours-fast-bf16); d2 is "
-                        "dropped where detectron2 is not importable")
-    parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds (median taken; default 5)")
-    parser.add_argument("--train-repeats", type=int, default=None,
-                        help="timed training rounds (default: 3, or --repeats if that is smaller)")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="time ours-fast-bf16 (bfloat16 autocast) against detectron2's fp32; "
+        "default depth 50 and variants d2 ours-fast ours-fast-bf16",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        nargs="+",
+        default=None,
+        choices=[50, 101],
+        help="ResNet depths (default: 50 101; with --amp: 50)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["inference", "train"],
+        choices=list(MODES),
+        help="inference and train time one 600x800 tensor (default); predictor "
+        "times whole photos of several sizes through each DefaultPredictor",
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="predictor mode: image files or folders (default: scikit-image's "
+        "sample photos where installed, else synthetic scenes)",
+    )
+    parser.add_argument(
+        "--min-size-test",
+        type=int,
+        default=None,
+        metavar="N",
+        help="predictor mode: INPUT.MIN_SIZE_TEST (default: the config's 800)",
+    )
+    parser.add_argument(
+        "--max-size-test",
+        type=int,
+        default=None,
+        metavar="N",
+        help="predictor mode: INPUT.MAX_SIZE_TEST (default: the config's 1333)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(ALL_VARIANTS),
+        help="default: d2 ours ours-fast (--amp: d2 ours-fast ours-fast-bf16); d2 is "
+        "dropped where detectron2 is not importable",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed inference rounds (median taken; default 5)"
+    )
+    parser.add_argument(
+        "--train-repeats",
+        type=int,
+        default=None,
+        help="timed training rounds (default: 3, or --repeats if that is smaller)",
+    )
     parser.add_argument("--image-size", type=int, nargs=2, default=[600, 800], metavar=("H", "W"))
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-timeout", type=float, default=1800.0, help="seconds per memory subprocess")
-    parser.add_argument("--amp-accuracy", type=int, default=None, metavar="N",
-                        help="COCO AP of bf16 detections against fp32 ones on N images (default: 4 with "
-                        "--amp, else 0); needs pycocotools")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
+    parser.add_argument(
+        "--memory-timeout", type=float, default=1800.0, help="seconds per memory subprocess"
+    )
+    parser.add_argument(
+        "--amp-accuracy",
+        type=int,
+        default=None,
+        metavar="N",
+        help="COCO AP of bf16 detections against fp32 ones on N images (default: 4 with "
+        "--amp, else 0); needs pycocotools",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     return parser
 
@@ -509,12 +651,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     depths = args.depth or ([50] if args.amp else [50, 101])
-    variants = args.variants or (["d2", "ours-fast", "ours-fast-bf16"] if args.amp else ["d2", "ours", "ours-fast"])
+    variants = args.variants or (
+        ["d2", "ours-fast", "ours-fast-bf16"] if args.amp else ["d2", "ours", "ours-fast"]
+    )
     have_d2 = detectron2_available()
     if not have_d2 and "d2" in variants:
         variants = [v for v in variants if v != "d2"]
-        print("# detectron2 is not importable here: timing our variants only (no ratios). Run with a Python "
-              "in which detectron2 is installed to compare.")
+        print(
+            "# detectron2 is not importable here: timing our variants only (no ratios). Run with a Python "
+            "in which detectron2 is installed to compare."
+        )
     if not variants:
         parser.error("no variant left to time")
     h, w = args.image_size
@@ -522,12 +668,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if min(args.repeats, train_repeats) < 1:
         parser.error("--repeats and --train-repeats must be >= 1")
     print(f"# detector benchmark: {environment()}")
-    print(f"# images {h}x{w}, rounds: {args.repeats} inference, {train_repeats} training; variants "
-          f"{' '.join(variants)}; load average {load_average()}\n")
+    print(
+        f"# images {h}x{w}, rounds: {args.repeats} inference, {train_repeats} training; variants "
+        f"{' '.join(variants)}; load average {load_average()}\n"
+    )
     images = make_images((h, w))
     rows: List[Row] = []
     accuracy: Dict[int, Any] = {}
-    num_accuracy_images = args.amp_accuracy if args.amp_accuracy is not None else (4 if args.amp else 0)
+    num_accuracy_images = (
+        args.amp_accuracy if args.amp_accuracy is not None else (4 if args.amp else 0)
+    )
     with tempfile.TemporaryDirectory(prefix="detector_bench_") as tmp:
         images_path = os.path.join(tmp, "images.pt")
         torch.save(images, images_path)
@@ -536,29 +686,55 @@ def main(argv: Optional[List[str]] = None) -> int:
             state = sane_random_weights(depth, images)
             weights_path = os.path.join(tmp, f"R{depth}.pth")
             torch.save(state, weights_path)
-            print(f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s", flush=True)
+            print(
+                f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s", flush=True
+            )
             for mode in args.modes:
                 repeats = train_repeats if mode == "train" else args.repeats
                 if mode == "predictor":
                     from .predictor import time_predictors
 
-                    depth_rows, _ = time_predictors(depth, variants, state, args.images, repeats,
-                                                    tmp, lambda s: print(s, flush=True),
-                                                    test_size_overrides(args))
+                    depth_rows, _ = time_predictors(
+                        depth,
+                        variants,
+                        state,
+                        args.images,
+                        repeats,
+                        tmp,
+                        lambda s: print(s, flush=True),
+                        test_size_overrides(args),
+                    )
                 else:
-                    depth_rows = time_variants(depth, mode, variants, state, images, repeats,
-                                               lambda s: print(s, flush=True))
+                    depth_rows = time_variants(
+                        depth,
+                        mode,
+                        variants,
+                        state,
+                        images,
+                        repeats,
+                        lambda s: print(s, flush=True),
+                    )
                 if not args.no_memory and mode != "predictor":
                     for row in depth_rows:
-                        spec = {"weights": weights_path, "images": images_path, "depth": depth,
-                                "variant": row.variant, "mode": mode, "threads": args.threads}
+                        spec = {
+                            "weights": weights_path,
+                            "images": images_path,
+                            "depth": depth,
+                            "variant": row.variant,
+                            "mode": mode,
+                            "threads": args.threads,
+                        }
                         row.memory = measure_memory(spec, args.memory_timeout)
-                        print(f"  R{depth}-C4 {mode:9s} {row.variant:15s} peak memory {row.memory}", flush=True)
+                        print(
+                            f"  R{depth}-C4 {mode:9s} {row.variant:15s} peak memory {row.memory}",
+                            flush=True,
+                        )
                 rows += depth_rows
             if num_accuracy_images > 0:
                 try:
-                    accuracy[depth] = amp_accuracy(depth, state, (h, w), num_accuracy_images,
-                                                   lambda s: print(s, flush=True))
+                    accuracy[depth] = amp_accuracy(
+                        depth, state, (h, w), num_accuracy_images, lambda s: print(s, flush=True)
+                    )
                 except ImportError as e:
                     print(f"  bf16 accuracy not measured: {e}")
             del state
@@ -570,13 +746,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"- {variant}: {VARIANT_DESCRIPTIONS[variant]}")
     for depth, acc in accuracy.items():
         scores = ", ".join(f"{k}: {v:.4f}" for k, v in acc.items() if isinstance(v, float))
-        print(f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections on {acc['images']} images "
-              f"of {acc['image_size'][0]}x{acc['image_size'][1]}: {scores}")
+        print(
+            f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections on {acc['images']} images "
+            f"of {acc['image_size'][0]}x{acc['image_size'][1]}: {scores}"
+        )
     print(f"\n# load average at the end: {load_average()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": environment(), "argv": argv, "rows": [asdict(r) for r in rows],
-                       "amp_accuracy": accuracy}, f, indent=1)
+            json.dump(
+                {
+                    "environment": environment(),
+                    "argv": argv,
+                    "rows": [asdict(r) for r in rows],
+                    "amp_accuracy": accuracy,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -8,6 +8,7 @@ plus background boxes), runs ``COCOEvaluator.evaluate()`` with each backend in t
 checks that the 12 COCO numbers (and the per-category AP) are identical, and prints a markdown
 table of the times and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,15 @@ from ..structures import Boxes, Instances
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 
 
-def make_synthetic_coco(num_images: int, gt_per_image: float = 7.0, dets_per_image: int = 100, seed: int = 0,
-                        crowd_fraction: float = 0.02, empty_fraction: float = 0.02,
-                        image_size: Tuple[int, int] = (480, 640)) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def make_synthetic_coco(
+    num_images: int,
+    gt_per_image: float = 7.0,
+    dets_per_image: int = 100,
+    seed: int = 0,
+    crowd_fraction: float = 0.02,
+    empty_fraction: float = 0.02,
+    image_size: Tuple[int, int] = (480, 640),
+) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """A COCO-format ground-truth dict and per-image model outputs ``{"image_id", "instances"}``."""
     rng = np.random.default_rng(seed)
     h_img, w_img = image_size
@@ -42,7 +49,9 @@ def make_synthetic_coco(num_images: int, gt_per_image: float = 7.0, dets_per_ima
     images, annotations, outputs = [], [], []
     for i in range(num_images):
         image_id = 100000 + 7 * i
-        images.append({"id": image_id, "width": w_img, "height": h_img, "file_name": f"{image_id:012d}.jpg"})
+        images.append(
+            {"id": image_id, "width": w_img, "height": h_img, "file_name": f"{image_id:012d}.jpg"}
+        )
         n_gt = 0 if rng.random() < empty_fraction else int(rng.poisson(gt_per_image))
         size = np.exp(rng.uniform(math.log(6), math.log(400), n_gt))
         aspect = np.exp(rng.uniform(-0.7, 0.7, n_gt))
@@ -52,10 +61,16 @@ def make_synthetic_coco(num_images: int, gt_per_image: float = 7.0, dets_per_ima
         crowd = rng.random(n_gt) < crowd_fraction
         for k in range(n_gt):
             box = [round(float(v), 2) for v in (gx[k], gy[k], gw[k], gh[k])]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": cat_ids[gcls[k]], "bbox": box,
-                "area": round(box[2] * box[3] * float(rng.uniform(0.6, 0.9)), 2), "iscrowd": int(crowd[k]),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_ids[gcls[k]],
+                    "bbox": box,
+                    "area": round(box[2] * box[3] * float(rng.uniform(0.6, 0.9)), 2),
+                    "iscrowd": int(crowd[k]),
+                }
+            )
         # detections: jittered copies of ground truth (mostly the right class) and background boxes
         n_near = min(dets_per_image, 3 * n_gt)
         src = rng.integers(0, max(n_gt, 1), n_near)
@@ -65,7 +80,9 @@ def make_synthetic_coco(num_images: int, gt_per_image: float = 7.0, dets_per_ima
             ny = gy[src] + jit[:, 1] * gh[src]
             nw = gw[src] * np.exp(jit[:, 2])
             nh = gh[src] * np.exp(jit[:, 3])
-            ncls = np.where(rng.random(n_near) < 0.85, gcls[src], rng.integers(0, len(cat_ids), n_near))
+            ncls = np.where(
+                rng.random(n_near) < 0.85, gcls[src], rng.integers(0, len(cat_ids), n_near)
+            )
         else:
             nx = ny = nw = nh = ncls = np.zeros(0)
         n_bg = dets_per_image - n_near
@@ -94,12 +111,16 @@ def register_synthetic(name: str, coco_dict: Dict[str, Any], json_path: str) -> 
         json.dump(coco_dict, f)
     cat_ids = [c["id"] for c in coco_dict["categories"]]
     MetadataCatalog.get(name).set(
-        json_file=json_path, thing_classes=[c["name"] for c in coco_dict["categories"]],
-        thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cat_ids)}, evaluator_type="coco",
+        json_file=json_path,
+        thing_classes=[c["name"] for c in coco_dict["categories"]],
+        thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cat_ids)},
+        evaluator_type="coco",
     )
 
 
-def _run(name: str, backend: str, outputs: List[Dict[str, Any]]) -> Tuple[Dict[str, float], float, float, float]:
+def _run(
+    name: str, backend: str, outputs: List[Dict[str, Any]]
+) -> Tuple[Dict[str, float], float, float, float]:
     """Metrics, process() wall time, evaluate() wall time and evaluate() CPU time of one backend."""
     evaluator = COCOEvaluator(name, distributed=False, backend=backend)
     evaluator.reset()
@@ -125,10 +146,14 @@ def main(argv: List[str]) -> int:
     logging.getLogger("resnet_backbones.evaluation").setLevel(logging.WARNING)
 
     t0 = time.perf_counter()
-    coco_dict, outputs = make_synthetic_coco(args.num_images, args.gt_per_image, args.dets_per_image, args.seed)
-    print(f"synthetic data: {args.num_images} images, {len(coco_dict['annotations'])} ground-truth boxes, "
-          f"{sum(len(o['instances']) for o in outputs)} detections, 80 categories "
-          f"({time.perf_counter() - t0:.1f} s to generate)")
+    coco_dict, outputs = make_synthetic_coco(
+        args.num_images, args.gt_per_image, args.dets_per_image, args.seed
+    )
+    print(
+        f"synthetic data: {args.num_images} images, {len(coco_dict['annotations'])} ground-truth boxes, "
+        f"{sum(len(o['instances']) for o in outputs)} detections, 80 categories "
+        f"({time.perf_counter() - t0:.1f} s to generate)"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         name = f"_bench_eval_synthetic_{os.getpid()}_{args.num_images}_{args.seed}"
         register_synthetic(name, coco_dict, os.path.join(tmp, "gt.json"))
@@ -143,15 +168,35 @@ def main(argv: List[str]) -> int:
     print("\n" + markdown_table(["metric", "pycocotools", "fast", "identical"], rows, digits=6))
     mismatched = [k for k in ref if not _same(ref[k], fast[k])]
     per_cat = sum(1 for k in ref if k.startswith("AP-"))
-    print(f"\nper-category AP identical: {per_cat - sum(k.startswith('AP-') for k in mismatched)}/{per_cat}")
-    print("\n" + markdown_table(
-        ["backend", "evaluate() wall (s)", "evaluate() CPU (s)", "speed-up (wall)", "speed-up (CPU)"],
-        [["pycocotools (reference)", f"{ref_time:.2f}", f"{ref_cpu:.2f}", "1.0x", "1.0x"],
-         ["fast (ours, default)", f"{fast_time:.2f}", f"{fast_cpu:.2f}", f"{ref_time / fast_time:.1f}x",
-          f"{ref_cpu / fast_cpu:.1f}x"]],
-    ))
-    print(f"\n(process() of all outputs, shared by both: {ref_proc:.2f} s / {fast_proc:.2f} s; "
-          f"torch {torch.__version__}, numpy {np.__version__})")
+    print(
+        f"\nper-category AP identical: {per_cat - sum(k.startswith('AP-') for k in mismatched)}/{per_cat}"
+    )
+    print(
+        "\n"
+        + markdown_table(
+            [
+                "backend",
+                "evaluate() wall (s)",
+                "evaluate() CPU (s)",
+                "speed-up (wall)",
+                "speed-up (CPU)",
+            ],
+            [
+                ["pycocotools (reference)", f"{ref_time:.2f}", f"{ref_cpu:.2f}", "1.0x", "1.0x"],
+                [
+                    "fast (ours, default)",
+                    f"{fast_time:.2f}",
+                    f"{fast_cpu:.2f}",
+                    f"{ref_time / fast_time:.1f}x",
+                    f"{ref_cpu / fast_cpu:.1f}x",
+                ],
+            ],
+        )
+    )
+    print(
+        f"\n(process() of all outputs, shared by both: {ref_proc:.2f} s / {fast_proc:.2f} s; "
+        f"torch {torch.__version__}, numpy {np.__version__})"
+    )
     if mismatched:
         print(f"\nFAIL: {len(mismatched)} metrics differ: {mismatched[:10]}")
         return 1

@@ -18,6 +18,7 @@ Variants: ``d2`` detectron2's ``DefaultPredictor``; ``ours`` ours with ``MODEL.F
 order rotated from round to round; reported per variant are the median seconds per image and
 the median over (round, image) of the time ratio to detectron2 on the same image.
 """
+
 from __future__ import annotations
 
 import glob
@@ -42,8 +43,11 @@ def load_images(paths: Sequence[str]) -> Tuple[List[Tuple[str, np.ndarray]], str
         files: List[str] = []
         for path in paths:
             if os.path.isdir(path):
-                files += sorted(f for f in glob.glob(os.path.join(path, "*"))
-                                if f.lower().endswith(IMAGE_EXTENSIONS))
+                files += sorted(
+                    f
+                    for f in glob.glob(os.path.join(path, "*"))
+                    if f.lower().endswith(IMAGE_EXTENSIONS)
+                )
             else:
                 files.append(path)
         images = []
@@ -53,18 +57,29 @@ def load_images(paths: Sequence[str]) -> Tuple[List[Tuple[str, np.ndarray]], str
                 raise FileNotFoundError(f"--images: cannot read {f!r} as an image")
             images.append((os.path.basename(f), img))
         if not images:
-            raise FileNotFoundError(f"--images: no {'/'.join(IMAGE_EXTENSIONS)} file in {list(paths)}")
+            raise FileNotFoundError(
+                f"--images: no {'/'.join(IMAGE_EXTENSIONS)} file in {list(paths)}"
+            )
         return images, "given files"
     try:
         import skimage.data
     except ImportError:
         from ..data.shapes import render_detection_image
 
-        return ([(f"shapes {h}x{w}", render_detection_image(100 + i, h, w)[0])
-                 for i, (h, w) in enumerate(SYNTHETIC_SIZES)],
-                "synthetic shapes scenes (pip install scikit-image for real photos)")
-    return ([(name, np.ascontiguousarray(getattr(skimage.data, name)()[:, :, ::-1]))
-             for name in SKIMAGE_PHOTOS], "scikit-image sample photos")
+        return (
+            [
+                (f"shapes {h}x{w}", render_detection_image(100 + i, h, w)[0])
+                for i, (h, w) in enumerate(SYNTHETIC_SIZES)
+            ],
+            "synthetic shapes scenes (pip install scikit-image for real photos)",
+        )
+    return (
+        [
+            (name, np.ascontiguousarray(getattr(skimage.data, name)()[:, :, ::-1]))
+            for name in SKIMAGE_PHOTOS
+        ],
+        "scikit-image sample photos",
+    )
 
 
 def build_predictor(
@@ -92,8 +107,14 @@ def build_predictor(
 
 
 def time_predictors(
-    depth: int, variants: Sequence[str], state: Dict[str, torch.Tensor], image_paths: Sequence[str],
-    repeats: int, tmp: str, log: Callable[[str], None], test_sizes: Sequence[str] = (),
+    depth: int,
+    variants: Sequence[str],
+    state: Dict[str, torch.Tensor],
+    image_paths: Sequence[str],
+    repeats: int,
+    tmp: str,
+    log: Callable[[str], None],
+    test_sizes: Sequence[str] = (),
 ) -> Tuple[List[Any], str]:
     """Rows (``detector.Row``, mode "predictor") for every variant, and the images' description."""
     from .detector import Row, _match_detections
@@ -101,8 +122,10 @@ def time_predictors(
     if test_sizes:
         log(f"  predictor config overrides: {' '.join(test_sizes)}")
     images, source = load_images(image_paths)
-    log(f"  predictor images ({source}): "
-        + ", ".join(f"{name} {img.shape[0]}x{img.shape[1]}" for name, img in images))
+    log(
+        f"  predictor images ({source}): "
+        + ", ".join(f"{name} {img.shape[0]}x{img.shape[1]}" for name, img in images)
+    )
     weights_path = os.path.join(tmp, f"R{depth}_predictor.pth")
     torch.save({"model": state}, weights_path)
     predictors, outputs = {}, {}
@@ -110,10 +133,12 @@ def time_predictors(
         start = time.perf_counter()
         predictors[variant] = build_predictor(variant, depth, weights_path, test_sizes)
         outputs[variant] = [predictors[variant](img) for _, img in images[:1]]  # warm-up
-        log(f"  R{depth}-C4 predictor {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s")
+        log(
+            f"  R{depth}-C4 predictor {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s"
+        )
     times: Dict[str, List[List[float]]] = {v: [] for v in variants}  # [round][image]
     for r in range(repeats):
-        order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
+        order = list(variants[r % len(variants) :]) + list(variants[: r % len(variants)])
         for variant in order:
             per_image, outs = [], []
             for _, img in images:
@@ -122,8 +147,10 @@ def time_predictors(
                 per_image.append(time.perf_counter() - t0)
             times[variant].append(per_image)
             outputs[variant] = outs
-        log(f"  R{depth}-C4 predictor round {r + 1}/{repeats}: " + ", ".join(
-            f"{v} {sum(times[v][-1]):.2f}s" for v in variants))
+        log(
+            f"  R{depth}-C4 predictor round {r + 1}/{repeats}: "
+            + ", ".join(f"{v} {sum(times[v][-1]):.2f}s" for v in variants)
+        )
     ref = "d2" if "d2" in variants else variants[0]
     rows = []
     for variant in variants:
@@ -131,12 +158,26 @@ def time_predictors(
         ratio = None
         if "d2" in times:
             ratio = statistics.median(
-                t / t_ref for run, run_ref in zip(times[variant], times["d2"])
-                for t, t_ref in zip(run, run_ref))
+                t / t_ref
+                for run, run_ref in zip(times[variant], times["d2"])
+                for t, t_ref in zip(run, run_ref)
+            )
         matched = [_match_detections(a, b) for a, b in zip(outputs[ref], outputs[variant])]
         dets = sum(len(o["instances"]) for o in outputs[variant])
-        agreement = (f"{dets} dets on {len(images)} images, "
-                     f"{100 * statistics.mean(m[0] for m in matched):.0f}% of {ref}'s matched")
-        rows.append(Row(depth, "predictor", variant, statistics.median(flat), min(flat), ratio,
-                        flat, agreement=agreement))
+        agreement = (
+            f"{dets} dets on {len(images)} images, "
+            f"{100 * statistics.mean(m[0] for m in matched):.0f}% of {ref}'s matched"
+        )
+        rows.append(
+            Row(
+                depth,
+                "predictor",
+                variant,
+                statistics.median(flat),
+                min(flat),
+                ratio,
+                flat,
+                agreement=agreement,
+            )
+        )
     return rows, source

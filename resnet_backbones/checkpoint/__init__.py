@@ -7,6 +7,7 @@
   :func:`load_checkpoint`, :func:`save_checkpoint`.
 * :mod:`.file_conversion`: :func:`convert_checkpoint_file` (behind ``tools/convert_weights.py``).
 """
+
 from .converters import (
     FORMATS,
     INPUT_CONVENTIONS,

@@ -21,11 +21,11 @@ truncated ``.pth`` file nor a pointer to a file that is not fully on disk.
 A process killed during a save leaves its temporary file (``.model_0000009.pth.XXXX.tmp``) next
 to the checkpoints; a resume logs a warning naming such files, which are safe to delete.
 """
+
 from __future__ import annotations
 
 import glob
 import io
-import logging
 import os
 import re
 import tempfile
@@ -125,8 +125,9 @@ def _read_pointer(save_dir: str) -> Optional[str]:
         return None
 
 
-def _loadable_checkpoints(save_dir: str, exclude: str,
-                          load_file: Callable[[str], Any]) -> List[Tuple[str, Optional[int]]]:
+def _loadable_checkpoints(
+    save_dir: str, exclude: str, load_file: Callable[[str], Any]
+) -> List[Tuple[str, Optional[int]]]:
     """``(file name, iteration)`` of every ``.pth`` in ``save_dir`` that ``load_file`` reads,
     newest iteration first (only called when a resume has failed: it reads every file)."""
     found = []
@@ -188,8 +189,11 @@ class AtomicSaveMixin:
         data = self._checkpoint_data(**kwargs)
         self.logger.info("Saving checkpoint to %s", save_file)  # type: ignore[attr-defined]
         previous = _read_pointer(self.save_dir)  # type: ignore[attr-defined]
-        kept = (f"{LAST_CHECKPOINT} still names {previous}, which is unchanged" if previous
-                else f"no {LAST_CHECKPOINT} was written")
+        kept = (
+            f"{LAST_CHECKPOINT} still names {previous}, which is unchanged"
+            if previous
+            else f"no {LAST_CHECKPOINT} was written"
+        )
         try:
             atomic_torch_save(data, save_file)
         except OSError as e:
@@ -233,7 +237,8 @@ class AtomicSaveMixin:
         if left:
             self.logger.warning(  # type: ignore[attr-defined]
                 "%s: %s left by an interrupted save; not used, safe to delete",
-                save_dir, ", ".join(left),
+                save_dir,
+                ", ".join(left),
             )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

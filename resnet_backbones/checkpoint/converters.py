@@ -29,6 +29,7 @@ float32, so the layer is exactly ``x * s + b``. ``running_var = 1`` instead woul
 ``1 / sqrt(1 + 1e-5)`` (a 5e-6 relative error per layer, compounding over ~50 layers). This is the
 value a fresh FrozenBN holds and what detectron2 leaves in place when it loads such a file.
 """
+
 from __future__ import annotations
 
 import re
@@ -161,7 +162,9 @@ def _by_reason(items: Sequence[Tuple[str, str]]) -> Dict[str, List[str]]:
 
 
 # ------------------------------------------------------------------------------- detection
-_MSRA_RE = re.compile(r"^(conv1_w|res_conv1_(bn|gn)_[sb]|res\d+_\d+_branch(1|2[abc])_\w+|fc1000_[wb])$")
+_MSRA_RE = re.compile(
+    r"^(conv1_w|res_conv1_(bn|gn)_[sb]|res\d+_\d+_branch(1|2[abc])_\w+|fc1000_[wb])$"
+)
 _TV_RE = re.compile(r"^(conv1\.weight|bn1\.\w+|layer[1-4]\.\d+\.\w+|fc\.(weight|bias))")
 _OURS_RE = re.compile(r"^(stem\.conv1\.|res[2-5]\.\d+\.|linear\.(weight|bias)$)")
 _D2_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
@@ -202,7 +205,9 @@ _TV_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def torchvision_to_ours(state_dict: Mapping[str, torch.Tensor], *, source: str = "torchvision") -> ConversionResult:
+def torchvision_to_ours(
+    state_dict: Mapping[str, torch.Tensor], *, source: str = "torchvision"
+) -> ConversionResult:
     """torchvision / timm ResNet names -> ours (``layerN`` -> ``res{N+1}``, ``bnK`` -> ``convK.norm``,
     ``downsample.0/1`` -> ``shortcut`` / ``shortcut.norm``, ``fc`` -> ``linear``). Values are shared."""
     result = ConversionResult({}, source, "ours")
@@ -228,7 +233,7 @@ def _tv_key_to_ours(key: str) -> Tuple[Optional[str], str]:
         return "stem.conv1.norm." + key[4:], ""
     if key in ("fc.weight", "fc.bias"):
         return "linear." + key[3:], ""
-    if key.startswith("conv1.") and key[len("conv1."):].split(".")[0].isdigit():
+    if key.startswith("conv1.") and key[len("conv1.") :].split(".")[0].isdigit():
         return None, "deep stem (ResNet-C/D, e.g. timm resnet50d) is not supported"
     m = _TV_BLOCK.match(key)
     if m:
@@ -245,7 +250,10 @@ def _tv_key_to_ours(key: str) -> Tuple[Optional[str], str]:
         if ds and ds.group(1) in _BN_FIELDS:
             return f"{stage}.{block}.shortcut.norm.{ds.group(1)}", ""
         if rest.startswith(("se.", "attn.", "drop_block", "aa.")):
-            return None, "attention/SE/anti-aliasing module (timm variant) has no counterpart in ours"
+            return (
+                None,
+                "attention/SE/anti-aliasing module (timm variant) has no counterpart in ours",
+            )
         if rest.startswith("downsample."):
             return None, "avg-pool shortcut (ResNet-D style downsample) is not supported"
         return None, "unrecognised tensor inside a torchvision block"
@@ -276,7 +284,9 @@ def ours_to_torchvision(
             name = prefix + "num_batches_tracked"
             if name not in result.state_dict:
                 result.state_dict[name] = torch.tensor(0, dtype=torch.long)
-                result.added.append((name, "BatchNorm2d step counter, absent from FrozenBN weights"))
+                result.added.append(
+                    (name, "BatchNorm2d step counter, absent from FrozenBN weights")
+                )
     result.notes.append(
         "torchvision bottlenecks stride in the 3x3 conv: weights trained with stride_in_1x1=True "
         "(MSRA/detectron2) load by name but compute a different function there; torchvision "
@@ -289,9 +299,9 @@ def _ours_key_to_tv(key: str) -> Optional[str]:
     if key == "stem.conv1.weight":
         return "conv1.weight"
     if key.startswith("stem.conv1.norm."):
-        return "bn1." + key[len("stem.conv1.norm."):]
+        return "bn1." + key[len("stem.conv1.norm.") :]
     if key in ("linear.weight", "linear.bias"):
-        return "fc." + key[len("linear."):]
+        return "fc." + key[len("linear.") :]
     m = re.match(r"^res([2-5])\.(\d+)\.(.+)$", key)
     if not m:
         return None
@@ -306,7 +316,7 @@ def _ours_key_to_tv(key: str) -> Optional[str]:
     if rest == "shortcut.weight":
         return head + "downsample.0.weight"
     if rest.startswith("shortcut.norm."):
-        return head + "downsample.1." + rest[len("shortcut.norm."):]
+        return head + "downsample.1." + rest[len("shortcut.norm.") :]
     return None
 
 
@@ -338,8 +348,10 @@ def msra_to_ours(
         result.mapped.append((key, new))
         if "_bn_" in key:
             bn_layers[new.rsplit(".", 1)[0]] = value
-    reason = (f"Caffe2 BN holds only s/b (statistics folded in): running_mean = 0 and running_var = "
-              f"1 - eps = {1.0 - eps!r} make FrozenBN (eps={eps}) exactly x * s + b")
+    reason = (
+        f"Caffe2 BN holds only s/b (statistics folded in): running_mean = 0 and running_var = "
+        f"1 - eps = {1.0 - eps!r} make FrozenBN (eps={eps}) exactly x * s + b"
+    )
     for prefix, ref in bn_layers.items():
         for name, fill in (("running_mean", 0.0), ("running_var", 1.0 - eps)):
             full = f"{prefix}.{name}"
@@ -372,7 +384,9 @@ def _msra_key_to_ours(key: str) -> Optional[str]:
     return head + ".weight" if m.group(4) == "w" else f"{head}.norm.{_C2_NORM[m.group(4)]}"
 
 
-def ours_to_msra(state_dict: Mapping[str, torch.Tensor], *, eps: float = FROZEN_BN_EPS) -> ConversionResult:
+def ours_to_msra(
+    state_dict: Mapping[str, torch.Tensor], *, eps: float = FROZEN_BN_EPS
+) -> ConversionResult:
     """ours -> Caffe2 blob names, folding BN statistics into ``s``/``b`` (for tests and export).
 
     ``s = weight / sqrt(running_var + eps)``, ``b = bias - running_mean * s``; exact when the
@@ -382,7 +396,9 @@ def ours_to_msra(state_dict: Mapping[str, torch.Tensor], *, eps: float = FROZEN_
     inverse_branch = {v: k for k, v in _C2_BRANCH.items()}
     norms: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
-        m = re.match(r"^(.*)\.norm\.(weight|bias|running_mean|running_var|num_batches_tracked)$", key)
+        m = re.match(
+            r"^(.*)\.norm\.(weight|bias|running_mean|running_var|num_batches_tracked)$", key
+        )
         if m:
             norms.setdefault(m.group(1), {})[m.group(2)] = value
             continue
@@ -404,29 +420,39 @@ def ours_to_msra(state_dict: Mapping[str, torch.Tensor], *, eps: float = FROZEN_
         else:
             mm = re.match(r"^res(\d)\.(\d+)\.(conv[123]|shortcut)$", prefix)
             if not mm:
-                result.dropped.extend((f"{prefix}.norm.{k}", "no Caffe2 counterpart") for k in parts)
+                result.dropped.extend(
+                    (f"{prefix}.norm.{k}", "no Caffe2 counterpart") for k in parts
+                )
                 continue
             c2 = f"res{mm.group(1)}_{mm.group(2)}_{inverse_branch[mm.group(3)]}_bn"
         if "weight" not in parts or "bias" not in parts:
-            result.dropped.extend((f"{prefix}.norm.{k}", "norm without weight and bias") for k in parts)
+            result.dropped.extend(
+                (f"{prefix}.norm.{k}", "norm without weight and bias") for k in parts
+            )
             continue
         weight, bias = parts["weight"], parts["bias"]
         if "running_mean" not in parts and "running_var" not in parts:  # GroupNorm: no statistics
             gn = c2[: -len("_bn")] + "_gn"
             result.state_dict[gn + "_s"], result.state_dict[gn + "_b"] = weight, bias
-            result.mapped.extend([(f"{prefix}.norm.weight", gn + "_s"), (f"{prefix}.norm.bias", gn + "_b")])
+            result.mapped.extend(
+                [(f"{prefix}.norm.weight", gn + "_s"), (f"{prefix}.norm.bias", gn + "_b")]
+            )
             continue
         mean = parts.get("running_mean", torch.zeros_like(weight))
         var = parts.get("running_var", torch.full_like(weight, 1.0 - eps))
         scale = weight * torch.rsqrt(var + eps)
         result.state_dict[c2 + "_s"] = scale
         result.state_dict[c2 + "_b"] = bias - mean * scale
-        result.mapped.extend([(f"{prefix}.norm.weight", c2 + "_s"), (f"{prefix}.norm.bias", c2 + "_b")])
+        result.mapped.extend(
+            [(f"{prefix}.norm.weight", c2 + "_s"), (f"{prefix}.norm.bias", c2 + "_b")]
+        )
         for k in ("running_mean", "running_var"):
             if k in parts:
                 result.mapped.append((f"{prefix}.norm.{k}", f"{c2}_s/{c2}_b (folded)"))
         if "num_batches_tracked" in parts:
-            result.dropped.append((f"{prefix}.norm.num_batches_tracked", "BN step counter; Caffe2 has none"))
+            result.dropped.append(
+                (f"{prefix}.norm.num_batches_tracked", "BN step counter; Caffe2 has none")
+            )
     result.metadata.update(INPUT_CONVENTIONS["msra-pkl"])
     return result
 
@@ -449,14 +475,16 @@ def detectron2_to_ours(
     """
     result = ConversionResult({}, "detectron2", "ours")
     keys = list(state_dict)
-    full_model = any(not k.startswith(BACKBONE_PREFIX) and not _OURS_BACKBONE_RE.match(k) for k in keys)
+    full_model = any(
+        not k.startswith(BACKBONE_PREFIX) and not _OURS_BACKBONE_RE.match(k) for k in keys
+    )
     if backbone_only is None:
         backbone_only = not full_model
     for key, value in state_dict.items():
         if key.startswith("stem.fc."):
             # detectron2's convert-torchvision-to-d2.py prefixes every non-"layer" key with "stem.",
             # torchvision's classifier included
-            new: Optional[str] = "linear." + key[len("stem.fc."):]
+            new: Optional[str] = "linear." + key[len("stem.fc.") :]
             if not any(n.startswith("stem.fc") for n in result.notes):
                 result.notes.append(
                     "stem.fc.* (the classifier as detectron2's convert-torchvision-to-d2.py names it) -> linear.*"
@@ -464,9 +492,9 @@ def detectron2_to_ours(
         elif not backbone_only:
             new = key
         elif key.startswith(BACKBONE_PREFIX):
-            new = key[len(BACKBONE_PREFIX):]
+            new = key[len(BACKBONE_PREFIX) :]
         elif key.startswith("roi_heads.res5."):
-            new = key[len("roi_heads."):]
+            new = key[len("roi_heads.") :]
         elif _OURS_BACKBONE_RE.match(key):
             new = key
         else:
@@ -487,7 +515,9 @@ def detectron2_to_ours(
     return result
 
 
-def ours_to_detectron2(state_dict: Mapping[str, torch.Tensor], *, prefix: str = BACKBONE_PREFIX) -> ConversionResult:
+def ours_to_detectron2(
+    state_dict: Mapping[str, torch.Tensor], *, prefix: str = BACKBONE_PREFIX
+) -> ConversionResult:
     """ours -> detectron2: backbone keys (``stem.*``, ``resN.*``, ``linear.*``) get ``prefix``.
 
     Keys that already carry a prefix (a detector's ``backbone.*``, ``roi_heads.*``, ...) are left
@@ -524,11 +554,15 @@ def to_ours(state_dict: Mapping[str, torch.Tensor], source: str, **kwargs: Any) 
         "ours": lambda sd: _identity(sd, "ours", "ours"),
     }
     if source not in converters:
-        raise ValueError(f"unknown source format {source!r}; expected one of {', '.join(SOURCE_FORMATS)} or 'auto'")
+        raise ValueError(
+            f"unknown source format {source!r}; expected one of {', '.join(SOURCE_FORMATS)} or 'auto'"
+        )
     return converters[source](state_dict)
 
 
-def from_ours(state_dict: Mapping[str, torch.Tensor], target: str, **kwargs: Any) -> ConversionResult:
+def from_ours(
+    state_dict: Mapping[str, torch.Tensor], target: str, **kwargs: Any
+) -> ConversionResult:
     """Convert ours to ``target`` (one of ``TARGET_FORMATS``, or ``"msra-pkl"``)."""
     converters: Dict[str, Callable[..., ConversionResult]] = {
         "ours": lambda sd: _identity(sd, "ours", "ours"),
@@ -538,7 +572,9 @@ def from_ours(state_dict: Mapping[str, torch.Tensor], target: str, **kwargs: Any
         "msra-pkl": lambda sd: ours_to_msra(sd, **kwargs),
     }
     if target not in converters:
-        raise ValueError(f"unknown target format {target!r}; expected one of {', '.join(TARGET_FORMATS)}")
+        raise ValueError(
+            f"unknown target format {target!r}; expected one of {', '.join(TARGET_FORMATS)}"
+        )
     return converters[target](state_dict)
 
 
@@ -614,8 +650,11 @@ def infer_resnet_architecture(state_dict: Mapping[str, torch.Tensor]) -> Optiona
         return None
     has_stats = "stem.conv1.norm.running_mean" in state_dict
     has_counter = "stem.conv1.norm.num_batches_tracked" in state_dict
-    norm = ("BN" if has_counter else "FrozenBN") if has_stats else (
-        "GN" if "stem.conv1.norm.weight" in state_dict else "")
+    norm = (
+        ("BN" if has_counter else "FrozenBN")
+        if has_stats
+        else ("GN" if "stem.conv1.norm.weight" in state_dict else "")
+    )
     linear = state_dict.get("linear.weight")
     return {
         "name": f"resnet{depth}",

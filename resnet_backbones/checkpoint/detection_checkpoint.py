@@ -15,14 +15,15 @@ Pickles are read with a restricted unpickler and ``.pth`` files with
 file can never run code. Loading is non-strict, as in detectron2: the report (logged, and kept in
 ``last_report``) lists every missing, unexpected and shape-mismatched tensor.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 from typing import Any, Dict, Optional
 
-from fvcore.common.checkpoint import Checkpointer
 import torch
+from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
 from .converters import detect_format
@@ -38,7 +39,7 @@ D2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 def resolve_weights_path(path: str) -> str:
     """``detectron2://X`` -> detectron2's download URL for ``X``; other paths are returned as given."""
     if path.startswith(D2_PREFIX):
-        return D2_URL + path[len(D2_PREFIX):]
+        return D2_URL + path[len(D2_PREFIX) :]
     return path
 
 
@@ -61,11 +62,17 @@ class DetectionCheckpointer(Checkpointer):
     """
 
     def __init__(
-        self, model: nn.Module, save_dir: str = "", *, save_to_disk: Optional[bool] = None,
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
         **checkpointables: Any,
     ) -> None:
         super().__init__(
-            model, save_dir, save_to_disk=_is_main_process() if save_to_disk is None else save_to_disk,
+            model,
+            save_dir,
+            save_to_disk=_is_main_process() if save_to_disk is None else save_to_disk,
             **checkpointables,
         )
         self.logger = logging.getLogger(__name__)
@@ -107,7 +114,9 @@ class DetectionCheckpointer(Checkpointer):
         where = checkpoint.pop("__source_path__", "<checkpoint>")
         checkpoint.pop("matching_heuristics", None)
         source = detect_format(state_dict, author=author)
-        report = load_checkpoint(self.model, state_dict, source=source, strict=False, drop_classifier=True)
+        report = load_checkpoint(
+            self.model, state_dict, source=source, strict=False, drop_classifier=True
+        )
         report.source = f"{where} ({source})"
         self.last_report = report
         self.logger.info("%s", report)
@@ -124,7 +133,11 @@ class DetectionCheckpointer(Checkpointer):
             more = f"; ... ({len(mismatch) - 8} more)" if len(mismatch) > 8 else ""
             self.logger.warning(
                 "%s: %d tensors not loaded, their shapes differ from the model's "
-                "(left as initialized): %s%s", where, len(mismatch), shown, more,
+                "(left as initialized): %s%s",
+                where,
+                len(mismatch),
+                shown,
+                more,
             )
         for problem in self._convention_mismatches(report.metadata):
             self.logger.warning("%s: %s", where, problem)
@@ -141,15 +154,24 @@ class DetectionCheckpointer(Checkpointer):
             )
         mean = getattr(model, "pixel_mean", None)
         expected = meta.get("pixel_mean")
-        if expected is not None and isinstance(mean, torch.Tensor) and mean.numel() == len(expected):
-            if not torch.allclose(mean.flatten().cpu(), torch.tensor(expected, dtype=mean.dtype), atol=1e-2):
+        if (
+            expected is not None
+            and isinstance(mean, torch.Tensor)
+            and mean.numel() == len(expected)
+        ):
+            if not torch.allclose(
+                mean.flatten().cpu(), torch.tensor(expected, dtype=mean.dtype), atol=1e-2
+            ):
                 problems.append(
                     f"the weights expect MODEL.PIXEL_MEAN {meta['pixel_mean']} (and PIXEL_STD "
                     f"{meta.get('pixel_std')}), the model uses {mean.flatten().tolist()}"
                 )
         if "stride_in_1x1" in meta:
             conv1 = dict(model.named_modules()).get("backbone.res3.0.conv1")
-            bottleneck = isinstance(conv1, nn.Conv2d) and tuple(conv1.kernel_size) == (1, 1)  # basic blocks: no 1x1
+            bottleneck = isinstance(conv1, nn.Conv2d) and tuple(conv1.kernel_size) == (
+                1,
+                1,
+            )  # basic blocks: no 1x1
             if bottleneck and (conv1.stride[0] > 1) != bool(meta["stride_in_1x1"]):
                 problems.append(
                     f"the weights were trained with the stride in the "

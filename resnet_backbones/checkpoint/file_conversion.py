@@ -2,6 +2,7 @@
 
 The engine of ``tools/convert_weights.py``; see :func:`convert_checkpoint_file`.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,11 @@ def check_resnet_state_dict(ours_state_dict: Mapping[str, torch.Tensor]) -> tupl
 
     arch = infer_resnet_architecture(ours_state_dict)
     if arch is None:
-        return None, None, "not a plain ResNet state dict (e.g. a whole detector): model check skipped"
+        return (
+            None,
+            None,
+            "not a plain ResNet state dict (e.g. a whole detector): model check skipped",
+        )
     kwargs: Dict[str, Any] = {"norm": arch["norm"]}
     if len(arch["stages"]) < 4:
         kwargs.update(num_classes=None, out_features=[arch["stages"][-1]])
@@ -70,10 +75,18 @@ def check_resnet_state_dict(ours_state_dict: Mapping[str, torch.Tensor]) -> tupl
         + f", stages {','.join(arch['stages'])})"
     )
     status = "all tensors fit" if report.ok else "MISMATCH"
-    return arch, report, (
-        f"{described}: {status}: {len(report.matched)} matched, {len(report.missing)} missing, "
-        f"{len(report.unexpected)} unexpected, {len(report.shape_mismatch)} shape mismatches"
-        + ("" if report.ok else "\n" + "\n".join("    " + line for line in str(report).splitlines()))
+    return (
+        arch,
+        report,
+        (
+            f"{described}: {status}: {len(report.matched)} matched, {len(report.missing)} missing, "
+            f"{len(report.unexpected)} unexpected, {len(report.shape_mismatch)} shape mismatches"
+            + (
+                ""
+                if report.ok
+                else "\n" + "\n".join("    " + line for line in str(report).splitlines())
+            )
+        ),
     )
 
 
@@ -92,7 +105,11 @@ def _check_torchvision(state_dict: Mapping[str, torch.Tensor], arch: Dict[str, A
         f"torchvision.models.{arch['name']}: {status}: {len(report.matched)} matched, "
         f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, "
         f"{len(report.shape_mismatch)} shape mismatches"
-        + ("" if report.ok else "\n" + "\n".join("    " + line for line in str(report).splitlines()))
+        + (
+            ""
+            if report.ok
+            else "\n" + "\n".join("    " + line for line in str(report).splitlines())
+        )
     )
 
 
@@ -120,11 +137,15 @@ def convert_checkpoint_file(
     the unprefixed layout of detectron2's ImageNet initializations, with ``matching_heuristics``).
     """
     if target not in TARGET_FORMATS:
-        raise ValueError(f"unknown target format {target!r}; expected one of {', '.join(TARGET_FORMATS)}")
+        raise ValueError(
+            f"unknown target format {target!r}; expected one of {', '.join(TARGET_FORMATS)}"
+        )
     if os.path.abspath(input_path) == os.path.abspath(output_path):
         raise ValueError(f"{output_path}: output would overwrite the input; choose another path")
     if os.path.exists(output_path) and not overwrite:
-        raise FileExistsError(f"{output_path}: already exists (pass overwrite=True / --overwrite to replace it)")
+        raise FileExistsError(
+            f"{output_path}: already exists (pass overwrite=True / --overwrite to replace it)"
+        )
     loaded = read_checkpoint(input_path)
     if source == "auto":
         source = detect_format(loaded.state_dict, author=loaded.author)
@@ -133,7 +154,9 @@ def convert_checkpoint_file(
     conversion = convert_state_dict(
         loaded.state_dict, source, target, source_kwargs=source_kwargs, target_kwargs=target_kwargs
     )
-    conversion.dropped = [(k, f"{r} (while reading the file)") for k, r in loaded.dropped] + conversion.dropped
+    conversion.dropped = [
+        (k, f"{r} (while reading the file)") for k, r in loaded.dropped
+    ] + conversion.dropped
     conversion.notes = loaded.notes + conversion.notes
     conversion.metadata = {**loaded.metadata, **conversion.metadata, "converted_from": source}
     result = FileConversion(input_path, output_path, conversion)
@@ -164,6 +187,7 @@ def convert_checkpoint_file(
 
 def _plain(meta: Mapping[str, Any]) -> Dict[str, Any]:
     """Metadata restricted to what weights_only loading accepts (str/number/bool/None, lists, dicts)."""
+
     def ok(v: Any) -> bool:
         if v is None or isinstance(v, (str, int, float, bool)):
             return True

@@ -10,6 +10,7 @@
   torchvision or MSRA ImageNet ResNet into a detection backbone, or a detectron2 detector.
 * :func:`save_checkpoint` writes ``.pth`` (``torch.save``) or ``.pkl`` (numpy arrays, detectron2 style).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -116,7 +117,9 @@ def _torch_load(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if not any(m in text for m in ("Unsupported global", "not an allowed global", "Unsupported class")):
+        if not any(
+            m in text for m in ("Unsupported global", "not an allowed global", "Unsupported class")
+        ):
             raise CheckpointFormatError(
                 f"{path}: not a PyTorch checkpoint that torch.load can read ({_torch_detail(text)}); "
                 f"expected a file written by torch.save (.pth/.pt) or a pickle (.pkl)"
@@ -160,7 +163,7 @@ def _read_object(path: str) -> Any:
             head = f.read(4)
         if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
             return _torch_load(path)
-        if not head.startswith(b"\x80") and not head[:1] in (b"(", b"}", b"]"):
+        if not head.startswith(b"\x80") and head[:1] not in (b"(", b"}", b"]"):
             raise CheckpointFormatError(
                 f"{path}: unknown weights file format (extension {ext or '(none)'!r}, first bytes "
                 f"{head!r}); expected a PyTorch checkpoint ({', '.join(TORCH_EXTENSIONS)}) or a pickle "
@@ -233,7 +236,7 @@ def _unwrap(obj: Any, path: str) -> LoadedCheckpoint:
         )
     keys = list(loaded.state_dict)
     if all(k.startswith("module.") for k in keys):  # saved from DistributedDataParallel
-        loaded.state_dict = {k[len("module."):]: v for k, v in loaded.state_dict.items()}
+        loaded.state_dict = {k[len("module.") :]: v for k, v in loaded.state_dict.items()}
         loaded.notes.append("removed the 'module.' prefix (a DistributedDataParallel checkpoint)")
     if author == "Caffe2" or (not container and not author and _looks_caffe2(keys)):
         loaded.author = "Caffe2"
@@ -262,7 +265,9 @@ def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such weights file")
     if not os.path.isfile(path):
-        raise CheckpointFormatError(f"{path}: is not a file (a directory?); expected a weights file")
+        raise CheckpointFormatError(
+            f"{path}: is not a file (a directory?); expected a weights file"
+        )
     return _unwrap(_read_object(path), path)
 
 
@@ -298,7 +303,9 @@ def save_checkpoint(
         arrays = {}
         for k, v in tensors.items():
             if v.dtype == torch.bfloat16:
-                raise ValueError(f"{k}: bfloat16 tensors cannot be stored as numpy arrays; convert to float32 first")
+                raise ValueError(
+                    f"{k}: bfloat16 tensors cannot be stored as numpy arrays; convert to float32 first"
+                )
             arrays[k] = v.numpy()
         obj: Dict[str, Any] = {"model": arrays, "__author__": author or "unknown", "meta": meta}
         if matching_heuristics:
@@ -355,7 +362,9 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.shape_mismatch)
 
     def __str__(self) -> str:
-        head = f"{len(self.matched)} tensors matched" + (f" from {self.source}" if self.source else "")
+        head = f"{len(self.matched)} tensors matched" + (
+            f" from {self.source}" if self.source else ""
+        )
         counts = (
             f"; missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
             f"shape mismatch {len(self.shape_mismatch)}, dropped {len(self.dropped)}"
@@ -372,7 +381,8 @@ class LoadReport:
         if self.shape_mismatch:
             lines.append(f"shape mismatch ({len(self.shape_mismatch)}), not loaded:")
             lines.extend(
-                f"  {name}: checkpoint {tuple(c)} vs model {tuple(m)}" for name, c, m in self.shape_mismatch
+                f"  {name}: checkpoint {tuple(c)} vs model {tuple(m)}"
+                for name, c, m in self.shape_mismatch
             )
         if self.dropped:
             lines.append(f"dropped before loading ({len(self.dropped)}):")
@@ -382,19 +392,27 @@ class LoadReport:
             for reason, names in by_reason.items():
                 lines.append(f"  {reason}: " + ", ".join(group_names(names)))
         if self.ignored_missing:
-            lines.append(f"missing but ignored on request ({len(self.ignored_missing)}): "
-                         + ", ".join(group_names(self.ignored_missing)))
+            lines.append(
+                f"missing but ignored on request ({len(self.ignored_missing)}): "
+                + ", ".join(group_names(self.ignored_missing))
+            )
         if self.defaulted:
-            lines.append(f"absent from the checkpoint, filled in by the model's loading hooks ({len(self.defaulted)}; "
-                         f"FrozenBN statistics, BatchNorm step counters): "
-                         + ", ".join(group_names(self.defaulted)))
+            lines.append(
+                f"absent from the checkpoint, filled in by the model's loading hooks ({len(self.defaulted)}; "
+                f"FrozenBN statistics, BatchNorm step counters): "
+                + ", ".join(group_names(self.defaulted))
+            )
         if self.absorbed:
-            lines.append(f"accepted and ignored by the model's loading hooks ({len(self.absorbed)}), "
-                         f"e.g. BatchNorm step counters: " + ", ".join(group_names(self.absorbed)))
+            lines.append(
+                f"accepted and ignored by the model's loading hooks ({len(self.absorbed)}), "
+                f"e.g. BatchNorm step counters: " + ", ".join(group_names(self.absorbed))
+            )
         if self.renamed:
-            lines.append(f"matched by name suffix ({len(self.renamed)}): "
-                         + ", ".join(f"{a} -> {b}" for a, b in self.renamed[:5])
-                         + (f", ... ({len(self.renamed) - 5} more)" if len(self.renamed) > 5 else ""))
+            lines.append(
+                f"matched by name suffix ({len(self.renamed)}): "
+                + ", ".join(f"{a} -> {b}" for a, b in self.renamed[:5])
+                + (f", ... ({len(self.renamed) - 5} more)" if len(self.renamed) > 5 else "")
+            )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -415,8 +433,11 @@ def group_names(names: Iterable[str]) -> List[str]:
 _BLOCK_RE = re.compile(r"(?:^|\.)(res[2-5])\.(\d+)\.")
 _STAGES = ("res2", "res3", "res4", "res5")
 _RESNET_DEPTHS = {
-    ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34, ("bottleneck", (3, 4, 6, 3)): 50,
-    ("bottleneck", (3, 4, 23, 3)): 101, ("bottleneck", (3, 8, 36, 3)): 152,
+    ("basic", (2, 2, 2, 2)): 18,
+    ("basic", (3, 4, 6, 3)): 34,
+    ("bottleneck", (3, 4, 6, 3)): 50,
+    ("bottleneck", (3, 4, 23, 3)): 101,
+    ("bottleneck", (3, 8, 36, 3)): 152,
     ("bottleneck", (3, 24, 36, 3)): 200,
 }
 
@@ -429,7 +450,7 @@ def _resnet_layout(names: Iterable[str]) -> Tuple[str, Dict[str, int]]:
         m = _BLOCK_RE.search(name)
         if m:
             blocks[m.group(1)] = max(blocks.get(m.group(1), 0), int(m.group(2)) + 1)
-            bottleneck = bottleneck or ".conv3." in name[m.end() - 1:]
+            bottleneck = bottleneck or ".conv3." in name[m.end() - 1 :]
     return ("bottleneck" if bottleneck else "basic"), blocks
 
 
@@ -475,12 +496,16 @@ _STRICT_FAILED = (
 def _may_be_missing(name: str, drop_classifier: bool, ignore_missing: Sequence[str]) -> bool:
     """Whether model tensor ``name`` may be absent: ``ignore_missing`` or a dropped classifier."""
     return _matches(name, ignore_missing) is not None or bool(
-        drop_classifier and CLASSIFIER_RE.match(name))
+        drop_classifier and CLASSIFIER_RE.match(name)
+    )
 
 
 def _loadable_tensors(
-    state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-    report: LoadReport, drop_classifier: bool, ignore_unexpected: Sequence[str],
+    state_dict: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    report: LoadReport,
+    drop_classifier: bool,
+    ignore_unexpected: Sequence[str],
 ) -> Dict[str, torch.Tensor]:
     """The checkpoint tensors to load: the classifier (on request), ``ignore_unexpected``
     matches and shape mismatches go to ``report`` instead."""
@@ -499,14 +524,18 @@ def _loadable_tensors(
     for name in list(ckpt):
         if name in model_state and tuple(ckpt[name].shape) != tuple(model_state[name].shape):
             report.shape_mismatch.append(
-                (name, tuple(ckpt[name].shape), tuple(model_state[name].shape)))
+                (name, tuple(ckpt[name].shape), tuple(model_state[name].shape))
+            )
             del ckpt[name]
     return ckpt
 
 
 def _backup_if_may_fail(
-    ckpt: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-    report: LoadReport, drop_classifier: bool, ignore_missing: Sequence[str],
+    ckpt: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    report: LoadReport,
+    drop_classifier: bool,
+    ignore_missing: Sequence[str],
 ) -> Optional[Dict[str, torch.Tensor]]:
     """A copy of the model's tensors if a strict load of ``ckpt`` could fail, else None.
 
@@ -515,16 +544,24 @@ def _backup_if_may_fail(
     module hooks (FrozenBN) may still resolve the difference, so load and restore the backup if
     they do not (a copy of the weights only on that path).
     """
-    may_fail = bool(report.shape_mismatch) or any(k not in model_state for k in ckpt) or any(
-        k not in ckpt and not _may_be_missing(k, drop_classifier, ignore_missing)
-        for k in model_state
+    may_fail = (
+        bool(report.shape_mismatch)
+        or any(k not in model_state for k in ckpt)
+        or any(
+            k not in ckpt and not _may_be_missing(k, drop_classifier, ignore_missing)
+            for k in model_state
+        )
     )
     return {k: v.detach().clone() for k, v in model_state.items()} if may_fail else None
 
 
 def _record_outcome(
-    report: LoadReport, incompatible: Any, ckpt: Mapping[str, torch.Tensor],
-    model_state: Mapping[str, torch.Tensor], drop_classifier: bool, ignore_missing: Sequence[str],
+    report: LoadReport,
+    incompatible: Any,
+    ckpt: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    drop_classifier: bool,
+    ignore_missing: Sequence[str],
 ) -> None:
     """Sorts ``load_state_dict``'s result into ``report``: unexpected, missing (or ignored),
     matched, absorbed and defaulted tensors."""
@@ -541,8 +578,11 @@ def _record_outcome(
     report.matched = [k for k in ckpt if k in model_state]
     report.absorbed = [k for k in ckpt if k not in model_state and k not in unexpected]
     reported_missing = set(incompatible.missing_keys)
-    report.defaulted = [k for k in model_state
-                        if k not in ckpt and k not in reported_missing and k not in mismatched]
+    report.defaulted = [
+        k
+        for k in model_state
+        if k not in ckpt and k not in reported_missing and k not in mismatched
+    ]
 
 
 def _restore(model: nn.Module, backup: Mapping[str, torch.Tensor]) -> None:
@@ -582,8 +622,11 @@ def load_state_dict_with_report(
     report = LoadReport()
     model_state = model.state_dict()
     ckpt = _loadable_tensors(state_dict, model_state, report, drop_classifier, ignore_unexpected)
-    backup = (_backup_if_may_fail(ckpt, model_state, report, drop_classifier, ignore_missing)
-              if strict else None)
+    backup = (
+        _backup_if_may_fail(ckpt, model_state, report, drop_classifier, ignore_missing)
+        if strict
+        else None
+    )
     incompatible = model.load_state_dict(ckpt, strict=False)
     _record_outcome(report, incompatible, ckpt, model_state, drop_classifier, ignore_missing)
     if not report.ok:
@@ -630,7 +673,10 @@ def align_to_model(
     parents: Dict[str, Optional[str]] = {}
     for old, new in renames:
         old_parent, new_parent = old.rpartition(".")[0], new.rpartition(".")[0]
-        if new.endswith("." + old.rpartition(".")[2]) and parents.get(old_parent, new_parent) == new_parent:
+        if (
+            new.endswith("." + old.rpartition(".")[2])
+            and parents.get(old_parent, new_parent) == new_parent
+        ):
             parents[old_parent] = new_parent
         else:
             parents[old_parent] = None  # inconsistent: leave this module's other tensors alone
@@ -677,7 +723,9 @@ def load_checkpoint(
     if isinstance(checkpoint, Mapping):
         state_dict, where = dict(checkpoint), "<state dict>"
     else:
-        loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else read_checkpoint(checkpoint)
+        loaded = (
+            checkpoint if isinstance(checkpoint, LoadedCheckpoint) else read_checkpoint(checkpoint)
+        )
         state_dict, where, author = loaded.state_dict, loaded.path, loaded.author
         dropped += loaded.dropped
         notes += loaded.notes
@@ -687,7 +735,9 @@ def load_checkpoint(
     model_keys = list(model.state_dict())
     kwargs: Dict[str, Any] = {}
     if source == "detectron2":
-        bare_model = not any(k.startswith(("backbone.", "roi_heads.", "proposal_generator.")) for k in model_keys)
+        bare_model = not any(
+            k.startswith(("backbone.", "roi_heads.", "proposal_generator.")) for k in model_keys
+        )
         kwargs["backbone_only"] = True if bare_model else None
     conversion: ConversionResult = to_ours(state_dict, source, **kwargs)
     converted = conversion.state_dict
@@ -700,19 +750,32 @@ def load_checkpoint(
         converted, renames = align_to_model(converted, model_keys)
     try:
         report = load_state_dict_with_report(
-            model, converted, strict=strict, drop_classifier=drop_classifier,
-            ignore_missing=ignore_missing, ignore_unexpected=ignore_unexpected,
+            model,
+            converted,
+            strict=strict,
+            drop_classifier=drop_classifier,
+            ignore_missing=ignore_missing,
+            ignore_unexpected=ignore_unexpected,
         )
     except StateDictLoadError as e:
         _annotate(e.report, where, source, dropped, conversion, renames, notes, extra_meta)
-        raise StateDictLoadError(f"{where} ({source}): {_STRICT_FAILED}\n{e.report}", e.report) from None
+        raise StateDictLoadError(
+            f"{where} ({source}): {_STRICT_FAILED}\n{e.report}", e.report
+        ) from None
     _annotate(report, where, source, dropped, conversion, renames, notes, extra_meta)
     return report
 
 
-def _annotate(report: LoadReport, where: str, source: str, dropped: List[Tuple[str, str]],
-              conversion: ConversionResult, renames: List[Tuple[str, str]], notes: List[str],
-              extra_meta: Dict[str, Any]) -> None:
+def _annotate(
+    report: LoadReport,
+    where: str,
+    source: str,
+    dropped: List[Tuple[str, str]],
+    conversion: ConversionResult,
+    renames: List[Tuple[str, str]],
+    notes: List[str],
+    extra_meta: Dict[str, Any],
+) -> None:
     report.source = f"{where} ({source})"
     report.dropped = dropped + conversion.dropped + report.dropped
     report.renamed = renames

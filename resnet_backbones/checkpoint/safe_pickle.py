@@ -19,6 +19,7 @@ str, bytes, numbers, bool and None need no global at all. Python 2 pickles (Caff
 files) must be read with ``encoding="latin1"``, the default here, so that their byte strings
 (numpy array data) come back unchanged.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,21 @@ from typing import Any, BinaryIO, Dict, FrozenSet, Optional, Tuple, Union
 __all__ = ["ALLOWED_GLOBALS", "RestrictedUnpickler", "UnsafePickleError", "safe_load", "safe_loads"]
 
 _BUILTIN_NAMES = frozenset(
-    {"dict", "list", "tuple", "set", "frozenset", "bytearray", "str", "bytes", "int", "float",
-     "complex", "bool", "slice"}
+    {
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "bytearray",
+        "str",
+        "bytes",
+        "int",
+        "float",
+        "complex",
+        "bool",
+        "slice",
+    }
 )
 _NUMPY_MULTIARRAY = frozenset({"_reconstruct", "scalar"})
 _NUMPY_NUMERIC = frozenset({"_frombuffer"})
@@ -77,7 +91,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         encoding: how to decode Python 2 byte strings; ``"latin1"`` keeps numpy data intact.
     """
 
-    def __init__(self, file: BinaryIO, *, source: str = "<pickle>", encoding: str = "latin1") -> None:
+    def __init__(
+        self, file: BinaryIO, *, source: str = "<pickle>", encoding: str = "latin1"
+    ) -> None:
         super().__init__(file, encoding=encoding)
         self.source = source
 
@@ -89,7 +105,9 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"that names other globals can run arbitrary code). Nothing from the file was executed. "
                 f"If you trust the file, convert it in a separate process into a plain state dict "
                 f"(torch.save of name -> tensor) and load that instead.",
-                source=self.source, module=module, name=name,
+                source=self.source,
+                module=module,
+                name=name,
             )
         if module in _NUMPY_CORE_ALIASES:
             import importlib
@@ -108,7 +126,10 @@ def safe_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "latin1"
 
 
 def safe_load(
-    file: Union[str, os.PathLike, BinaryIO], *, encoding: str = "latin1", source: Optional[str] = None
+    file: Union[str, os.PathLike, BinaryIO],
+    *,
+    encoding: str = "latin1",
+    source: Optional[str] = None,
 ) -> Any:
     """Unpickle a path or binary file object with :class:`RestrictedUnpickler`.
 
@@ -128,8 +149,17 @@ def safe_load(
         return RestrictedUnpickler(file, source=str(name), encoding=encoding).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, UnicodeDecodeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as e:
         raise pickle.UnpicklingError(
             f"{name}: not a readable pickle ({type(e).__name__}: {e})"
         ) from e

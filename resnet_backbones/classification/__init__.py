@@ -9,6 +9,9 @@
 A checkpoint written here (``OUTPUT_DIR/model_final.pth``) initializes a C4 detector through
 ``MODEL.WEIGHTS``: backbone weights are mapped, the classifier is dropped, every key is reported.
 """
+
+from . import data as _data
+from . import trainer as _trainer
 from .config import RECIPES, get_cls_cfg
 from .data import (
     CIFAR10,
@@ -36,8 +39,5 @@ from .trainer import (
     load_classifier_weights,
     resolve_device,
 )
-
-from . import data as _data
-from . import trainer as _trainer
 
 __all__ = ["RECIPES", "get_cls_cfg", *_data.__all__, *_trainer.__all__]

@@ -20,6 +20,7 @@ Keys follow detectron2's naming where one exists (``SOLVER.BASE_LR``, ``SOLVER.M
 ``SOLVER.STEPS``, ``SOLVER.WARMUP_ITERS``, ``SOLVER.AMP.ENABLED``, ``INPUT.FORMAT``, ``OUTPUT_DIR``,
 ``SEED``); the rest is named for what it does. ``0``/``""`` values mean "derived" as documented.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -66,7 +67,9 @@ def _defaults() -> CN:
     _C.MODEL.PIXEL_STD = list(IMAGENET_PIXEL_STD_BGR)
 
     _C.INPUT = CN()
-    _C.INPUT.FORMAT = "BGR"  # channel order the network sees: "BGR" (detectron2) or "RGB" (torchvision)
+    _C.INPUT.FORMAT = (
+        "BGR"  # channel order the network sees: "BGR" (detectron2) or "RGB" (torchvision)
+    )
     # Training crop side (RandomResizedCrop) and validation center-crop side.
     _C.INPUT.SIZE = 224
     # Validation resize of the short side; 0 = round(SIZE * 256 / 224).

@@ -19,6 +19,7 @@ seeded with ``(seed, rank, position in the stream)``. A batch therefore does not
 number of loader workers, and ``start_iter`` starts the stream exactly where an interrupted run
 left it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,7 +50,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
 
@@ -62,12 +74,18 @@ class ToModelInput:
     ``pixel_std`` are given in that order on the 0-255 scale (detectron2's MODEL.PIXEL_MEAN/STD).
     """
 
-    def __init__(self, input_format: str = "BGR", pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
-                 pixel_std: Sequence[float] = (57.375, 57.120, 58.395)) -> None:
+    def __init__(
+        self,
+        input_format: str = "BGR",
+        pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
+        pixel_std: Sequence[float] = (57.375, 57.120, 58.395),
+    ) -> None:
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {input_format!r}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or any(s <= 0 for s in pixel_std):
-            raise ValueError(f"need 3 pixel means and 3 positive stds, got {list(pixel_mean)}, {list(pixel_std)}")
+            raise ValueError(
+                f"need 3 pixel means and 3 positive stds, got {list(pixel_mean)}, {list(pixel_std)}"
+            )
         self.input_format = input_format
         self.mean = torch.tensor([float(m) for m in pixel_mean]).view(3, 1, 1)
         self.std = torch.tensor([float(s) for s in pixel_std]).view(3, 1, 1)
@@ -84,8 +102,10 @@ class ToModelInput:
         return (tensor - self.mean) / self.std
 
     def __repr__(self) -> str:
-        return (f"ToModelInput(input_format={self.input_format}, pixel_mean={self.mean.flatten().tolist()}, "
-                f"pixel_std={self.std.flatten().tolist()})")
+        return (
+            f"ToModelInput(input_format={self.input_format}, pixel_mean={self.mean.flatten().tolist()}, "
+            f"pixel_std={self.std.flatten().tolist()})"
+        )
 
 
 def build_transform(cfg: Any, is_train: bool) -> Callable[[Image.Image], torch.Tensor]:
@@ -98,16 +118,22 @@ def build_transform(cfg: Any, is_train: bool) -> Callable[[Image.Image], torch.T
     ops: List[Any] = []
     if cfg.INPUT.PAD_CROP:
         if is_train:
-            ops.append(T.RandomCrop(size, padding=int(cfg.INPUT.PADDING), fill=0, padding_mode="constant"))
+            ops.append(
+                T.RandomCrop(size, padding=int(cfg.INPUT.PADDING), fill=0, padding_mode="constant")
+            )
             if cfg.INPUT.RANDOM_FLIP:
                 ops.append(T.RandomHorizontalFlip())
         else:
             ops.append(T.CenterCrop(size))  # the image itself when it is SIZE x SIZE (CIFAR)
     elif is_train:
-        ops.append(T.RandomResizedCrop(
-            size, scale=(float(cfg.INPUT.MIN_SCALE), float(cfg.INPUT.MAX_SCALE)),
-            ratio=tuple(float(r) for r in cfg.INPUT.RATIO), antialias=True,
-        ))
+        ops.append(
+            T.RandomResizedCrop(
+                size,
+                scale=(float(cfg.INPUT.MIN_SCALE), float(cfg.INPUT.MAX_SCALE)),
+                ratio=tuple(float(r) for r in cfg.INPUT.RATIO),
+                antialias=True,
+            )
+        )
         if cfg.INPUT.RANDOM_FLIP:
             ops.append(T.RandomHorizontalFlip())
     else:
@@ -140,14 +166,20 @@ def read_cifar10_batch(path: str) -> Tuple[np.ndarray, np.ndarray]:
     path = os.fspath(path)
     batch = safe_load(path)
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 batch: holds a {type(batch).__name__}, expected a dict")
+        raise ValueError(
+            f"{path}: not a CIFAR-10 batch: holds a {type(batch).__name__}, expected a dict"
+        )
     data, labels = _get(batch, "data"), _get(batch, "labels")
     if data is None or labels is None:
         keys = [k.decode("latin1") if isinstance(k, bytes) else str(k) for k in batch]
-        raise ValueError(f"{path}: not a CIFAR-10 batch: expected keys 'data' and 'labels', found {keys}")
+        raise ValueError(
+            f"{path}: not a CIFAR-10 batch: expected keys 'data' and 'labels', found {keys}"
+        )
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: 'data' must be an N x 3072 uint8 array, got {data.dtype} {data.shape}")
+        raise ValueError(
+            f"{path}: 'data' must be an N x 3072 uint8 array, got {data.dtype} {data.shape}"
+        )
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: {labels.size} labels for {data.shape[0]} images")
@@ -193,7 +225,9 @@ class CIFAR10(Dataset):
             meta = safe_load(meta_path)
             names_ = _get(meta, "label_names") if isinstance(meta, dict) else None
             if names_ is not None and len(names_) == len(CIFAR10_CLASSES):
-                self.classes = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names_]
+                self.classes = [
+                    n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names_
+                ]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -217,7 +251,9 @@ def build_dataset(cfg: Any, is_train: bool, transform: Optional[Callable] = None
     kind = cfg.DATA.DATASET
     path = os.path.expanduser(str(cfg.DATA.PATH))
     if not path:
-        raise FileNotFoundError("DATA.PATH is empty: pass --data (an ImageFolder root or the CIFAR-10 folder)")
+        raise FileNotFoundError(
+            "DATA.PATH is empty: pass --data (an ImageFolder root or the CIFAR-10 folder)"
+        )
     if kind == "cifar10":
         return CIFAR10(path, train=is_train, transform=transform)
     if kind != "imagefolder":
@@ -273,8 +309,15 @@ class _BatchStream(IterableDataset):
     """Collated training batches from batch ``start_batch`` on; worker ``w`` of ``n`` builds batches
     ``b`` with ``b % n == w`` (the DataLoader returns them round-robin, i.e. in order)."""
 
-    def __init__(self, dataset: Dataset, sampler: TrainingSampler, batch_size: int, seed: int, rank: int,
-                 start_batch: int) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: TrainingSampler,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        start_batch: int,
+    ) -> None:
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
         self.seed, self.rank, self.start_batch = seed, rank, start_batch
 
@@ -289,10 +332,17 @@ class _BatchStream(IterableDataset):
             if b % nworkers != wid:
                 continue
             first = b * self.batch_size
-            yield _collate([
-                _load_sample(self.dataset, idx, _sample_seed(self.seed, self.rank, first + i), info is not None)
-                for i, idx in enumerate(chunk)
-            ])
+            yield _collate(
+                [
+                    _load_sample(
+                        self.dataset,
+                        idx,
+                        _sample_seed(self.seed, self.rank, first + i),
+                        info is not None,
+                    )
+                    for i, idx in enumerate(chunk)
+                ]
+            )
 
 
 def _worker_init(worker_id: int) -> None:
@@ -300,7 +350,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def build_train_loader(
-    dataset: Dataset, batch_size: int, *, seed: int, num_workers: int = 0, start_iter: int = 0,
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    num_workers: int = 0,
+    start_iter: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Endless ``(images, labels)`` batches of this process, starting at iteration ``start_iter``.
@@ -314,14 +369,25 @@ def build_train_loader(
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed)
     stream = _BatchStream(dataset, sampler, batch_size, seed, rank, start_iter)
     return DataLoader(
-        stream, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
-        persistent_workers=False, pin_memory=pin_memory,
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+        pin_memory=pin_memory,
     )
 
 
-def build_test_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def build_test_loader(
+    dataset: Dataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Batches over this process's contiguous slice of ``dataset`` (all processes together: each image once)."""
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset)), num_workers=num_workers,
-        collate_fn=_collate, worker_init_fn=_worker_init, pin_memory=pin_memory,
+        dataset,
+        batch_size=batch_size,
+        sampler=InferenceSampler(len(dataset)),
+        num_workers=num_workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init,
+        pin_memory=pin_memory,
     )

@@ -22,9 +22,9 @@ The model is a registered ResNet (``create_model(MODEL.NAME, ...)``); its checkp
 ``MODEL.WEIGHTS`` for the detector: ``DetectionCheckpointer`` maps ``stem``/``res2-4`` to
 ``backbone.*``, ``res5`` to ``roi_heads.res5.*``, drops ``linear.*`` and reports every key.
 """
+
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -80,9 +80,14 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"MODEL.DEVICE={name!r} but CUDA is not available; use MODEL.DEVICE cpu (or auto)")
+            raise RuntimeError(
+                f"MODEL.DEVICE={name!r} but CUDA is not available; use MODEL.DEVICE cpu (or auto)"
+            )
         if device.index is None:
-            device = torch.device("cuda", comm.get_local_rank() if comm.get_world_size() > 1 else torch.cuda.current_device())
+            device = torch.device(
+                "cuda",
+                comm.get_local_rank() if comm.get_world_size() > 1 else torch.cuda.current_device(),
+            )
     return device
 
 
@@ -95,8 +100,11 @@ def _model_kwargs(cfg: Any, num_classes: int) -> Dict[str, Any]:
         "zero_init_residual": bool(m.ZERO_INIT_RESIDUAL),
         "channels_last": bool(m.CHANNELS_LAST),
     }
-    for key, arg in (("STEM_OUT_CHANNELS", "stem_out_channels"), ("RES2_OUT_CHANNELS", "res2_out_channels"),
-                     ("WIDTH_PER_GROUP", "width_per_group")):
+    for key, arg in (
+        ("STEM_OUT_CHANNELS", "stem_out_channels"),
+        ("RES2_OUT_CHANNELS", "res2_out_channels"),
+        ("WIDTH_PER_GROUP", "width_per_group"),
+    ):
         if int(m[key]) > 0:
             kwargs[arg] = int(m[key])
     if int(m.NUM_GROUPS) != 1:
@@ -118,7 +126,9 @@ def checkpoint_metadata(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
     return {
         "task": "classification",
         "arch": cfg.MODEL.NAME,
-        "arch_kwargs": {k: v for k, v in _model_kwargs(cfg, len(classes)).items() if k != "channels_last"},
+        "arch_kwargs": {
+            k: v for k, v in _model_kwargs(cfg, len(classes)).items() if k != "channels_last"
+        },
         "classes": [str(c) for c in classes],
         "input_format": cfg.INPUT.FORMAT,
         "pixel_mean": [float(x) for x in cfg.MODEL.PIXEL_MEAN],
@@ -142,7 +152,11 @@ class ClassifierWithLoss(nn.Module):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         logits = self.model(images)
-        return {"loss_cls": F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)}
+        return {
+            "loss_cls": F.cross_entropy(
+                logits.float(), labels, label_smoothing=self.label_smoothing
+            )
+        }
 
 
 def load_classifier_weights(model: nn.Module, path: str) -> LoadReport:
@@ -154,7 +168,9 @@ def load_classifier_weights(model: nn.Module, path: str) -> LoadReport:
     report = load_checkpoint(model, path, strict=False)
     logger.info("Loaded MODEL.WEIGHTS %s:\n%s", path, report)
     if not report.matched:
-        raise RuntimeError(f"MODEL.WEIGHTS {path}: no tensor fits the model {type(model).__name__}\n{report}")
+        raise RuntimeError(
+            f"MODEL.WEIGHTS {path}: no tensor fits the model {type(model).__name__}\n{report}"
+        )
     return report
 
 
@@ -174,9 +190,15 @@ def _progress_enabled(setting: str) -> Optional[bool]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data_loader: Any, *, device: Optional[torch.device] = None,
-             autocast_dtype: Optional[torch.dtype] = None, progress: str = "auto",
-             topk: Sequence[int] = (1, 5)) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data_loader: Any,
+    *,
+    device: Optional[torch.device] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
+    progress: str = "auto",
+    topk: Sequence[int] = (1, 5),
+) -> Dict[str, float]:
     """Top-k accuracies (percent) and mean cross-entropy over the loader, summed over all processes.
 
     Returns ``{"top1", "top5", "loss", "num_images"}`` (``top5`` is top-min(5, classes)).
@@ -189,10 +211,19 @@ def evaluate(model: nn.Module, data_loader: Any, *, device: Optional[torch.devic
     correct = {k: 0 for k in topk}
     loss_sum, count = 0.0, 0
     try:
-        bar = tqdm(data_loader, desc="eval", unit="batch", leave=False, dynamic_ncols=True,
-                   disable=_progress_enabled(progress))
+        bar = tqdm(
+            data_loader,
+            desc="eval",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=_progress_enabled(progress),
+        )
         for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = (
+                images.to(device, non_blocking=True),
+                labels.to(device, non_blocking=True),
+            )
             with inference_autocast(device, autocast_dtype):
                 logits = model(images)
             logits = logits.float()
@@ -219,10 +250,21 @@ def evaluate(model: nn.Module, data_loader: Any, *, device: Optional[torch.devic
 class ClassificationCheckpointer(AtomicSaveMixin, Checkpointer):
     """fvcore's Checkpointer with atomic writes; every file also holds ``meta`` (see module docstring)."""
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, meta: Optional[Mapping[str, Any]] = None,
-                 save_to_disk: Optional[bool] = None, **checkpointables: Any) -> None:
-        super().__init__(model, save_dir, save_to_disk=comm.is_main_process() if save_to_disk is None else save_to_disk,
-                         **checkpointables)
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        meta: Optional[Mapping[str, Any]] = None,
+        save_to_disk: Optional[bool] = None,
+        **checkpointables: Any,
+    ) -> None:
+        super().__init__(
+            model,
+            save_dir,
+            save_to_disk=comm.is_main_process() if save_to_disk is None else save_to_disk,
+            **checkpointables,
+        )
         self.meta = dict(meta or {})
 
     def _checkpoint_data(self, **kwargs: Any) -> Dict[str, Any]:
@@ -244,8 +286,15 @@ class ProgressBar(HookBase):
         from tqdm import tqdm
 
         t = self.trainer
-        self._bar = tqdm(total=t.max_iter, initial=t.start_iter, desc="train", unit="it", dynamic_ncols=True,
-                         disable=_progress_enabled(self.setting), file=sys.stderr)
+        self._bar = tqdm(
+            total=t.max_iter,
+            initial=t.start_iter,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
+            disable=_progress_enabled(self.setting),
+            file=sys.stderr,
+        )
 
     def after_step(self) -> None:
         if self._bar is None:
@@ -268,7 +317,6 @@ class ProgressBar(HookBase):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -295,7 +343,9 @@ class ClassificationTrainer(DelegatingTrainer):
         self.classes = list(getattr(self.train_set, "classes", []))
         num_classes = int(cfg.MODEL.NUM_CLASSES) or len(self.classes)
         if num_classes < len(self.classes):
-            raise ValueError(f"MODEL.NUM_CLASSES={num_classes} but the training set has {len(self.classes)} classes")
+            raise ValueError(
+                f"MODEL.NUM_CLASSES={num_classes} but the training set has {len(self.classes)} classes"
+            )
         self.schedule = compute_schedule(cfg, len(self.train_set), world)
         self.max_iter = self.schedule.max_iter
 
@@ -307,15 +357,26 @@ class ClassificationTrainer(DelegatingTrainer):
         loader = self._build_train_loader(start_iter=0)
         self.autocast_dtype = amp_dtype(cfg, self.device)
         if self.autocast_dtype is not None:
-            self._trainer: SimpleTrainer = AMPTrainer(wrapped, loader, optimizer, precision=self.autocast_dtype,
-                                                      device_type=self.device.type)
+            self._trainer: SimpleTrainer = AMPTrainer(
+                wrapped,
+                loader,
+                optimizer,
+                precision=self.autocast_dtype,
+                device_type=self.device.type,
+            )
         else:
             self._trainer = SimpleTrainer(wrapped, loader, optimizer)
         self._trainer.include_rng_states = False  # this trainer's state carries them
-        self.scheduler = build_lr_scheduler(optimizer, self.schedule, kind=cfg.SOLVER.SCHEDULE,
-                                            gamma=cfg.SOLVER.GAMMA, warmup_factor=cfg.SOLVER.WARMUP_FACTOR)
-        self.checkpointer = ClassificationCheckpointer(model, cfg.OUTPUT_DIR, meta=self.meta,
-                                                       trainer=weakref.proxy(self))
+        self.scheduler = build_lr_scheduler(
+            optimizer,
+            self.schedule,
+            kind=cfg.SOLVER.SCHEDULE,
+            gamma=cfg.SOLVER.GAMMA,
+            warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+        )
+        self.checkpointer = ClassificationCheckpointer(
+            model, cfg.OUTPUT_DIR, meta=self.meta, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self._last_eval_results: Optional[Dict[str, float]] = None
         self._last_checkpoint_iter: Optional[int] = None
@@ -323,36 +384,64 @@ class ClassificationTrainer(DelegatingTrainer):
         logger.info(
             "Training %s (%d classes) on %d images (%d for validation): %d iterations (%d per epoch), "
             "global batch %d (%d per process x %d), base LR %g, steps %s, %s schedule, warmup %d, device %s%s",
-            cfg.MODEL.NAME, num_classes, len(self.train_set), len(self.val_set), self.max_iter,
-            self.schedule.iters_per_epoch, cfg.SOLVER.BATCH_SIZE, self.schedule.batch_per_process, world,
-            self.schedule.base_lr, self.schedule.steps, cfg.SOLVER.SCHEDULE, self.schedule.warmup_iters,
-            self.device, f", AMP {self.autocast_dtype}" if self.autocast_dtype else "",
+            cfg.MODEL.NAME,
+            num_classes,
+            len(self.train_set),
+            len(self.val_set),
+            self.max_iter,
+            self.schedule.iters_per_epoch,
+            cfg.SOLVER.BATCH_SIZE,
+            self.schedule.batch_per_process,
+            world,
+            self.schedule.base_lr,
+            self.schedule.steps,
+            cfg.SOLVER.SCHEDULE,
+            self.schedule.warmup_iters,
+            self.device,
+            f", AMP {self.autocast_dtype}" if self.autocast_dtype else "",
         )
 
     # ------------------------------------------------------------------------------ pieces
     def _build_train_loader(self, start_iter: int, seed: Optional[int] = None) -> Any:
         return build_train_loader(
-            self.train_set, self.schedule.batch_per_process,
-            seed=self._data_seed if seed is None else seed, num_workers=int(self.cfg.DATA.NUM_WORKERS),
-            start_iter=start_iter, pin_memory=self.device.type == "cuda",
+            self.train_set,
+            self.schedule.batch_per_process,
+            seed=self._data_seed if seed is None else seed,
+            num_workers=int(self.cfg.DATA.NUM_WORKERS),
+            start_iter=start_iter,
+            pin_memory=self.device.type == "cuda",
         )
 
     def build_test_loader(self) -> Any:
         batch = int(self.cfg.TEST.BATCH_SIZE) or self.schedule.batch_per_process
-        return build_test_loader(self.val_set, batch, num_workers=int(self.cfg.DATA.NUM_WORKERS),
-                                 pin_memory=self.device.type == "cuda")
+        return build_test_loader(
+            self.val_set,
+            batch,
+            num_workers=int(self.cfg.DATA.NUM_WORKERS),
+            pin_memory=self.device.type == "cuda",
+        )
 
     def test(self) -> Dict[str, Any]:
         """Evaluate the classifier on the validation set: ``{"val": {"top1", "top5", "loss"}}``."""
-        res = evaluate(self.classifier, self.build_test_loader(), device=self.device,
-                       autocast_dtype=self.autocast_dtype, progress=self.cfg.PROGRESS)
+        res = evaluate(
+            self.classifier,
+            self.build_test_loader(),
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+            progress=self.cfg.PROGRESS,
+        )
         if not res:
             return {}
         res = {k: v for k, v in res.items() if k != "num_images"}
         self._last_eval_results = res
         if comm.is_main_process():
-            logger.info("Evaluation on %d validation images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
-                        len(self.val_set), res["top1"], res["top5"], res["loss"])
+            logger.info(
+                "Evaluation on %d validation images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
+                len(self.val_set),
+                res["top1"],
+                res["top5"],
+                res["loss"],
+            )
         return {"val": res}
 
     def build_hooks(self) -> List[HookBase]:
@@ -361,14 +450,19 @@ class ClassificationTrainer(DelegatingTrainer):
         ret: List[Optional[HookBase]] = [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
-            hooks.PeriodicCheckpointer(self.checkpointer, sch.checkpoint_period or self.max_iter,
-                                       max_to_keep=max_keep),
+            hooks.PeriodicCheckpointer(
+                self.checkpointer, sch.checkpoint_period or self.max_iter, max_to_keep=max_keep
+            ),
             hooks.StopOnSignal(self.checkpointer),
             hooks.EvalHook(sch.eval_period, self.test),
         ]
         if comm.is_main_process():
             ret.append(ProgressBar(sch.iters_per_epoch, cfg.PROGRESS))
-            ret.append(hooks.PeriodicWriter(default_writers(cfg.OUTPUT_DIR, self.max_iter), period=int(cfg.LOG_PERIOD)))
+            ret.append(
+                hooks.PeriodicWriter(
+                    default_writers(cfg.OUTPUT_DIR, self.max_iter), period=int(cfg.LOG_PERIOD)
+                )
+            )
         return [h for h in ret if h is not None]
 
     # ------------------------------------------------------------------------------ resume
@@ -384,7 +478,11 @@ class ClassificationTrainer(DelegatingTrainer):
                 self._data_seed = seed
             self._trainer.reset_data_loader(self._build_train_loader(self.start_iter))
             self._continue_logs_from(self.start_iter)
-            logger.info("Resuming from iteration %d (epoch %.2f)", self.start_iter, self.schedule.epoch_of(self.start_iter))
+            logger.info(
+                "Resuming from iteration %d (epoch %.2f)",
+                self.start_iter,
+                self.schedule.epoch_of(self.start_iter),
+            )
         else:
             if self.cfg.MODEL.WEIGHTS:
                 load_classifier_weights(self.classifier, self.cfg.MODEL.WEIGHTS)
@@ -401,9 +499,13 @@ class ClassificationTrainer(DelegatingTrainer):
         start = time.perf_counter()
         self._train_until_done()
         if comm.is_main_process() and self._last_eval_results is not None:
-            logger.info("Done in %.1f s; final top-1 %.2f%%, top-5 %.2f%%; checkpoint %s",
-                        time.perf_counter() - start, self._last_eval_results["top1"],
-                        self._last_eval_results["top5"], os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth"))
+            logger.info(
+                "Done in %.1f s; final top-1 %.2f%%, top-5 %.2f%%; checkpoint %s",
+                time.perf_counter() - start,
+                self._last_eval_results["top1"],
+                self._last_eval_results["top5"],
+                os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth"),
+            )
         return self._last_eval_results
 
     def data_seed(self) -> int:

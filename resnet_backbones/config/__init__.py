@@ -1,4 +1,5 @@
 """Configuration: detectron2's keys and defaults in an fvcore ``CfgNode``."""
+
 from .config import CfgNode, ConfigError
 
 

@@ -7,6 +7,7 @@ Differences from detectron2's ``CfgNode`` (same key names, same ``_BASE_`` inher
   type is reported with the file it came from and the closest valid key ("did you mean ...").
 * An integer is accepted where a float is expected (``BASE_LR: 1``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -51,7 +52,9 @@ class CfgNode(_FvcoreCfgNode):
                     f"command line: '{full_key}' is a group of keys, not a value; set one of "
                     f"{sorted(parent[leaf].keys())}"
                 )
-            parent[leaf] = _coerce(self._decode_cfg_value(raw), parent[leaf], full_key, "command line")
+            parent[leaf] = _coerce(
+                self._decode_cfg_value(raw), parent[leaf], full_key, "command line"
+            )
 
     def _load_checked(self, filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
         """Load one YAML file and its bases, checking each file's own keys against the schema."""
@@ -68,7 +71,9 @@ class CfgNode(_FvcoreCfgNode):
                 raise ConfigError(f"{filename}: not valid YAML: {e}") from e
         data = {} if data is None else data
         if not isinstance(data, dict):
-            raise ConfigError(f"{filename}: expected a mapping of config keys, got {type(data).__name__}")
+            raise ConfigError(
+                f"{filename}: expected a mapping of config keys, got {type(data).__name__}"
+            )
 
         bases = data.pop(BASE_KEY, [])
         merged: dict[str, Any] = {}
@@ -88,7 +93,9 @@ class CfgNode(_FvcoreCfgNode):
             full_key = prefix + str(key)
             if key not in node:
                 full_key = _first_leaf(data[key], full_key)
-                raise ConfigError(f"{source}: unknown config key '{full_key}'{self._suggest(full_key)}")
+                raise ConfigError(
+                    f"{source}: unknown config key '{full_key}'{self._suggest(full_key)}"
+                )
             default = node[key]
             if isinstance(default, CfgNode):
                 if not isinstance(data[key], dict):
@@ -105,7 +112,9 @@ class CfgNode(_FvcoreCfgNode):
         parts = full_key.split(".")
         for part in parts[:-1]:
             if not isinstance(node, CfgNode) or part not in node:
-                raise ConfigError(f"{source}: unknown config key '{full_key}'{self._suggest(full_key)}")
+                raise ConfigError(
+                    f"{source}: unknown config key '{full_key}'{self._suggest(full_key)}"
+                )
             node = node[part]
         if not isinstance(node, CfgNode) or parts[-1] not in node:
             raise ConfigError(f"{source}: unknown config key '{full_key}'{self._suggest(full_key)}")
@@ -129,7 +138,9 @@ def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     try:
-        return _check_and_coerce_cfg_value_type(value, default, full_key.rsplit(".", 1)[-1], full_key)
+        return _check_and_coerce_cfg_value_type(
+            value, default, full_key.rsplit(".", 1)[-1], full_key
+        )
     except ValueError:
         raise ConfigError(
             f"{source}: config key '{full_key}' expects {type(default).__name__} "

@@ -4,6 +4,7 @@ Every key that detectron2 also has carries detectron2's default (``detectron2/co
 so a detectron2 user reads the same numbers here. Keys that detectron2 does not have are marked
 "ours" and live under clearly named keys (mostly in ``MODEL.RESNETS``).
 """
+
 from .config import CfgNode as CN
 
 _C = CN()

@@ -1,15 +1,25 @@
 """Datasets, their catalog, and the data path from files to model inputs."""
-from .catalog import DatasetCatalog, Metadata, MetadataCatalog
-from . import datasets  # noqa: F401  (registers the builtin dataset names; reads no file)
-from . import detection_utils, samplers, transforms  # noqa: F401  (detectron2's submodule names)
+
+from . import (  # noqa: F401  (detectron2's submodule names)
+    datasets,  # noqa: F401  (registers the builtin dataset names; reads no file)
+    detection_utils,
+    samplers,
+    transforms,
+)
 from .build import (
     DataLoadError,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .dataset_mapper import DatasetMapper
-from .datasets import load_coco_json, load_voc_instances, register_coco_instances, register_pascal_voc
+from .datasets import (
+    load_coco_json,
+    load_voc_instances,
+    register_coco_instances,
+    register_pascal_voc,
+)
 from .samplers import AspectRatioGroupedDataset, InferenceSampler, TrainingSampler
 
 __all__ = [

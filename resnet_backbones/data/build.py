@@ -11,6 +11,7 @@ seed = ``SEED`` (or a shared random one when negative), and worker ``i`` maps po
 which the DataLoader hands back in order. A mapper error inside a worker comes back to the main
 process as one :class:`DataLoadError` naming the file, not as a worker traceback.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,10 +22,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .common import DataLoadError, Mapper, MappedList, MapStream, SerializedList, checked, worker_init_reset_seed
+from .common import (
+    DataLoadError,
+    MappedList,
+    Mapper,
+    MapStream,
+    SerializedList,
+    checked,
+    worker_init_reset_seed,
+)
 from .dataset_mapper import DatasetMapper
 from .datasets.annotation_checks import bad_annotation_policy, resolve_policy
-from .samplers import AspectRatioGroupedDataset, InferenceSampler, TrainingSampler, get_rank_and_world_size, shared_random_seed
+from .samplers import (
+    AspectRatioGroupedDataset,
+    InferenceSampler,
+    TrainingSampler,
+    get_rank_and_world_size,
+    shared_random_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +61,18 @@ def _source_of(name: str) -> str:
     return f" (source: {src})" if src else ""
 
 
-def filter_images_with_only_crowd_annotations(dataset_dicts: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def filter_images_with_only_crowd_annotations(
+    dataset_dicts: List[Dict[str, Any]],
+) -> List[Dict[str, Any]]:
     """Keep images with at least one non-crowd annotation (DATALOADER.FILTER_EMPTY_ANNOTATIONS)."""
-    kept = [d for d in dataset_dicts if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", ()))]
+    kept = [
+        d for d in dataset_dicts if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", ()))
+    ]
     removed = len(dataset_dicts) - len(kept)
     if removed:
-        logger.info("Removed %d images with no usable annotations. %d images left.", removed, len(kept))
+        logger.info(
+            "Removed %d images with no usable annotations. %d images left.", removed, len(kept)
+        )
     return kept
 
 
@@ -84,7 +105,9 @@ def get_detection_dataset_dicts(
         for name in names:
             loaded = DatasetCatalog.get(name)
             if not isinstance(loaded, list):
-                raise TypeError(f"the loader of dataset '{name}' returned {type(loaded).__name__}, expected a list of dicts")
+                raise TypeError(
+                    f"the loader of dataset '{name}' returned {type(loaded).__name__}, expected a list of dicts"
+                )
             if not loaded:
                 raise ValueError(f"dataset '{name}' is empty{_source_of(name)}")
             dicts.extend(loaded)
@@ -121,12 +144,23 @@ class TrainLoader:
     """
 
     def __init__(
-        self, stream: MapStream, batch_size: int, aspect_ratio_grouping: bool, num_workers: int, seed: int,
+        self,
+        stream: MapStream,
+        batch_size: int,
+        aspect_ratio_grouping: bool,
+        num_workers: int,
+        seed: int,
         portrait: Optional[List[int]] = None,
     ) -> None:
-        self.stream, self.batch_size, self.aspect_ratio_grouping = stream, batch_size, aspect_ratio_grouping
+        self.stream, self.batch_size, self.aspect_ratio_grouping = (
+            stream,
+            batch_size,
+            aspect_ratio_grouping,
+        )
         self.num_workers, self.seed = num_workers, seed
-        self._portrait = portrait  # bucket of each dataset index, if every dict has width and height
+        self._portrait = (
+            portrait  # bucket of each dataset index, if every dict has width and height
+        )
         self._start_batch = 0
 
     def skip_batches(self, n: int) -> None:
@@ -156,7 +190,14 @@ class TrainLoader:
         return pos, buckets
 
     def _loader(self, start: int) -> DataLoader:
-        stream = MapStream(self.stream.dataset, self.stream.mapper, self.stream.sampler, self.seed, self.stream.rank, start)
+        stream = MapStream(
+            self.stream.dataset,
+            self.stream.mapper,
+            self.stream.sampler,
+            self.seed,
+            self.stream.rank,
+            start,
+        )
         return DataLoader(
             stream,
             batch_size=None,
@@ -172,7 +213,10 @@ class TrainLoader:
         start, waiting = self._resume_point(n) if exact else (0, [[], []])
         samples = checked(iter(self._loader(start)))
         if self.aspect_ratio_grouping:
-            initial = tuple([d for d in checked(iter([self.stream.map_at(p, i) for p, i in b]))] for b in waiting)
+            initial = tuple(
+                [d for d in checked(iter([self.stream.map_at(p, i) for p, i in b]))]
+                for b in waiting
+            )
             batches = iter(AspectRatioGroupedDataset(samples, self.batch_size, initial))  # type: ignore[arg-type]
         else:
             batches = self._plain_batches(samples)
@@ -248,7 +292,9 @@ def build_detection_train_loader(
     seed = int(cfg.SEED) if cfg.SEED >= 0 else shared_random_seed()
     if sampler is None:
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            raise ValueError(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported (supported: 'TrainingSampler')")
+            raise ValueError(
+                f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported (supported: 'TrainingSampler')"
+            )
         sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed)
     portrait = None
     if not isinstance(dataset, Dataset) and all("width" in d and "height" in d for d in dataset):
@@ -256,7 +302,12 @@ def build_detection_train_loader(
     stored = dataset if isinstance(dataset, Dataset) else SerializedList(dataset)
     stream = MapStream(stored, mapper, sampler, seed, rank)
     return TrainLoader(
-        stream, batch_size, bool(cfg.DATALOADER.ASPECT_RATIO_GROUPING), int(cfg.DATALOADER.NUM_WORKERS), seed, portrait
+        stream,
+        batch_size,
+        bool(cfg.DATALOADER.ASPECT_RATIO_GROUPING),
+        int(cfg.DATALOADER.NUM_WORKERS),
+        seed,
+        portrait,
     )
 
 

@@ -4,6 +4,7 @@
 detectron2-style dicts; ``MetadataCatalog.get(name)`` holds facts about it (thing_classes,
 evaluator_type, json_file, ...). Names and behaviour mirror detectron2 so that user code ports as is.
 """
+
 from __future__ import annotations
 
 from collections import UserDict
@@ -17,7 +18,9 @@ class _DatasetCatalog(UserDict):
 
     def register(self, name: str, func: Callable[[], List[Dict[str, Any]]]) -> None:
         if not callable(func):
-            raise TypeError(f"DatasetCatalog.register('{name}', ...): expected a callable, got {type(func).__name__}")
+            raise TypeError(
+                f"DatasetCatalog.register('{name}', ...): expected a callable, got {type(func).__name__}"
+            )
         if name in self:
             raise ValueError(f"dataset '{name}' is already registered")
         self[name] = func

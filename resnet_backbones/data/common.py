@@ -7,6 +7,7 @@
 * Per-sample seeding: each sample's augmentation RNGs are seeded from (seed, rank, stream position),
   so batches do not depend on the number of workers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-
-__all__ = ["DataLoadError", "SerializedList", "MapStream", "MappedList", "checked", "is_skipped", "worker_init_reset_seed"]
+__all__ = [
+    "DataLoadError",
+    "SerializedList",
+    "MapStream",
+    "MappedList",
+    "checked",
+    "is_skipped",
+    "worker_init_reset_seed",
+]
 
 Mapper = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
 
@@ -29,7 +37,9 @@ Mapper = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
 class DataLoadError(RuntimeError):
     """Mapping one dataset dict failed (possibly in a worker); names the file and the cause."""
 
-    def __init__(self, message: str, file_name: Optional[str] = None, worker_traceback: str = "") -> None:
+    def __init__(
+        self, message: str, file_name: Optional[str] = None, worker_traceback: str = ""
+    ) -> None:
         super().__init__(message)
         self.file_name = file_name
         self.worker_traceback = worker_traceback
@@ -40,7 +50,10 @@ class SerializedList(Dataset):
     on access (reference counts would otherwise touch, and duplicate, every page); as in detectron2."""
 
     def __init__(self, items: Sequence[Dict[str, Any]]) -> None:
-        blobs = [np.frombuffer(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for x in items]
+        blobs = [
+            np.frombuffer(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
+            for x in items
+        ]
         self._addr = np.cumsum(np.asarray([len(b) for b in blobs], dtype=np.int64))
         self._data = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
 
@@ -49,7 +62,7 @@ class SerializedList(Dataset):
 
     def __getitem__(self, idx: int) -> Dict[str, Any]:
         start = 0 if idx == 0 else int(self._addr[idx - 1])
-        return pickle.loads(memoryview(self._data[start: int(self._addr[idx])]))
+        return pickle.loads(memoryview(self._data[start : int(self._addr[idx])]))
 
 
 # ----------------------------------------------------------------------------- mapping safely
@@ -137,7 +150,13 @@ class MapStream(IterableDataset):
     the DataLoader, asking its workers in turn, hands them back in stream order."""
 
     def __init__(
-        self, dataset: Dataset, mapper: Mapper, sampler: Iterable[int], base_seed: int, rank: int, start: int = 0
+        self,
+        dataset: Dataset,
+        mapper: Mapper,
+        sampler: Iterable[int],
+        base_seed: int,
+        rank: int,
+        start: int = 0,
     ) -> None:
         self.dataset, self.mapper, self.sampler = dataset, mapper, sampler
         self.base_seed, self.rank, self.start = base_seed, rank, start

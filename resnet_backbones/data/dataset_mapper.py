@@ -3,6 +3,7 @@
 Reads the image in INPUT.FORMAT, checks its size against the dict, resizes (and at training time
 flips) it, moves the boxes the same way and packs them as ``instances`` (crowd boxes dropped).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,14 +34,20 @@ class DatasetMapper:
         image_format: Optional[str] = None,
     ) -> None:
         if cfg is None and (augmentations is None or image_format is None):
-            raise ValueError("DatasetMapper needs either cfg or both augmentations= and image_format=")
+            raise ValueError(
+                "DatasetMapper needs either cfg or both augmentations= and image_format="
+            )
         self.is_train = is_train
         self.augmentations: List[Augmentation] = (
-            list(augmentations) if augmentations is not None else utils.build_augmentation(cfg, is_train)
+            list(augmentations)
+            if augmentations is not None
+            else utils.build_augmentation(cfg, is_train)
         )
         self.image_format: str = image_format if image_format is not None else cfg.INPUT.FORMAT
         if self.image_format not in utils.IMAGE_FORMATS:
-            raise ValueError(f"INPUT.FORMAT must be one of {utils.IMAGE_FORMATS}, got {self.image_format!r}")
+            raise ValueError(
+                f"INPUT.FORMAT must be one of {utils.IMAGE_FORMATS}, got {self.image_format!r}"
+            )
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused across epochs

@@ -1,5 +1,6 @@
 """From a dataset dict to model input pieces: read and check the image, move its annotations through
 the same transforms as the image, and pack them as :class:`Instances` (detectron2's helpers)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -42,7 +43,9 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
     undecodable ones :class:`ImageReadError`, both naming the file.
     """
     if format is not None and format not in IMAGE_FORMATS:
-        raise ValueError(f"read_image: format must be one of {IMAGE_FORMATS} or None, got {format!r}")
+        raise ValueError(
+            f"read_image: format must be one of {IMAGE_FORMATS} or None, got {format!r}"
+        )
     try:
         with Image.open(file_name) as pil:
             pil.load()
@@ -70,7 +73,11 @@ def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
         exp_w = dataset_dict.get("width", real_w)
         exp_h = dataset_dict.get("height", real_h)
         if (exp_w, exp_h) != (real_w, real_h):
-            hint = " (width and height swapped: an EXIF rotation the annotation ignored?)" if (exp_w, exp_h) == (real_h, real_w) else ""
+            hint = (
+                " (width and height swapped: an EXIF rotation the annotation ignored?)"
+                if (exp_w, exp_h) == (real_h, real_w)
+                else ""
+            )
             raise SizeMismatchError(
                 f"{dataset_dict.get('file_name', '<no file_name>')}: image is {real_w}x{real_h} (WxH) but its "
                 f"annotation says {exp_w}x{exp_h}{hint}"
@@ -143,7 +150,9 @@ def transform_instance_annotations(
     return annotation
 
 
-def annotations_to_instances(annos: Sequence[Dict[str, Any]], image_size: Tuple[int, int]) -> Instances:
+def annotations_to_instances(
+    annos: Sequence[Dict[str, Any]], image_size: Tuple[int, int]
+) -> Instances:
     """Pack annotations as ``Instances`` with ``gt_boxes`` (clipped ``Boxes``) and ``gt_classes`` (int64)."""
     boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
     target = Instances(image_size)
@@ -180,7 +189,10 @@ def transformed_instances(
 
 
 def filter_empty_instances(
-    instances: Instances, by_box: bool = True, box_threshold: float = 1e-5, return_mask: bool = False
+    instances: Instances,
+    by_box: bool = True,
+    box_threshold: float = 1e-5,
+    return_mask: bool = False,
 ) -> Union[Instances, Tuple[Instances, torch.Tensor]]:
     """Drop instances whose box has (nearly) no width or height, e.g. after clipping."""
     keep = torch.ones(len(instances), dtype=torch.bool)
@@ -193,11 +205,17 @@ def build_augmentation(cfg, is_train: bool) -> List[Augmentation]:
     """ResizeShortestEdge from INPUT.*_SIZE_*, plus RandomFlip at training time (INPUT.RANDOM_FLIP)."""
     if is_train:
         augs: List[Augmentation] = [
-            ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+            ResizeShortestEdge(
+                cfg.INPUT.MIN_SIZE_TRAIN,
+                cfg.INPUT.MAX_SIZE_TRAIN,
+                cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+            )
         ]
         flip = cfg.INPUT.RANDOM_FLIP
         if flip not in ("none", "horizontal", "vertical"):
-            raise ValueError(f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}")
+            raise ValueError(
+                f"INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {flip!r}"
+            )
         if flip != "none":
             augs.append(RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         return augs

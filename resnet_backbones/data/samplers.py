@@ -6,6 +6,7 @@
 * :class:`AspectRatioGroupedDataset`: batches of samples that are all landscape or all portrait,
   so padding to a common size wastes little (detectron2's aspect-ratio grouping).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,7 +17,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, Sampler
 
-__all__ = ["TrainingSampler", "InferenceSampler", "AspectRatioGroupedDataset", "get_rank_and_world_size", "shared_random_seed"]
+__all__ = [
+    "TrainingSampler",
+    "InferenceSampler",
+    "AspectRatioGroupedDataset",
+    "get_rank_and_world_size",
+    "shared_random_seed",
+]
 
 
 def get_rank_and_world_size() -> Tuple[int, int]:
@@ -31,7 +38,11 @@ def shared_random_seed() -> int:
     seed = int(np.random.randint(2**31))
     if get_rank_and_world_size()[1] > 1:
         backend = dist.get_backend()
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
         t = torch.tensor([seed], dtype=torch.int64, device=device)
         dist.broadcast(t, src=0)
         seed = int(t.item())
@@ -55,8 +66,12 @@ class TrainingSampler(Sampler[int]):
     """
 
     def __init__(
-        self, size: int, shuffle: bool = True, seed: Optional[int] = None,
-        rank: Optional[int] = None, world_size: Optional[int] = None,
+        self,
+        size: int,
+        shuffle: bool = True,
+        seed: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> None:
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"TrainingSampler(size={size!r}): the dataset is empty; need size > 0")
@@ -85,7 +100,9 @@ class TrainingSampler(Sampler[int]):
 class InferenceSampler(Sampler[int]):
     """Each rank gets a contiguous slice; slice sizes differ by at most one; no index twice."""
 
-    def __init__(self, size: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+    def __init__(
+        self, size: int, rank: Optional[int] = None, world_size: Optional[int] = None
+    ) -> None:
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"InferenceSampler: size must be a non-negative int, got {size!r}")
         self._size = size
@@ -113,7 +130,9 @@ class AspectRatioGroupedDataset(IterableDataset):
     """
 
     def __init__(
-        self, dataset: Iterable[Dict[str, Any]], batch_size: int,
+        self,
+        dataset: Iterable[Dict[str, Any]],
+        batch_size: int,
         initial: Optional[Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]] = None,
     ) -> None:
         """``initial``: (landscape, portrait) samples already waiting, when resuming mid-stream."""
@@ -132,7 +151,9 @@ class AspectRatioGroupedDataset(IterableDataset):
         return int(w <= h)
 
     def __iter__(self) -> Iterator[List[Dict[str, Any]]]:
-        buckets: List[List[Dict[str, Any]]] = [list(b) for b in self.initial] if self.initial else [[], []]
+        buckets: List[List[Dict[str, Any]]] = (
+            [list(b) for b in self.initial] if self.initial else [[], []]
+        )
         for d in self.dataset:
             bucket = buckets[self.is_portrait(d)]
             bucket.append(d)

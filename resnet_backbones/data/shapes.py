@@ -32,6 +32,7 @@ Overwriting: an ``output_dir`` that is missing, empty, or holds only entries thi
 :func:`ensure_shapes_dataset` skips generation when ``summary.json`` already records the same
 parameters.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -87,13 +88,17 @@ class RenderParams:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+            raise ValueError(
+                f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
+            )
         if self.min_object_size < 2:
             raise ValueError(f"min_object_size must be >= 2 pixels, got {self.min_object_size}")
         if not 0 < self.max_object_frac <= 1:
             raise ValueError(f"max_object_frac must be in (0, 1], got {self.max_object_frac}")
         if not 0 < self.min_visible_fraction <= 1:
-            raise ValueError(f"min_visible_fraction must be in (0, 1], got {self.min_visible_fraction}")
+            raise ValueError(
+                f"min_visible_fraction must be in (0, 1], got {self.min_visible_fraction}"
+            )
         if not 0 <= self.max_truncation < 1:
             raise ValueError(f"max_truncation must be in [0, 1), got {self.max_truncation}")
         if self.max_tries < 1:
@@ -223,7 +228,11 @@ def _crop(oy: int, ox: int, ph: int, pw: int, height: int, width: int):
 
 
 def _try_place(
-    rng: np.random.Generator, scene: Scene, full: List[int], visible: List[int], params: RenderParams,
+    rng: np.random.Generator,
+    scene: Scene,
+    full: List[int],
+    visible: List[int],
+    params: RenderParams,
     size_range: Tuple[float, float],
 ) -> bool:
     """Draw one random shape if it keeps every shape (itself included) mostly visible."""
@@ -246,7 +255,10 @@ def _try_place(
         img_sl, patch_sl = crop
         m = mask[patch_sl]
         inside = int(m.sum())
-        if inside < (1 - params.max_truncation) * full_area or inside < params.min_visible_fraction * full_area:
+        if (
+            inside < (1 - params.max_truncation) * full_area
+            or inside < params.min_visible_fraction * full_area
+        ):
             continue
         lost = np.bincount(scene.label_map[img_sl][m], minlength=len(full) + 1)[1:]
         after = np.asarray(visible, dtype=np.int64) - lost
@@ -280,7 +292,9 @@ def _visible_boxes(scene: Scene) -> None:
         inst.box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
 
-def render_scene(rng: RngLike, height: int, width: int, params: Optional[RenderParams] = None) -> Scene:
+def render_scene(
+    rng: RngLike, height: int, width: int, params: Optional[RenderParams] = None
+) -> Scene:
     """Render one detection scene: image, instance map and visible-pixel boxes."""
     if height < 8 or width < 8:
         raise ValueError(f"image must be at least 8x8, got {height}x{width}")
@@ -369,11 +383,19 @@ def _voc_xml(file_id: str, height: int, width: int, instances: List[ShapeInstanc
 
 
 def _coco_categories() -> List[Dict[str, Any]]:
-    return [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES_CLASSES)]
+    return [
+        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES_CLASSES)
+    ]
 
 
 def _write_detection_split(
-    root: Path, split: str, num: int, seed: int, size_range: Tuple[int, int], params: RenderParams, quality: int
+    root: Path,
+    split: str,
+    num: int,
+    seed: int,
+    size_range: Tuple[int, int],
+    params: RenderParams,
+    quality: int,
 ) -> Dict[str, Any]:
     """Render, write and annotate one detection split; returns its summary."""
     img_dir, voc = root / split, root / "VOC"
@@ -389,41 +411,72 @@ def _write_detection_split(
         file_id = f"{split}_{i:06d}"
         _write_jpeg(img_dir / f"{file_id}.jpg", scene.image, quality)
         _link_or_copy(img_dir / f"{file_id}.jpg", voc / "JPEGImages" / f"{file_id}.jpg")
-        (voc / "Annotations" / f"{file_id}.xml").write_text(_voc_xml(file_id, height, width, scene.instances))
+        (voc / "Annotations" / f"{file_id}.xml").write_text(
+            _voc_xml(file_id, height, width, scene.instances)
+        )
         ids.append(file_id)
-        images.append({"id": i + 1, "file_name": f"{file_id}.jpg", "height": height, "width": width})
+        images.append(
+            {"id": i + 1, "file_name": f"{file_id}.jpg", "height": height, "width": width}
+        )
         for inst in scene.instances:
             x0, y0, x1, y1 = inst.box
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": inst.class_id + 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(inst.visible_area), "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": inst.class_id + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float(inst.visible_area),
+                    "iscrowd": 0,
+                }
+            )
             per_class[SHAPES_CLASSES[inst.class_id]] += 1
     coco = {
-        "info": {"description": "resnet-backbones synthetic shapes", "version": str(FORMAT_VERSION)},
-        "licenses": [], "images": images, "annotations": annotations, "categories": _coco_categories(),
+        "info": {
+            "description": "resnet-backbones synthetic shapes",
+            "version": str(FORMAT_VERSION),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": _coco_categories(),
     }
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
+    (root / "annotations" / f"instances_{split}.json").write_text(
+        json.dumps(coco, separators=(",", ":"))
+    )
     (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{x}\n" for x in ids))
     return _split_summary(images, annotations, per_class)
 
 
-def _split_summary(images: List[Dict[str, Any]], anns: List[Dict[str, Any]], per_class: Dict[str, int]) -> Dict[str, Any]:
+def _split_summary(
+    images: List[Dict[str, Any]], anns: List[Dict[str, Any]], per_class: Dict[str, int]
+) -> Dict[str, Any]:
     sides = [min(a["bbox"][2], a["bbox"][3]) for a in anns]
     return {
         "images": len(images),
         "instances": len(anns),
         "instances_per_class": per_class,
         "images_without_instances": len(images) - len({a["image_id"] for a in anns}),
-        "image_height": [min((i["height"] for i in images), default=0), max((i["height"] for i in images), default=0)],
-        "image_width": [min((i["width"] for i in images), default=0), max((i["width"] for i in images), default=0)],
+        "image_height": [
+            min((i["height"] for i in images), default=0),
+            max((i["height"] for i in images), default=0),
+        ],
+        "image_width": [
+            min((i["width"] for i in images), default=0),
+            max((i["width"] for i in images), default=0),
+        ],
         "box_min_side": [min(sides, default=0.0), max(sides, default=0.0)],
-        "small_medium_large": [sum(a["area"] < 32**2 for a in anns),
-                               sum(32**2 <= a["area"] < 96**2 for a in anns), sum(a["area"] >= 96**2 for a in anns)],
+        "small_medium_large": [
+            sum(a["area"] < 32**2 for a in anns),
+            sum(32**2 <= a["area"] < 96**2 for a in anns),
+            sum(a["area"] >= 96**2 for a in anns),
+        ],
     }
 
 
-def _write_classification_split(root: Path, split: str, num: int, seed: int, size: int, quality: int) -> Dict[str, int]:
+def _write_classification_split(
+    root: Path, split: str, num: int, seed: int, size: int, quality: int
+) -> Dict[str, int]:
     """``num`` images in total, class ``i % 3`` for image ``i``; returns images per class."""
     base = root / "classification" / split
     for name in SHAPES_CLASSES:
@@ -465,14 +518,28 @@ def _check_count(name: str, value: int) -> None:
 
 
 def _params_dict(
-    num_train: int, num_val: int, seed: int, num_cls_train: int, num_cls_val: int, min_size: int, max_size: int,
-    cls_image_size: int, jpeg_quality: int, render: RenderParams,
+    num_train: int,
+    num_val: int,
+    seed: int,
+    num_cls_train: int,
+    num_cls_val: int,
+    min_size: int,
+    max_size: int,
+    cls_image_size: int,
+    jpeg_quality: int,
+    render: RenderParams,
 ) -> Dict[str, Any]:
     return {
-        "num_train": int(num_train), "num_val": int(num_val), "seed": int(seed),
-        "num_cls_train": int(num_cls_train), "num_cls_val": int(num_cls_val),
-        "min_size": int(min_size), "max_size": int(max_size), "cls_image_size": int(cls_image_size),
-        "jpeg_quality": int(jpeg_quality), "render": asdict(render),
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "seed": int(seed),
+        "num_cls_train": int(num_cls_train),
+        "num_cls_val": int(num_cls_val),
+        "min_size": int(min_size),
+        "max_size": int(max_size),
+        "cls_image_size": int(cls_image_size),
+        "jpeg_quality": int(jpeg_quality),
+        "render": asdict(render),
     }
 
 
@@ -480,7 +547,9 @@ def _validate(params: Dict[str, Any]) -> None:
     for key in ("num_train", "num_val", "seed", "num_cls_train", "num_cls_val"):
         _check_count(key, params[key])
     if not 8 <= params["min_size"] <= params["max_size"]:
-        raise ValueError(f"need 8 <= min_size <= max_size, got {params['min_size']}, {params['max_size']}")
+        raise ValueError(
+            f"need 8 <= min_size <= max_size, got {params['min_size']}, {params['max_size']}"
+        )
     if params["cls_image_size"] < 16:
         raise ValueError(f"cls_image_size must be >= 16, got {params['cls_image_size']}")
     if not 1 <= params["jpeg_quality"] <= 100:
@@ -508,18 +577,35 @@ def generate_shapes_dataset(
     ``num_cls_*`` are classification images per split (class ``i % 3`` for image ``i``).
     The returned dict equals ``summary.json`` plus ``"seconds"`` (wall time, not written).
     """
-    for key, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed),
-                       ("num_cls_train", num_cls_train), ("num_cls_val", num_cls_val)):
+    for key, value in (
+        ("num_train", num_train),
+        ("num_val", num_val),
+        ("seed", seed),
+        ("num_cls_train", num_cls_train),
+        ("num_cls_val", num_cls_val),
+    ):
         _check_count(key, value)
     render = render_params or RenderParams()
-    params = _params_dict(num_train, num_val, seed, num_cls_train, num_cls_val, min_size, max_size,
-                          cls_image_size, jpeg_quality, render)
+    params = _params_dict(
+        num_train,
+        num_val,
+        seed,
+        num_cls_train,
+        num_cls_val,
+        min_size,
+        max_size,
+        cls_image_size,
+        jpeg_quality,
+        render,
+    )
     _validate(params)
     start = time.perf_counter()
     root = Path(output_dir)
     _prepare_output(root, force)
     splits = {
-        split: _write_detection_split(root, split, n, int(seed), (min_size, max_size), render, jpeg_quality)
+        split: _write_detection_split(
+            root, split, n, int(seed), (min_size, max_size), render, jpeg_quality
+        )
         for split, n in (("train", num_train), ("val", num_val))
     }
     classification = {
@@ -527,10 +613,16 @@ def generate_shapes_dataset(
         for split, n in (("train", num_cls_train), ("val", num_cls_val))
     }
     summary = {
-        "generator": GENERATOR_NAME, "format_version": FORMAT_VERSION, "classes": list(SHAPES_CLASSES),
-        "params": params, "detection": splits, "classification": classification,
+        "generator": GENERATOR_NAME,
+        "format_version": FORMAT_VERSION,
+        "classes": list(SHAPES_CLASSES),
+        "params": params,
+        "detection": splits,
+        "classification": classification,
         "paths": {
-            "coco": {s: {"json_file": f"annotations/instances_{s}.json", "image_root": s} for s in splits},
+            "coco": {
+                s: {"json_file": f"annotations/instances_{s}.json", "image_root": s} for s in splits
+            },
             "voc": {"dirname": "VOC", "splits": list(splits)},
             "classification": {s: f"classification/{s}" for s in classification},
         },
@@ -546,7 +638,11 @@ def load_shapes_summary(output_dir: Union[str, os.PathLike]) -> Optional[Dict[st
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) and summary.get("generator") == GENERATOR_NAME else None
+    return (
+        summary
+        if isinstance(summary, dict) and summary.get("generator") == GENERATOR_NAME
+        else None
+    )
 
 
 def ensure_shapes_dataset(output_dir: Union[str, os.PathLike], **kwargs: Any) -> Dict[str, Any]:
@@ -557,16 +653,23 @@ def ensure_shapes_dataset(output_dir: Union[str, os.PathLike], **kwargs: Any) ->
     existing = load_shapes_summary(output_dir)
     force = kwargs.pop("force", False)
     defaults = {
-        name: p.default for name, p in inspect.signature(generate_shapes_dataset).parameters.items()
+        name: p.default
+        for name, p in inspect.signature(generate_shapes_dataset).parameters.items()
         if name not in ("output_dir", "render_params", "force")
     }
     unknown = set(kwargs) - set(defaults) - {"render_params"}
     if unknown:
-        raise TypeError(f"ensure_shapes_dataset() got unexpected arguments: {', '.join(sorted(unknown))}")
+        raise TypeError(
+            f"ensure_shapes_dataset() got unexpected arguments: {', '.join(sorted(unknown))}"
+        )
     merged = {**defaults, **kwargs}
     render = merged.pop("render_params", None) or RenderParams()
     wanted = _params_dict(render=render, **merged)
-    if existing is not None and existing.get("format_version") == FORMAT_VERSION and existing.get("params") == wanted:
+    if (
+        existing is not None
+        and existing.get("format_version") == FORMAT_VERSION
+        and existing.get("params") == wanted
+    ):
         return existing
     return generate_shapes_dataset(output_dir, render_params=render, force=force, **merged)
 
@@ -588,6 +691,8 @@ def format_shapes_summary(summary: Dict[str, Any], output: Union[str, Path]) -> 
         )
     for split, counts in summary["classification"].items():
         per_class = ", ".join(f"{c} {counts[c]}" for c in SHAPES_CLASSES)
-        lines.append(f"  classification {split:5s}: {sum(counts.values())} images ({per_class}), "
-                     f"{summary['params']['cls_image_size']}x{summary['params']['cls_image_size']}")
+        lines.append(
+            f"  classification {split:5s}: {sum(counts.values())} images ({per_class}), "
+            f"{summary['params']['cls_image_size']}x{summary['params']['cls_image_size']}"
+        )
     return "\n".join(lines)

@@ -5,7 +5,6 @@
   ``default_setup``, ``DefaultTrainer``, the training loops (``SimpleTrainer``, ``AMPTrainer``)
   and the hooks (``resnet_backbones.engine.hooks``).
 """
-from .predictor import DefaultPredictor, ResizeShortestEdge
 
 from . import hooks
 from .defaults import (
@@ -18,6 +17,7 @@ from .defaults import (
     setup_logger,
 )
 from .launch import LaunchInterrupted, ProcessFailedError, launch
+from .predictor import DefaultPredictor, ResizeShortestEdge
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
 __all__ = [

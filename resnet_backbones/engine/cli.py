@@ -8,6 +8,7 @@
   (``OUTPUT_DIR/config.yaml``), seeding (``SEED + rank``, or random when ``SEED < 0``).
 * :func:`check_inputs_exist`: every file a run needs exists, before any process starts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,22 +54,46 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", "--config", dest="config_file", default="", metavar="FILE",
-                        help="path to the config file")
-    parser.add_argument("--resume", action="store_true",
-                        help="resume from OUTPUT_DIR/last_checkpoint if it exists (else start from MODEL.WEIGHTS)")
-    parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)")
-    parser.add_argument("--num-gpus", type=int, default=1,
-                        help="processes per machine: one per GPU, or CPU processes with MODEL.DEVICE cpu")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)")
     parser.add_argument(
-        "--dist-url", default="auto",
-        help="initialization URL for the process group, e.g. tcp://10.0.0.1:29500 (machine 0's address); "
-             "'auto' picks a free local port (one machine only)",
+        "--config-file",
+        "--config",
+        dest="config_file",
+        default="",
+        metavar="FILE",
+        help="path to the config file",
     )
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs at the end of the command, e.g. SOLVER.BASE_LR 0.01")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from OUTPUT_DIR/last_checkpoint if it exists (else start from MODEL.WEIGHTS)",
+    )
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="only evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes per machine: one per GPU, or CPU processes with MODEL.DEVICE cpu",
+    )
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)"
+    )
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="initialization URL for the process group, e.g. tcp://10.0.0.1:29500 (machine 0's address); "
+        "'auto' picks a free local port (one machine only)",
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs at the end of the command, e.g. SOLVER.BASE_LR 0.01",
+    )
     return parser
 
 
@@ -83,8 +108,11 @@ class _RankFilter(logging.Filter):
         return True
 
 
-def setup_logger(output: Optional[str] = None, distributed_rank: int = 0,
-                 names: Sequence[str] = ("resnet_backbones", "fvcore", "__main__", "train_net")) -> logging.Logger:
+def setup_logger(
+    output: Optional[str] = None,
+    distributed_rank: int = 0,
+    names: Sequence[str] = ("resnet_backbones", "fvcore", "__main__", "train_net"),
+) -> logging.Logger:
     """Log INFO and above of ``names`` to the console (rank 0; ERROR+ on other ranks) and to files.
 
     ``output``: a directory (``log.txt`` inside) or a ``.txt``/``.log`` file; rank ``r > 0`` writes
@@ -95,7 +123,8 @@ def setup_logger(output: Optional[str] = None, distributed_rank: int = 0,
     console = logging.StreamHandler(stream=sys.stdout if distributed_rank == 0 else sys.stderr)
     console.setLevel(logging.INFO if distributed_rank == 0 else logging.ERROR)
     console.setFormatter(
-        formatter if distributed_rank == 0
+        formatter
+        if distributed_rank == 0
         else logging.Formatter(f"[rank {distributed_rank}] " + _LOG_FORMAT, datefmt=_LOG_DATEFMT)
     )
     handlers.append(console)
@@ -185,9 +214,11 @@ def check_inputs_exist(cfg: CfgNode, *, eval_only: bool = False, resume: bool = 
             from ..checkpoint.atomic import unusable_last_checkpoint
             from ..checkpoint.loading import read_checkpoint
 
-            raise FileNotFoundError(unusable_last_checkpoint(
-                cfg.OUTPUT_DIR, "does not exist", lambda path: read_checkpoint(path).extra
-            ))
+            raise FileNotFoundError(
+                unusable_last_checkpoint(
+                    cfg.OUTPUT_DIR, "does not exist", lambda path: read_checkpoint(path).extra
+                )
+            )
     else:
         weights = str(cfg.MODEL.WEIGHTS)
         if weights and not _is_remote(weights) and not os.path.isfile(os.path.expanduser(weights)):
@@ -197,7 +228,9 @@ def check_inputs_exist(cfg: CfgNode, *, eval_only: bool = False, resume: bool = 
                 f"MODEL.WEIGHTS detectron2://ImageNetPretrained/MSRA/R-101.pkl downloads R-101.pkl)"
             )
         if eval_only and not weights:
-            logger.warning("--eval-only without MODEL.WEIGHTS (and no checkpoint to resume): evaluating random weights")
+            logger.warning(
+                "--eval-only without MODEL.WEIGHTS (and no checkpoint to resume): evaluating random weights"
+            )
 
     names = ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
     for name in names:

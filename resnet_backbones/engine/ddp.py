@@ -1,4 +1,5 @@
 """Models across processes: DistributedDataParallel wrapping and SyncBN where it cannot run."""
+
 from __future__ import annotations
 
 import inspect
@@ -19,8 +20,13 @@ logger = logging.getLogger(__name__)
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every ``nn.SyncBatchNorm`` by an ``nn.BatchNorm2d`` holding the same state (in place)."""
     if isinstance(module, nn.SyncBatchNorm):
-        bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+        bn = nn.BatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
         bn.load_state_dict(module.state_dict())
         for name in ("weight", "bias"):
             p = getattr(module, name, None)
@@ -47,19 +53,25 @@ def adapt_sync_bn(model: nn.Module, device: str) -> nn.Module:
         logger.warning(
             "SyncBN (nn.SyncBatchNorm) is only implemented for CUDA in PyTorch; with MODEL.DEVICE %s and %d "
             "processes it falls back to BatchNorm with per-process batch statistics (not synchronized)",
-            device, comm.get_world_size(),
+            device,
+            comm.get_world_size(),
         )
     return revert_sync_batchnorm(model)
 
 
-def create_ddp_model(model: nn.Module, *, fp16_compression: bool = False, **kwargs: Any) -> nn.Module:
+def create_ddp_model(
+    model: nn.Module, *, fp16_compression: bool = False, **kwargs: Any
+) -> nn.Module:
     """Wrap ``model`` in ``DistributedDataParallel`` when there are several processes (else return it)."""
     if comm.get_world_size() == 1:
         return model
     p = next(iter(model.parameters()), None)
     if p is not None and p.device.type == "cuda" and "device_ids" not in kwargs:
         kwargs["device_ids"] = [comm.get_local_rank()]
-    if "broadcast_buffers" in kwargs and "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+    if (
+        "broadcast_buffers" in kwargs
+        and "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    ):
         # newer torch renamed it (buffers are then synced once at construction, which is harmless)
         kwargs["forward_sync_buffers"] = kwargs.pop("broadcast_buffers")
     ddp = DistributedDataParallel(model, **kwargs)

@@ -8,6 +8,7 @@ The command line of the training scripts (``default_argument_parser``, ``default
 ``setup_logger``, ``check_inputs_exist``) lives in :mod:`resnet_backbones.engine.cli`, DDP and SyncBN
 in :mod:`resnet_backbones.engine.ddp`; both stay importable from here.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:
     """Console printer, ``OUTPUT_DIR/metrics.json`` and TensorBoard event files in ``OUTPUT_DIR``."""
@@ -101,7 +103,11 @@ class DelegatingTrainer(TrainerBase):
         (SIGTERM/SIGINT, after :class:`hooks.StopOnSignal` saved a checkpoint) is raised again."""
         super().train(self.start_iter, self.max_iter)
         for h in self._hooks:
-            if isinstance(h, hooks.StopOnSignal) and h.interrupted is not None and not self.finished:
+            if (
+                isinstance(h, hooks.StopOnSignal)
+                and h.interrupted is not None
+                and not self.finished
+            ):
                 raise h.interrupted
 
     def _continue_logs_from(self, start_iter: int) -> None:
@@ -168,7 +174,9 @@ class DefaultTrainer(DelegatingTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         amp_dtype = training_amp_dtype(cfg)
         if amp_dtype is not None:
-            self._trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, precision=amp_dtype)
+            self._trainer: SimpleTrainer = AMPTrainer(
+                model, data_loader, optimizer, precision=amp_dtype
+            )
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self._trainer.include_rng_states = False  # this trainer's state carries them
@@ -195,7 +203,10 @@ class DefaultTrainer(DelegatingTrainer):
         frozen = cfg.is_frozen()
         cfg.defrost()
         cfg.SEED = comm.shared_random_seed()
-        logger.info("SEED < 0: using the random seed %d for the data order (saved with checkpoints)", cfg.SEED)
+        logger.info(
+            "SEED < 0: using the random seed %d for the data order (saved with checkpoints)",
+            cfg.SEED,
+        )
         if frozen:
             cfg.freeze()
         return cfg
@@ -217,7 +228,10 @@ class DefaultTrainer(DelegatingTrainer):
         """Make the next batch the one the interrupted run would have used at ``start_iter``."""
         loader = self._trainer.data_loader
         if self._saved_data_seed is not None and self._saved_data_seed != self.cfg.SEED:
-            logger.info("Rebuilding the data loader with the checkpoint's data seed %d", self._saved_data_seed)
+            logger.info(
+                "Rebuilding the data loader with the checkpoint's data seed %d",
+                self._saved_data_seed,
+            )
             cfg = self.cfg.clone()
             cfg.defrost()
             cfg.SEED = self._saved_data_seed
@@ -233,7 +247,11 @@ class DefaultTrainer(DelegatingTrainer):
             skip(start_iter)
             self._trainer.reset_data_loader(loader)
         else:
-            logger.info("Skipping %d batches of the data loader to resume at iteration %d", start_iter, start_iter)
+            logger.info(
+                "Skipping %d batches of the data loader to resume at iteration %d",
+                start_iter,
+                start_iter,
+            )
             self._trainer.reset_data_loader(loader, skip_batches=start_iter)
 
     # ------------------------------------------------------------------------------ loop
@@ -312,7 +330,9 @@ class DefaultTrainer(DelegatingTrainer):
         return build_detection_test_loader(cfg, dataset_name)
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> Any:
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> Any:
         """An evaluator from the dataset's ``evaluator_type`` metadata: "coco" or "pascal_voc"."""
         from ..data import MetadataCatalog
         from ..evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
@@ -337,7 +357,9 @@ class DefaultTrainer(DelegatingTrainer):
         return with_atomic_save(DetectionCheckpointer)(model, cfg.OUTPUT_DIR, **checkpointables)
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[Sequence[Any]] = None) -> "OrderedDict[str, Any]":
+    def test(
+        cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[Sequence[Any]] = None
+    ) -> "OrderedDict[str, Any]":
         """Evaluate ``model`` on every ``DATASETS.TEST`` (one result dict, or one per dataset), under
         ``TEST.AMP`` autocast when it is enabled."""
         from ..evaluation import inference_on_dataset, print_csv_format
@@ -359,7 +381,9 @@ class DefaultTrainer(DelegatingTrainer):
                     logger.warning("%s; skipping the evaluation of %s", e, name)
                     results[name] = {}
                     continue
-            res = inference_on_dataset(model, data_loader, evaluator, autocast_dtype=inference_amp_dtype(cfg))
+            res = inference_on_dataset(
+                model, data_loader, evaluator, autocast_dtype=inference_amp_dtype(cfg)
+            )
             results[name] = res
             if comm.is_main_process() and res:
                 logger.info("Evaluation results for %s in csv format:", name)

@@ -4,6 +4,7 @@ Default order (see ``DefaultTrainer.build_hooks``): :class:`IterationTimer`, :cl
 :class:`PeriodicCheckpointer`, :class:`StopOnSignal`, :class:`EvalHook`, :class:`PeriodicWriter`
 (writers last, so that they see the evaluation results of the same iteration).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -44,8 +45,14 @@ logger = logging.getLogger(__name__)
 class CallbackHook(HookBase):
     """A hook made of plain functions ``f(trainer)``."""
 
-    def __init__(self, *, before_train: Optional[Callable] = None, after_train: Optional[Callable] = None,
-                 before_step: Optional[Callable] = None, after_step: Optional[Callable] = None) -> None:
+    def __init__(
+        self,
+        *,
+        before_train: Optional[Callable] = None,
+        after_train: Optional[Callable] = None,
+        before_step: Optional[Callable] = None,
+        after_step: Optional[Callable] = None,
+    ) -> None:
         self._before_train, self._after_train = before_train, after_train
         self._before_step, self._after_step = before_step, after_step
 
@@ -97,11 +104,14 @@ class IterationTimer(HookBase):
         if num_iter > 0 and counted > 0:
             logger.info(
                 "Overall training speed: %d iterations in %s (%.4f s / it)",
-                num_iter, str(datetime.timedelta(seconds=int(counted))), counted / num_iter,
+                num_iter,
+                str(datetime.timedelta(seconds=int(counted))),
+                counted / num_iter,
             )
         logger.info(
             "Total training time: %s (%s on hooks)",
-            str(datetime.timedelta(seconds=int(total))), str(datetime.timedelta(seconds=int(hooks_time))),
+            str(datetime.timedelta(seconds=int(total))),
+            str(datetime.timedelta(seconds=int(hooks_time))),
         )
 
     def before_step(self) -> None:
@@ -149,17 +159,33 @@ class PeriodicCheckpointer(_FvPeriodicCheckpointer, HookBase):
     ``iteration``.
     """
 
-    def __init__(self, checkpointer: Checkpointer, period: int, max_iter: Optional[int] = None,
-                 max_to_keep: Optional[int] = None, file_prefix: str = "model") -> None:
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        period: int,
+        max_iter: Optional[int] = None,
+        max_to_keep: Optional[int] = None,
+        file_prefix: str = "model",
+    ) -> None:
         if int(period) <= 0:
-            raise ValueError(f"SOLVER.CHECKPOINT_PERIOD must be a positive number of iterations, got {period}")
-        super().__init__(checkpointer, period, max_iter=max_iter, max_to_keep=max_to_keep, file_prefix=file_prefix)
+            raise ValueError(
+                f"SOLVER.CHECKPOINT_PERIOD must be a positive number of iterations, got {period}"
+            )
+        super().__init__(
+            checkpointer,
+            period,
+            max_iter=max_iter,
+            max_to_keep=max_to_keep,
+            file_prefix=file_prefix,
+        )
 
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
 
     def will_save(self, iteration: int) -> bool:
-        return (iteration + 1) % self.period == 0 or (self.max_iter is not None and iteration >= self.max_iter - 1)
+        return (iteration + 1) % self.period == 0 or (
+            self.max_iter is not None and iteration >= self.max_iter - 1
+        )
 
     def after_step(self) -> None:
         itr = self.trainer.iter
@@ -176,7 +202,9 @@ class LRScheduler(HookBase):
     norms have their own). The scheduler's state is saved with the trainer.
     """
 
-    def __init__(self, optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Optional[Any] = None) -> None:
+    def __init__(
+        self, optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Optional[Any] = None
+    ) -> None:
         self._optimizer = optimizer
         self._scheduler = scheduler
         self._best_group: Optional[int] = None
@@ -227,7 +255,9 @@ class EvalHook(HookBase):
     (evaluating or not, and resuming or not, give the same training run).
     """
 
-    def __init__(self, eval_period: int, eval_function: Callable[[], Any], eval_after_train: bool = True) -> None:
+    def __init__(
+        self, eval_period: int, eval_function: Callable[[], Any], eval_after_train: bool = True
+    ) -> None:
         self._period = int(eval_period)
         self._func: Optional[Callable[[], Any]] = eval_function
         self._eval_after_train = eval_after_train
@@ -239,7 +269,9 @@ class EvalHook(HookBase):
         self.last_results = results
         if results:
             if not isinstance(results, Mapping):
-                raise TypeError(f"eval_function should return a dict of results, got {type(results).__name__}: {results!r}")
+                raise TypeError(
+                    f"eval_function should return a dict of results, got {type(results).__name__}: {results!r}"
+                )
             flat = flatten_results_dict(results)
             for k, v in flat.items():
                 try:
@@ -255,7 +287,11 @@ class EvalHook(HookBase):
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
-        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+        if (
+            self._period > 0
+            and next_iter % self._period == 0
+            and next_iter != self.trainer.max_iter
+        ):
             if self.trainer.stop_reason is None:  # stopping on a signal: don't spend the grace time
                 self._do_eval()
 
@@ -275,7 +311,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, iteration: int, checkpoint: Optional[str]) -> None:
         name = signal.Signals(signum).name
         where = f"; checkpoint {checkpoint}" if checkpoint else ""
-        super().__init__(f"training stopped by {name} after iteration {iteration}{where}; run again with --resume to continue")
+        super().__init__(
+            f"training stopped by {name} after iteration {iteration}{where}; run again with --resume to continue"
+        )
         self.signum = signum
         self.iteration = iteration
         self.checkpoint = checkpoint
@@ -296,8 +334,12 @@ class StopOnSignal(HookBase):
         signals: which signals trigger a graceful stop.
     """
 
-    def __init__(self, checkpointer: Checkpointer, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-                 file_prefix: str = "model") -> None:
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        file_prefix: str = "model",
+    ) -> None:
         self.checkpointer = checkpointer
         self.signals = tuple(signals)
         self.file_prefix = file_prefix
@@ -316,8 +358,11 @@ class StopOnSignal(HookBase):
         self._received, self._first_time = signum, now
         # logging from a signal handler could deadlock on the handler's lock: write directly
         try:
-            os.write(2, f"[rank {comm.get_rank()}] received {signal.Signals(signum).name}: saving a checkpoint "
-                        f"after the current iteration, then stopping\n".encode())
+            os.write(
+                2,
+                f"[rank {comm.get_rank()}] received {signal.Signals(signum).name}: saving a checkpoint "
+                f"after the current iteration, then stopping\n".encode(),
+            )
         except OSError:
             pass
 
@@ -328,7 +373,9 @@ class StopOnSignal(HookBase):
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handler)
         else:
-            logger.warning("training runs outside the main thread: no graceful stop on %s", self.signals)
+            logger.warning(
+                "training runs outside the main thread: no graceful stop on %s", self.signals
+            )
         if comm.get_world_size() > 1:
             import torch.distributed as dist
 
@@ -360,7 +407,11 @@ class StopOnSignal(HookBase):
             trainer.capture_rng_states()
             self.checkpointer.save(name, iteration=itr)
             trainer._last_checkpoint_iter = itr  # type: ignore[attr-defined]
-        path = os.path.join(self.checkpointer.save_dir, name + ".pth") if self.checkpointer.save_dir else None
+        path = (
+            os.path.join(self.checkpointer.save_dir, name + ".pth")
+            if self.checkpointer.save_dir
+            else None
+        )
         self.interrupted = TrainingInterrupted(signum, itr, path)
         trainer.request_stop(f"received {signal.Signals(signum).name}")
 

@@ -18,6 +18,7 @@ the cause rather than its echoes on other ranks). Workers die with their parent 
 SIGTERM/SIGINT sent to the launching process are forwarded to the workers, which save a checkpoint
 and stop (see ``hooks.StopOnSignal``); ``launch`` then raises :class:`LaunchInterrupted`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -56,7 +57,9 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 class ProcessFailedError(RuntimeError):
     """A worker process failed; the message holds its rank, pid and traceback (or exit code)."""
 
-    def __init__(self, message: str, rank: int, pid: Optional[int], exitcode: Optional[int]) -> None:
+    def __init__(
+        self, message: str, rank: int, pid: Optional[int], exitcode: Optional[int]
+    ) -> None:
         super().__init__(message)
         self.rank = rank
         self.pid = pid
@@ -67,7 +70,9 @@ class LaunchInterrupted(KeyboardInterrupt):
     """The launching process got SIGTERM/SIGINT; the workers were told to checkpoint and stop."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; the workers saved a checkpoint and stopped")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name}; the workers saved a checkpoint and stopped"
+        )
         self.signum = signum
         self.exit_code = 128 + signum
 
@@ -80,7 +85,10 @@ def _find_free_port() -> int:
 
 def launched_by_torchrun() -> bool:
     """Whether this process was started by torchrun / torch.distributed.elastic (env:// variables set)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) and not dist.is_initialized()
+    return (
+        all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        and not dist.is_initialized()
+    )
 
 
 def _default_backend() -> str:
@@ -133,7 +141,9 @@ def launch(
     if backend not in ("nccl", "gloo"):
         raise ValueError(f"backend must be 'nccl' or 'gloo', got {backend!r}")
     if launched_by_torchrun():
-        return _run_under_torchrun(main_func, args, timeout, backend, num_gpus_per_machine * num_machines)
+        return _run_under_torchrun(
+            main_func, args, timeout, backend, num_gpus_per_machine * num_machines
+        )
 
     world_size = num_machines * num_gpus_per_machine
     if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
@@ -153,28 +163,47 @@ def launch(
             )
     if dist_url is None or dist_url == "auto":
         if num_machines > 1:
-            raise ValueError("dist_url='auto' works on one machine only; pass --dist-url tcp://<machine 0>:<port>")
+            raise ValueError(
+                "dist_url='auto' works on one machine only; pass --dist-url tcp://<machine 0>:<port>"
+            )
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// is not a reliable init_method across machines; prefer tcp://")
     _spawn_and_supervise(
-        main_func, args, num_gpus_per_machine, world_size, machine_rank, dist_url, timeout, backend,
+        main_func,
+        args,
+        num_gpus_per_machine,
+        world_size,
+        machine_rank,
+        dist_url,
+        timeout,
+        backend,
         failure_grace_period,
     )
     return None
 
 
-def _run_under_torchrun(main_func: Callable[..., Any], args: Sequence[Any], timeout: timedelta, backend: str,
-                        requested_world: int) -> Any:
+def _run_under_torchrun(
+    main_func: Callable[..., Any],
+    args: Sequence[Any],
+    timeout: timedelta,
+    backend: str,
+    requested_world: int,
+) -> Any:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if requested_world not in (1, world) and rank == 0:
-        logger.warning("running under torchrun with %d processes; --num-gpus/--num-machines (%d) ignored",
-                       world, requested_world)
+        logger.warning(
+            "running under torchrun with %d processes; --num-gpus/--num-machines (%d) ignored",
+            world,
+            requested_world,
+        )
     if world == 1:
         return main_func(*args)
-    dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank, timeout=timeout)
+    dist.init_process_group(
+        backend=backend, init_method="env://", world_size=world, rank=rank, timeout=timeout
+    )
     try:
         _setup_rank(backend, local_rank, local_world)
         return main_func(*args)
@@ -209,16 +238,26 @@ def _set_pdeathsig(sig: int = signal.SIGKILL) -> None:
 
 
 def _worker(
-    local_rank: int, main_func: Callable[..., Any], args: Sequence[Any], local_world: int, world_size: int,
-    machine_rank: int, dist_url: str, timeout: timedelta, backend: str, error_dir: str, parent_pid: int,
+    local_rank: int,
+    main_func: Callable[..., Any],
+    args: Sequence[Any],
+    local_world: int,
+    world_size: int,
+    machine_rank: int,
+    dist_url: str,
+    timeout: timedelta,
+    backend: str,
+    error_dir: str,
+    parent_pid: int,
 ) -> None:
     _set_pdeathsig()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     rank = machine_rank * local_world + local_rank
     try:
-        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
-                                timeout=timeout)
+        dist.init_process_group(
+            backend=backend, init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+        )
         _setup_rank(backend, local_rank, local_world)
         main_func(*args)
     except KeyboardInterrupt as e:  # a graceful stop on a signal (TrainingInterrupted) or Ctrl-C
@@ -274,8 +313,15 @@ def _describe_exit(code: Optional[int]) -> str:
 
 
 def _spawn_and_supervise(
-    main_func: Callable[..., Any], args: Sequence[Any], local_world: int, world_size: int, machine_rank: int,
-    dist_url: str, timeout: timedelta, backend: str, grace: float,
+    main_func: Callable[..., Any],
+    args: Sequence[Any],
+    local_world: int,
+    world_size: int,
+    machine_rank: int,
+    dist_url: str,
+    timeout: timedelta,
+    backend: str,
+    grace: float,
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     error_dir = tempfile.mkdtemp(prefix="rb_launch_")
@@ -305,8 +351,19 @@ def _spawn_and_supervise(
         for local_rank in range(local_world):
             p = ctx.Process(
                 target=_worker,
-                args=(local_rank, main_func, tuple(args), local_world, world_size, machine_rank, dist_url,
-                      timeout, backend, error_dir, os.getpid()),
+                args=(
+                    local_rank,
+                    main_func,
+                    tuple(args),
+                    local_world,
+                    world_size,
+                    machine_rank,
+                    dist_url,
+                    timeout,
+                    backend,
+                    error_dir,
+                    os.getpid(),
+                ),
                 daemon=False,
             )
             p.start()
@@ -348,7 +405,9 @@ def _supervise(procs: List[Any], received: List[int], grace: float) -> Optional[
         if failed and deadline is None:
             logger.error(
                 "worker %d %s; stopping the other workers (they are killed after %.0f s)",
-                failed[0], _describe_exit(procs[failed[0]].exitcode), grace,
+                failed[0],
+                _describe_exit(procs[failed[0]].exitcode),
+                grace,
             )
             deadline = time.monotonic() + grace
         if deadline is not None and time.monotonic() >= deadline:
@@ -369,9 +428,17 @@ def _raise_failure(procs: List[Any], failed: List[int], error_dir: str, rank_off
     _, first, text = reports[0]
     p = procs[first]
     rank = rank_offset + first
-    others = [f"rank {rank_offset + i} {_describe_exit(procs[i].exitcode)}" for i in range(len(procs)) if i != first]
+    others = [
+        f"rank {rank_offset + i} {_describe_exit(procs[i].exitcode)}"
+        for i in range(len(procs))
+        if i != first
+    ]
     msg = f"\n\n-- rank {rank} (pid {p.pid}) {_describe_exit(p.exitcode)}"
-    msg += ":\n" + text if text else " without a Python traceback (killed, or crashed in native code)\n"
+    msg += (
+        ":\n" + text
+        if text
+        else " without a Python traceback (killed, or crashed in native code)\n"
+    )
     if others:
         msg += "\n-- other ranks: " + "; ".join(others)
     raise ProcessFailedError(msg, rank, p.pid, p.exitcode)

@@ -22,6 +22,7 @@ Speed and precision, decided by the config through :func:`~resnet_backbones.mode
   GPU runs it faster than float32) / ``TEST.AMP.SCOPE``: run the model under ``torch.autocast``;
   box decoding, NMS and scores stay float32 (:mod:`resnet_backbones.precision`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -57,7 +58,9 @@ class DefaultPredictor:
         self.autocast_dtype = inference_amp_dtype(self.cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
-        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
+        self.metadata = (
+            MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
+        )
         self.checkpointer = DetectionCheckpointer(self.model)
         self.checkpointer.load(cfg.MODEL.WEIGHTS)
         self.model = prepare_model(self.model, self.cfg, "inference")

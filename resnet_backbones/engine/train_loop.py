@@ -16,6 +16,7 @@ CUDA), captured collectively right before a checkpoint is written (:meth:`captur
 after ``load_state_dict`` they are restored at the start of ``train`` once the data iterator
 exists, so a resumed run draws exactly the numbers the interrupted one would have drawn.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,7 +91,9 @@ class TrainerBase:
         self.max_iter: int = 0
         self.storage: Optional[EventStorage] = None
         self._stop_reason: Optional[str] = None
-        self._rng_capture: Optional[Dict[str, Any]] = None  # {"iteration": i, "states": [rank0, ...]}
+        self._rng_capture: Optional[Dict[str, Any]] = (
+            None  # {"iteration": i, "states": [rank0, ...]}
+        )
         self._pending_rng_states: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------ hooks
@@ -193,7 +196,9 @@ class TrainerBase:
             if sd:
                 name = type(h).__qualname__
                 if name in hooks_state:
-                    logger.warning("more than one hook of class %s has state; only the first is saved", name)
+                    logger.warning(
+                        "more than one hook of class %s has state; only the first is saved", name
+                    )
                     continue
                 hooks_state[name] = sd
         if hooks_state:
@@ -207,7 +212,8 @@ class TrainerBase:
         else:
             logger.warning(
                 "checkpoint at iteration %d is saved without RNG states (call capture_rng_states() on all "
-                "ranks before saving); a run resumed from it will not draw the same random numbers", self.iter,
+                "ranks before saving); a run resumed from it will not draw the same random numbers",
+                self.iter,
             )
         return ret
 
@@ -218,17 +224,22 @@ class TrainerBase:
             if key in by_name:
                 by_name[key].load_state_dict(value)
             else:
-                logger.warning("checkpoint has state for hook '%s', which is not registered; ignored", key)
+                logger.warning(
+                    "checkpoint has state for hook '%s', which is not registered; ignored", key
+                )
         states = state_dict.get("rng_states")
         world, rank = comm.get_world_size(), comm.get_rank()
         if not self.include_rng_states:
             pass
         elif states is None:
-            logger.warning("checkpoint has no RNG states; the resumed run will draw different random numbers")
+            logger.warning(
+                "checkpoint has no RNG states; the resumed run will draw different random numbers"
+            )
         elif len(states) != world:
             logger.warning(
                 "checkpoint holds RNG states of %d processes, this run has %d; RNG states not restored",
-                len(states), world,
+                len(states),
+                world,
             )
         else:
             self._pending_rng_states = states[rank]
@@ -272,7 +283,9 @@ class SimpleTrainer(TrainerBase):
             self._data_loader_iter_obj = iter(self.data_loader)
         return self._data_loader_iter_obj
 
-    def reset_data_loader(self, data_loader: Optional[Iterable] = None, skip_batches: int = 0) -> None:
+    def reset_data_loader(
+        self, data_loader: Optional[Iterable] = None, skip_batches: int = 0
+    ) -> None:
         """Use ``data_loader`` (default: the current one) from its start, minus ``skip_batches`` batches.
 
         Skipping consumes batches; a loader offering ``skip_batches(n)`` or ``start_iter`` handling
@@ -339,7 +352,9 @@ class SimpleTrainer(TrainerBase):
         self.optimizer.step()
 
     # ------------------------------------------------------------------------------ metrics
-    def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = "") -> None:
+    def _write_metrics(
+        self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = ""
+    ) -> None:
         """Gather the loss terms from every rank, check them, and log them on the main process."""
         local = {k: float(v.detach().float().cpu().item()) for k, v in loss_dict.items()}
         gather = (self.iter + 1) % self.gather_metric_period == 0 or self.iter == self.max_iter - 1
@@ -406,7 +421,9 @@ class AMPTrainer(SimpleTrainer):
         log_grad_scaler: bool = False,
         device_type: Optional[str] = None,
     ) -> None:
-        super().__init__(model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward)
+        super().__init__(
+            model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward
+        )
         self.precision = parse_amp_dtype(precision, "AMPTrainer precision")
         if device_type is None:
             p = next(iter(unwrap_model(model).parameters()), None)
@@ -414,7 +431,9 @@ class AMPTrainer(SimpleTrainer):
         self.device_type = device_type
         check_amp_device(self.device_type, self.precision, "AMPTrainer precision")
         if grad_scaler is None:
-            grad_scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == torch.float16)
+            grad_scaler = torch.amp.GradScaler(
+                self.device_type, enabled=self.precision == torch.float16
+            )
         self.grad_scaler = grad_scaler
         self.log_grad_scaler = log_grad_scaler
 

@@ -6,6 +6,7 @@
 
 Metrics are on detectron2's 0-100 scale; -1 from COCOeval (nothing to evaluate) becomes NaN.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,13 @@ from ..utils import comm
 from ..utils.registry import not_registered
 from .coco_format import convert_to_coco_json
 from .evaluator import DatasetEvaluator, check_class_ids
-from .fast_coco_eval import STAT_NAMES, DetectionColumns, FastCOCOeval, quiet_coco, summarize_coco_eval
+from .fast_coco_eval import (
+    STAT_NAMES,
+    DetectionColumns,
+    FastCOCOeval,
+    quiet_coco,
+    summarize_coco_eval,
+)
 from .tables import create_small_table, per_category_table
 
 __all__ = ["COCOEvaluator", "instances_to_coco_json", "evaluate_predictions_on_coco", "BACKENDS"]
@@ -41,7 +48,9 @@ def instances_to_coco_json(instances: Instances, img_id: Any) -> List[Dict[str, 
     """Detections of one image as COCO result dicts (xywh boxes; category ids still contiguous)."""
     if len(instances) == 0:
         return []
-    boxes = BoxMode.convert(instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist()
+    boxes = BoxMode.convert(
+        instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
+    ).tolist()
     scores = instances.scores.tolist()
     classes = instances.pred_classes.tolist()
     return [
@@ -73,7 +82,9 @@ def evaluate_predictions_on_coco(
         raise ValueError("no detections to evaluate")
     max_dets = list(max_dets_per_image) if max_dets_per_image is not None else [1, 10, 100]
     if len(max_dets) < 3:
-        raise ValueError(f"max_dets_per_image needs at least 3 entries (COCOeval's maxDets), got {max_dets}")
+        raise ValueError(
+            f"max_dets_per_image needs at least 3 entries (COCOeval's maxDets), got {max_dets}"
+        )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         if backend == "pycocotools":
@@ -89,8 +100,9 @@ def evaluate_predictions_on_coco(
             coco_eval.params.imgIds = list(img_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
-    coco_eval.stats, lines = summarize_coco_eval(coco_eval.eval["precision"], coco_eval.eval["recall"],
-                                                 coco_eval.params)
+    coco_eval.stats, lines = summarize_coco_eval(
+        coco_eval.eval["precision"], coco_eval.eval["recall"], coco_eval.params
+    )
     logging.getLogger(__name__).debug(out.getvalue())
     coco_eval.summary_lines = lines  # type: ignore[union-attr]
     return coco_eval
@@ -99,7 +111,9 @@ def evaluate_predictions_on_coco(
 def _columns_to_dicts(cols: DetectionColumns) -> List[Dict[str, Any]]:
     return [
         {"image_id": i, "category_id": c, "bbox": b, "score": s}
-        for i, c, b, s in zip(cols.image_id, cols.category_id.tolist(), cols.bbox.tolist(), cols.score.tolist())
+        for i, c, b, s in zip(
+            cols.image_id, cols.category_id.tolist(), cols.bbox.tolist(), cols.score.tolist()
+        )
     ]
 
 
@@ -162,9 +176,13 @@ class COCOEvaluator(DatasetEvaluator):
         if backend is None:
             backend = "fast" if use_fast_impl else "pycocotools"
         if backend not in BACKENDS:
-            raise ValueError(f"unknown COCO evaluation backend {backend!r}; choose one of {BACKENDS}")
+            raise ValueError(
+                f"unknown COCO evaluation backend {backend!r}; choose one of {BACKENDS}"
+            )
         self._backend = backend
-        if max_dets_per_image is not None and (not isinstance(max_dets_per_image, int) or max_dets_per_image < 10):
+        if max_dets_per_image is not None and (
+            not isinstance(max_dets_per_image, int) or max_dets_per_image < 10
+        ):
             raise ValueError(
                 f"max_dets_per_image must be an int >= 10 (COCO uses [1, 10, max]), got {max_dets_per_image!r}"
             )
@@ -184,7 +202,9 @@ class COCOEvaluator(DatasetEvaluator):
             self._metadata.json_file = cache_path
         json_file = self._metadata.json_file
         if not os.path.isfile(json_file):
-            raise FileNotFoundError(f"the COCO annotation file of dataset '{dataset_name}' does not exist: {json_file}")
+            raise FileNotFoundError(
+                f"the COCO annotation file of dataset '{dataset_name}' does not exist: {json_file}"
+            )
         self._coco_api = quiet_coco(json_file)
         self._do_evaluation = "annotations" in self._coco_api.dataset
         self._contiguous_to_dataset = self._category_mapping()
@@ -224,7 +244,9 @@ class COCOEvaluator(DatasetEvaluator):
                 continue
             instances = out["instances"].to("cpu")
             if num_classes is not None:
-                check_class_ids(instances.pred_classes, num_classes, inp["image_id"], self._dataset_name)
+                check_class_ids(
+                    instances.pred_classes, num_classes, inp["image_id"], self._dataset_name
+                )
             coco_json = instances_to_coco_json(instances, inp["image_id"])
             self._predictions.append({"image_id": inp["image_id"], "instances": coco_json})
 
@@ -245,7 +267,9 @@ class COCOEvaluator(DatasetEvaluator):
         # the fast backend reads the columns; result dicts with dataset ids only when needed
         coco_results: Union[List[Dict[str, Any]], DetectionColumns] = columns
         if self._output_dir or self._backend == "pycocotools":
-            coco_results = [dict(r, category_id=c) for r, c in zip(results, columns.category_id.tolist())]
+            coco_results = [
+                dict(r, category_id=c) for r, c in zip(results, columns.category_id.tolist())
+            ]
         if self._output_dir:
             self._save(predictions, coco_results)
         if not self._do_evaluation:
@@ -255,8 +279,11 @@ class COCOEvaluator(DatasetEvaluator):
         for task in self._tasks:
             self._logger.info(f"Evaluating predictions with the {self._backend} COCO backend ...")
             coco_eval = (
-                evaluate_predictions_on_coco(self._coco_api, coco_results, task, self._backend, img_ids, self._max_dets)
-                if len(columns) else None
+                evaluate_predictions_on_coco(
+                    self._coco_api, coco_results, task, self._backend, img_ids, self._max_dets
+                )
+                if len(columns)
+                else None
             )
             self.coco_eval[task] = coco_eval
             results_by_task[task] = self._derive_coco_results(coco_eval, task)
@@ -305,7 +332,10 @@ class COCOEvaluator(DatasetEvaluator):
         if coco_eval is None:
             self._logger.warning("No predictions from the model!")
             return {name: float("nan") for name in names}
-        results = {name: float(v * 100) if v >= 0 else float("nan") for name, v in zip(names, coco_eval.stats)}
+        results = {
+            name: float(v * 100) if v >= 0 else float("nan")
+            for name, v in zip(names, coco_eval.stats)
+        }
         self._logger.info("COCO summary:\n" + "\n".join(coco_eval.summary_lines))
         self._logger.info(f"Evaluation results for {task}:\n" + create_small_table(results))
         if not np.isfinite(sum(results.values())):

@@ -5,6 +5,7 @@ synthetic shapes, ...). Boxes are converted in float32 and rounded to 3 decimals
 the float32 box area (or the polygon / RLE area when a ``segmentation`` is given), as in
 detectron2's ``convert_to_coco_dict``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -31,7 +32,9 @@ def _to_xywh(bbox: Any, mode: Any) -> List[float]:
     try:
         mode = BoxMode(mode)
     except ValueError:
-        raise ValueError(f"unsupported bbox_mode {mode!r}; use BoxMode.XYXY_ABS or BoxMode.XYWH_ABS") from None
+        raise ValueError(
+            f"unsupported bbox_mode {mode!r}; use BoxMode.XYXY_ABS or BoxMode.XYWH_ABS"
+        ) from None
     if mode == BoxMode.XYWH_ABS:
         return [float(v) for v in values]
     x0, y0, x1, y1 = np.asarray(values, dtype=np.float32)
@@ -68,7 +71,9 @@ def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
     meta = MetadataCatalog.get(dataset_name)
     classes = meta.get("thing_classes")
     if classes is None:
-        raise ValueError(f"dataset '{dataset_name}' has no metadata.thing_classes; cannot convert it to COCO format")
+        raise ValueError(
+            f"dataset '{dataset_name}' has no metadata.thing_classes; cannot convert it to COCO format"
+        )
     mapping = meta.get("thing_dataset_id_to_contiguous_id")
     to_dataset_id: Callable[[int], int]
     if mapping:
@@ -100,15 +105,28 @@ def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
             if "segmentation" in ann:
                 coco_ann["segmentation"] = ann["segmentation"]
             annotations.append(coco_ann)
-    logger.info(f"Converted '{dataset_name}' to COCO format: {len(images)} images, {len(annotations)} annotations")
-    info = {"date_created": str(datetime.datetime.now()), "description": f"converted from '{dataset_name}'"}
-    return {"info": info, "images": images, "annotations": annotations, "categories": categories, "licenses": None}
+    logger.info(
+        f"Converted '{dataset_name}' to COCO format: {len(images)} images, {len(annotations)} annotations"
+    )
+    info = {
+        "date_created": str(datetime.datetime.now()),
+        "description": f"converted from '{dataset_name}'",
+    }
+    return {
+        "info": info,
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+        "licenses": None,
+    }
 
 
 def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool = True) -> None:
     """Write :func:`convert_to_coco_dict` to ``output_file`` (kept as is if it exists and ``allow_cached``)."""
     if allow_cached and os.path.exists(output_file):
-        logger.info(f"Using the cached COCO-format annotations of '{dataset_name}' at {output_file}")
+        logger.info(
+            f"Using the cached COCO-format annotations of '{dataset_name}' at {output_file}"
+        )
         return
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
     coco_dict = convert_to_coco_dict(dataset_name)

@@ -4,6 +4,7 @@ An evaluator sees the model's inputs and outputs batch by batch (``process``) an
 at the end (``evaluate``); :func:`inference_on_dataset` runs the model over a data loader in eval
 mode without gradients, feeds the evaluator, shows a tqdm progress bar with an ETA, and logs timing.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -12,7 +13,16 @@ import time
 from collections import OrderedDict, abc
 from contextlib import ExitStack, contextmanager
 from typing import (
-    Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Union,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Union,
 )
 
 import torch
@@ -121,7 +131,7 @@ _CALLBACKS = ("on_start", "before_inference", "after_inference", "on_end")
 
 
 def _as_evaluator(
-    evaluator: Union[DatasetEvaluator, Sequence[DatasetEvaluator], None]
+    evaluator: Union[DatasetEvaluator, Sequence[DatasetEvaluator], None],
 ) -> DatasetEvaluator:
     """One evaluator from one, a list of them (merged) or None (timing only, no metrics)."""
     if evaluator is None:
@@ -129,8 +139,10 @@ def _as_evaluator(
     elif isinstance(evaluator, abc.Sequence):
         evaluator = DatasetEvaluators(evaluator)
     if not isinstance(evaluator, DatasetEvaluator):
-        raise TypeError(f"evaluator must be a DatasetEvaluator, a list of them or None, "
-                        f"got {type(evaluator).__name__}")
+        raise TypeError(
+            f"evaluator must be a DatasetEvaluator, a list of them or None, "
+            f"got {type(evaluator).__name__}"
+        )
     return evaluator
 
 
@@ -171,8 +183,11 @@ class _Timer:
     def postfix(self) -> Dict[str, str]:
         """Average times per batch for the progress bar."""
         n = self.num_iters
-        return {"data": f"{self.data / n:.3f}s", "infer": f"{self.compute / n:.3f}s",
-                "eval": f"{self.eval / n:.3f}s"}
+        return {
+            "data": f"{self.data / n:.3f}s",
+            "infer": f"{self.compute / n:.3f}s",
+            "eval": f"{self.eval / n:.3f}s",
+        }
 
     def log(self, num_devices: int) -> None:
         """The totals and per-batch times, as detectron2 logs them."""
@@ -188,9 +203,14 @@ class _Timer:
         )
 
 
-def _run_batches(model: Callable[[Any], Any], data_loader: Iterable,
-                 evaluator: DatasetEvaluator, call: Callable[[str], None], bar: Any,
-                 timer: _Timer) -> None:
+def _run_batches(
+    model: Callable[[Any], Any],
+    data_loader: Iterable,
+    evaluator: DatasetEvaluator,
+    call: Callable[[str], None],
+    bar: Any,
+    timer: _Timer,
+) -> None:
     """The loop: each batch through ``model`` and into ``evaluator``, timed and shown on ``bar``."""
     data_start = time.perf_counter()
     for idx, inputs in enumerate(data_loader):
@@ -232,8 +252,9 @@ def inference_on_dataset(
     """
     total = _length(data_loader)
     num_devices = get_world_size()
-    logger.info(f"Start inference on {total if total is not None else 'an unknown number of'} "
-                f"batches")
+    logger.info(
+        f"Start inference on {total if total is not None else 'an unknown number of'} batches"
+    )
     evaluator = _as_evaluator(evaluator)
     call = _callback_caller(callbacks)
     evaluator.reset()
@@ -244,8 +265,15 @@ def inference_on_dataset(
             stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
         stack.enter_context(_autocast(model, autocast_dtype))
-        bar = stack.enter_context(tqdm(total=total, desc="Inference", unit="batch",
-                                       disable=not is_main_process(), dynamic_ncols=True))
+        bar = stack.enter_context(
+            tqdm(
+                total=total,
+                desc="Inference",
+                unit="batch",
+                disable=not is_main_process(),
+                dynamic_ncols=True,
+            )
+        )
         call("on_start")
         _run_batches(model, data_loader, evaluator, call, bar, timer)
         call("on_end")

@@ -21,6 +21,7 @@ at once. Only ``iouType="bbox"`` with ``useCats=1`` is supported. Detections can
 ``COCO`` object (from ``loadRes``), or directly as the list of result dicts or as
 :class:`DetectionColumns`, which skips ``loadRes``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,20 @@ from pycocotools.cocoeval import Params
 __all__ = ["FastCOCOeval", "DetectionColumns", "summarize_coco_eval", "STAT_NAMES"]
 
 # Names of the 12 numbers of ``stats`` (detectron2's names for the 6 AP; AR at maxDets 1/10/100).
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 
 @dataclass
@@ -84,9 +98,12 @@ class DetectionColumns:
     @classmethod
     def from_results(cls, results: Sequence[Dict[str, Any]]) -> "DetectionColumns":
         """Columns of a list of COCO result dicts."""
-        return cls([r["image_id"] for r in results], np.asarray([r["category_id"] for r in results]),
-                   np.asarray([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4),
-                   np.asarray([r["score"] for r in results], dtype=np.float64))
+        return cls(
+            [r["image_id"] for r in results],
+            np.asarray([r["category_id"] for r in results]),
+            np.asarray([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4),
+            np.asarray([r["score"] for r in results], dtype=np.float64),
+        )
 
 
 def _lookup(keys: Sequence[Hashable], index: Dict[Hashable, int]) -> np.ndarray:
@@ -101,14 +118,22 @@ def _lookup(keys: Sequence[Hashable], index: Dict[Hashable, int]) -> np.ndarray:
     return table[inverse.reshape(-1)]
 
 
-def _columns_to_arrays(cols: DetectionColumns, img_index: Dict[Hashable, int],
-                       cat_index: Dict[Hashable, int]) -> _Boxes:
+def _columns_to_arrays(
+    cols: DetectionColumns, img_index: Dict[Hashable, int], cat_index: Dict[Hashable, int]
+) -> _Boxes:
     img = _lookup(cols.image_id, img_index)
     cat = _lookup(cols.category_id, cat_index)
     keep = np.flatnonzero((img >= 0) & (cat >= 0))
     box = cols.bbox[keep]
-    return _Boxes(img[keep], cat[keep], box, box[:, 2] * box[:, 3], np.zeros(len(keep), dtype=bool),
-                  keep.astype(np.int64) + 1, cols.score[keep])
+    return _Boxes(
+        img[keep],
+        cat[keep],
+        box,
+        box[:, 2] * box[:, 3],
+        np.zeros(len(keep), dtype=bool),
+        keep.astype(np.int64) + 1,
+        cols.score[keep],
+    )
 
 
 def _check_images(anns: Union[Sequence[Dict[str, Any]], DetectionColumns], coco_gt: COCO) -> None:
@@ -123,8 +148,12 @@ def _check_images(anns: Union[Sequence[Dict[str, Any]], DetectionColumns], coco_
         )
 
 
-def _to_arrays(anns: Sequence[Dict[str, Any]], img_index: Dict[Hashable, int], cat_index: Dict[Hashable, int],
-               is_gt: bool) -> _Boxes:
+def _to_arrays(
+    anns: Sequence[Dict[str, Any]],
+    img_index: Dict[Hashable, int],
+    cat_index: Dict[Hashable, int],
+    is_gt: bool,
+) -> _Boxes:
     """Keep annotations of evaluated images and categories (in their order) as arrays."""
     img_list = [img_index.get(a["image_id"], -1) for a in anns]
     img = np.asarray(img_list, dtype=np.int64)
@@ -134,7 +163,9 @@ def _to_arrays(anns: Sequence[Dict[str, Any]], img_index: Dict[Hashable, int], c
     try:
         box = np.asarray([a["bbox"] for a in kept], dtype=np.float64).reshape(-1, 4)
     except ValueError as e:
-        raise ValueError(f"every {'ground truth' if is_gt else 'detection'} bbox must be 4 numbers: {e}") from None
+        raise ValueError(
+            f"every {'ground truth' if is_gt else 'detection'} bbox must be 4 numbers: {e}"
+        ) from None
     if is_gt:
         try:
             area = np.asarray([a["area"] for a in kept], dtype=np.float64)
@@ -145,7 +176,10 @@ def _to_arrays(anns: Sequence[Dict[str, Any]], img_index: Dict[Hashable, int], c
         score = np.zeros(len(kept))
     else:
         # loadRes sets area = w * h; a result list gets the same product here.
-        area = np.asarray([a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in kept], dtype=np.float64)
+        area = np.asarray(
+            [a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3] for a in kept],
+            dtype=np.float64,
+        )
         crowd = np.zeros(len(kept), dtype=bool)
         ids = keep.astype(np.int64) + 1  # loadRes numbers results 1, 2, ... in list order
         score = np.asarray([a["score"] for a in kept], dtype=np.float64)
@@ -173,8 +207,12 @@ def _group_bounds(sorted_keys: np.ndarray, num_keys: int) -> np.ndarray:
 class FastCOCOeval:
     """``pycocotools.cocoeval.COCOeval`` for ``iouType="bbox"``, vectorized; same numbers, much faster."""
 
-    def __init__(self, cocoGt: COCO, cocoDt: Union[COCO, Sequence[Dict[str, Any]], DetectionColumns, None] = None,
-                 iouType: str = "bbox") -> None:
+    def __init__(
+        self,
+        cocoGt: COCO,
+        cocoDt: Union[COCO, Sequence[Dict[str, Any]], DetectionColumns, None] = None,
+        iouType: str = "bbox",
+    ) -> None:
         if iouType != "bbox":
             raise NotImplementedError(f"FastCOCOeval evaluates boxes only, got iouType={iouType!r}")
         self.cocoGt = cocoGt
@@ -231,7 +269,11 @@ class FastCOCOeval:
         dt_group, rank = dt_group[keep], rank[keep]
 
         area_rng = np.asarray(p.areaRng, dtype=np.float64)
-        gt_ignore = gt.crowd[None, :] | (gt.area[None, :] < area_rng[:, :1]) | (gt.area[None, :] > area_rng[:, 1:])
+        gt_ignore = (
+            gt.crowd[None, :]
+            | (gt.area[None, :] < area_rng[:, :1])
+            | (gt.area[None, :] > area_rng[:, 1:])
+        )
         dt_out = (dt.area[None, :] < area_rng[:, :1]) | (dt.area[None, :] > area_rng[:, 1:])
         dtm, dt_ignore = self._match(dt, dt_group, rank, gt, gt_bounds, gt_ignore)
         dt_ignore |= ~dtm & dt_out[None, :, :]  # unmatched detections outside the area range
@@ -239,14 +281,25 @@ class FastCOCOeval:
         # order of accumulate(): per category by score, stable over (image, rank) as pycocotools concatenates
         order = np.lexsort((rank, dt.img, -dt.score, dt.cat))
         self._state = dict(
-            dt_cat=dt.cat[order], dt_rank=rank[order], dt_score=dt.score[order],
-            tps=(dtm & ~dt_ignore)[:, :, order], fps=(~dtm & ~dt_ignore)[:, :, order],
-            gt_cat=gt.cat, gt_ignore=gt_ignore,
+            dt_cat=dt.cat[order],
+            dt_rank=rank[order],
+            dt_score=dt.score[order],
+            tps=(dtm & ~dt_ignore)[:, :, order],
+            fps=(~dtm & ~dt_ignore)[:, :, order],
+            gt_cat=gt.cat,
+            gt_ignore=gt_ignore,
         )
         self._paramsEval = p
 
-    def _match(self, dt: _Boxes, dt_group: np.ndarray, rank: np.ndarray, gt: _Boxes, gt_bounds: np.ndarray,
-               gt_ignore: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    def _match(
+        self,
+        dt: _Boxes,
+        dt_group: np.ndarray,
+        rank: np.ndarray,
+        gt: _Boxes,
+        gt_bounds: np.ndarray,
+        gt_ignore: np.ndarray,
+    ) -> "tuple[np.ndarray, np.ndarray]":
         """Greedy matching, one detection rank at a time for all groups, thresholds and areas at once.
 
         Returns (T, A, D) boolean arrays: ``dtm``, matched (to a gt whose id is not 0: pycocotools
@@ -270,7 +323,9 @@ class FastCOCOeval:
             return dtm, match_ignored
         pair_det = np.repeat(det_order, n_gt)
         seg_start = np.concatenate(([0], np.cumsum(n_gt)[:-1]))
-        pair_gt = (np.repeat(gt_bounds[dt_group[det_order]] - seg_start, n_gt) + np.arange(len(pair_det)))
+        pair_gt = np.repeat(gt_bounds[dt_group[det_order]] - seg_start, n_gt) + np.arange(
+            len(pair_det)
+        )
         iou = _box_iou(dt.box[pair_det], gt.box[pair_gt], gt.crowd[pair_gt])
 
         gt_used = np.zeros((num_t, num_a, len(gt.img)), dtype=bool)
@@ -311,7 +366,13 @@ class FastCOCOeval:
         if self._state is None:
             raise RuntimeError("call evaluate() before accumulate()")
         p, s = self.params, self._state
-        T, R, K, A, M = len(p.iouThrs), len(p.recThrs), len(p.catIds), len(p.areaRng), len(p.maxDets)
+        T, R, K, A, M = (
+            len(p.iouThrs),
+            len(p.recThrs),
+            len(p.catIds),
+            len(p.areaRng),
+            len(p.maxDets),
+        )
         precision = -np.ones((T, R, K, A, M))
         recall = -np.ones((T, K, A, M))
         scores = -np.ones((T, R, K, A, M))
@@ -324,7 +385,11 @@ class FastCOCOeval:
             c0, c1 = cat_bounds[k], cat_bounds[k + 1]
             rank_k = s["dt_rank"][c0:c1]
             for m, max_det in enumerate(p.maxDets):
-                sel = slice(c0, c1) if (rank_k < max_det).all() else c0 + np.flatnonzero(rank_k < max_det)
+                sel = (
+                    slice(c0, c1)
+                    if (rank_k < max_det).all()
+                    else c0 + np.flatnonzero(rank_k < max_det)
+                )
                 score_sorted = s["dt_score"][sel]
                 tp_sum = np.cumsum(s["tps"][:, :, sel], axis=2).astype(float)
                 fp_sum = np.cumsum(s["fps"][:, :, sel], axis=2).astype(float)
@@ -352,19 +417,28 @@ class FastCOCOeval:
                         ss[:n_ok] = score_sorted[inds[:n_ok]]
                         precision[t, :, k, a, m] = q
                         scores[t, :, k, a, m] = ss
-        self.eval = {"params": p, "counts": [T, R, K, A, M], "precision": precision, "recall": recall,
-                     "scores": scores}
+        self.eval = {
+            "params": p,
+            "counts": [T, R, K, A, M],
+            "precision": precision,
+            "recall": recall,
+            "scores": scores,
+        }
 
     # ------------------------------------------------------------------ summarize
     def summarize(self) -> None:
         """Compute ``stats`` (12 numbers) and print them as pycocotools does."""
         if not self.eval:
             raise RuntimeError("call accumulate() before summarize()")
-        self.stats, lines = summarize_coco_eval(self.eval["precision"], self.eval["recall"], self.params)
+        self.stats, lines = summarize_coco_eval(
+            self.eval["precision"], self.eval["recall"], self.params
+        )
         print("\n".join(lines))
 
 
-def summarize_coco_eval(precision: np.ndarray, recall: np.ndarray, params: Any) -> "tuple[np.ndarray, List[str]]":
+def summarize_coco_eval(
+    precision: np.ndarray, recall: np.ndarray, params: Any
+) -> "tuple[np.ndarray, List[str]]":
     """The 12 COCO numbers (and pycocotools' printed lines) from accumulated precision/recall.
 
     AP uses ``maxDets[2]`` (detectron2's ``COCOevalMaxDets``), identical to pycocotools for the
@@ -373,7 +447,9 @@ def summarize_coco_eval(precision: np.ndarray, recall: np.ndarray, params: Any) 
     p = params
     lines: List[str] = []
 
-    def one(ap: bool, iou_thr: Optional[float] = None, area: str = "all", max_dets: int = 100) -> float:
+    def one(
+        ap: bool, iou_thr: Optional[float] = None, area: str = "all", max_dets: int = 100
+    ) -> float:
         aind = [i for i, lbl in enumerate(p.areaRngLbl) if lbl == area]
         mind = [i for i, md in enumerate(p.maxDets) if md == max_dets]
         s = precision if ap else recall
@@ -381,27 +457,33 @@ def summarize_coco_eval(precision: np.ndarray, recall: np.ndarray, params: Any) 
             s = s[np.where(iou_thr == p.iouThrs)[0]]
         s = s[:, :, :, aind, mind] if ap else s[:, :, aind, mind]
         mean = -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
-        iou_str = f"{p.iouThrs[0]:0.2f}:{p.iouThrs[-1]:0.2f}" if iou_thr is None else f"{iou_thr:0.2f}"
+        iou_str = (
+            f"{p.iouThrs[0]:0.2f}:{p.iouThrs[-1]:0.2f}" if iou_thr is None else f"{iou_thr:0.2f}"
+        )
         title, kind = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
-        lines.append(f" {title:<18} {kind} @[ IoU={iou_str:<9} | area={area:>6s} | maxDets={max_dets:>3d} ]"
-                     f" = {mean:0.3f}")
+        lines.append(
+            f" {title:<18} {kind} @[ IoU={iou_str:<9} | area={area:>6s} | maxDets={max_dets:>3d} ]"
+            f" = {mean:0.3f}"
+        )
         return mean
 
     md = p.maxDets
-    stats = np.array([
-        one(True, max_dets=md[2]),
-        one(True, iou_thr=0.5, max_dets=md[2]),
-        one(True, iou_thr=0.75, max_dets=md[2]),
-        one(True, area="small", max_dets=md[2]),
-        one(True, area="medium", max_dets=md[2]),
-        one(True, area="large", max_dets=md[2]),
-        one(False, max_dets=md[0]),
-        one(False, max_dets=md[1]),
-        one(False, max_dets=md[2]),
-        one(False, area="small", max_dets=md[2]),
-        one(False, area="medium", max_dets=md[2]),
-        one(False, area="large", max_dets=md[2]),
-    ])
+    stats = np.array(
+        [
+            one(True, max_dets=md[2]),
+            one(True, iou_thr=0.5, max_dets=md[2]),
+            one(True, iou_thr=0.75, max_dets=md[2]),
+            one(True, area="small", max_dets=md[2]),
+            one(True, area="medium", max_dets=md[2]),
+            one(True, area="large", max_dets=md[2]),
+            one(False, max_dets=md[0]),
+            one(False, max_dets=md[1]),
+            one(False, max_dets=md[2]),
+            one(False, area="small", max_dets=md[2]),
+            one(False, area="medium", max_dets=md[2]),
+            one(False, area="large", max_dets=md[2]),
+        ]
+    )
     return stats, lines
 
 

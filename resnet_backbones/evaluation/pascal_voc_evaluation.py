@@ -14,6 +14,7 @@ in ``<dirname>/ImageSets/Main/<split>.txt``. As in the VOC devkit (and detectron
 To give detectron2's numbers exactly, predictions go through the same text round trip detectron2
 uses: boxes become 1-based (``x0 + 1``, ``y0 + 1``) and are rounded to 0.1 pixel, scores to 0.001.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,11 +46,15 @@ def parse_voc_xml(path: str) -> List[Dict[str, Any]]:
     for obj in root.findall("object"):
         box = obj.find("bndbox")
         difficult = obj.find("difficult")
-        objects.append({
-            "name": obj.find("name").text.strip(),
-            "difficult": bool(int(difficult.text)) if difficult is not None and difficult.text else False,
-            "bbox": [float(box.find(tag).text) for tag in ("xmin", "ymin", "xmax", "ymax")],
-        })
+        objects.append(
+            {
+                "name": obj.find("name").text.strip(),
+                "difficult": bool(int(difficult.text))
+                if difficult is not None and difficult.text
+                else False,
+                "bbox": [float(box.find(tag).text) for tag in ("xmin", "ymin", "xmax", "ymax")],
+            }
+        )
     return objects
 
 
@@ -71,7 +76,9 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> fl
 def _round_text(values: np.ndarray, digits: int) -> np.ndarray:
     """Round as printing with ``f"{v:.<digits>f}"`` and parsing back does (exact, unlike ``np.round``)."""
     flat = np.asarray(values, dtype=np.float64)
-    return np.array([float(f"{v:.{digits}f}") for v in flat.ravel().tolist()], dtype=np.float64).reshape(flat.shape)
+    return np.array(
+        [float(f"{v:.{digits}f}") for v in flat.ravel().tolist()], dtype=np.float64
+    ).reshape(flat.shape)
 
 
 def _voc_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -79,8 +86,11 @@ def _voc_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
     iw = np.maximum(np.minimum(gt[:, 2], det[:, 2]) - np.maximum(gt[:, 0], det[:, 0]) + 1.0, 0.0)
     ih = np.maximum(np.minimum(gt[:, 3], det[:, 3]) - np.maximum(gt[:, 1], det[:, 1]) + 1.0, 0.0)
     inters = iw * ih
-    union = ((det[:, 2] - det[:, 0] + 1.0) * (det[:, 3] - det[:, 1] + 1.0)
-             + (gt[:, 2] - gt[:, 0] + 1.0) * (gt[:, 3] - gt[:, 1] + 1.0) - inters)
+    union = (
+        (det[:, 2] - det[:, 0] + 1.0) * (det[:, 3] - det[:, 1] + 1.0)
+        + (gt[:, 2] - gt[:, 0] + 1.0) * (gt[:, 3] - gt[:, 1] + 1.0)
+        - inters
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         return inters / union
 
@@ -98,7 +108,9 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         missing = [k for k in ("dirname", "split", "year", "thing_classes") if meta.get(k) is None]
         if missing:
-            raise ValueError(f"dataset '{dataset_name}' lacks metadata {missing} needed for VOC evaluation")
+            raise ValueError(
+                f"dataset '{dataset_name}' lacks metadata {missing} needed for VOC evaluation"
+            )
         self._dataset_name = dataset_name
         self._distributed = distributed
         self._anno_template = os.path.join(meta.dirname, "Annotations", "{}.xml")
@@ -118,12 +130,16 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         num_classes = len(self._class_names)
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
-            check_class_ids(instances.pred_classes, num_classes, inp["image_id"], self._dataset_name)
+            check_class_ids(
+                instances.pred_classes, num_classes, inp["image_id"], self._dataset_name
+            )
             classes = instances.pred_classes.numpy().astype(np.int64)
             boxes = instances.pred_boxes.tensor.numpy().copy()
             boxes[:, :2] += 1  # back to the 1-based pixel indices of the XML files
             scores = _round_text(np.asarray(instances.scores.tolist(), dtype=np.float64), 3)
-            self._predictions.append((str(inp["image_id"]), classes, scores, _round_text(boxes, 1).reshape(-1, 4)))
+            self._predictions.append(
+                (str(inp["image_id"]), classes, scores, _round_text(boxes, 1).reshape(-1, 4))
+            )
 
     def evaluate(self) -> Dict[str, Any]:
         if self._distributed:
@@ -150,7 +166,12 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
             score = np.concatenate([p[2] for p in predictions])
             box = np.concatenate([p[3] for p in predictions])
         else:
-            img, cls, score, box = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))
+            img, cls, score, box = (
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                np.zeros(0),
+                np.zeros((0, 4)),
+            )
 
         aps: Dict[int, List[float]] = {t: [] for t in _THRESHOLDS}
         for c, name in enumerate(self._class_names):
@@ -159,17 +180,24 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
             for t, ap in zip(_THRESHOLDS, ap_per_thr):
                 aps[t].append(ap * 100)
         mAP = {t: np.mean(v) for t, v in aps.items()}
-        result: Dict[str, float] = OrderedDict(AP=float(np.mean(list(mAP.values()))), AP50=float(mAP[50]),
-                                               AP75=float(mAP[75]))
-        per_class = [(n, float(np.mean([aps[t][c] for t in _THRESHOLDS])), float(aps[50][c]))
-                     for c, n in enumerate(self._class_names)]
+        result: Dict[str, float] = OrderedDict(
+            AP=float(np.mean(list(mAP.values()))), AP50=float(mAP[50]), AP75=float(mAP[75])
+        )
+        per_class = [
+            (n, float(np.mean([aps[t][c] for t in _THRESHOLDS])), float(aps[50][c]))
+            for c, n in enumerate(self._class_names)
+        ]
         for n, ap, ap50 in per_class:
             result[f"AP-{n}"] = ap
         for n, ap, ap50 in per_class:
             result[f"AP50-{n}"] = ap50
         main = ["AP", "AP50", "AP75"]
-        self._logger.info("Evaluation results for bbox:\n" + markdown_table(main, [[result[k] for k in main]]))
-        self._logger.info("Per-class VOC AP:\n" + markdown_table(["class", "AP", "AP50"], per_class))
+        self._logger.info(
+            "Evaluation results for bbox:\n" + markdown_table(main, [[result[k] for k in main]])
+        )
+        self._logger.info(
+            "Per-class VOC AP:\n" + markdown_table(["class", "AP", "AP50"], per_class)
+        )
         return OrderedDict(bbox=result)
 
     def _load_ground_truth(self) -> Tuple[List[str], List[List[Dict[str, Any]]]]:
@@ -177,11 +205,19 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
             with open(self._image_set_path) as f:
                 names = [line.strip() for line in f if line.strip()]
         except FileNotFoundError:
-            raise FileNotFoundError(f"VOC image set file not found: {self._image_set_path}") from None
+            raise FileNotFoundError(
+                f"VOC image set file not found: {self._image_set_path}"
+            ) from None
         return names, [parse_voc_xml(self._anno_template.format(n)) for n in names]
 
-    def _eval_class(self, name: str, records: List[List[Dict[str, Any]]], img: np.ndarray, score: np.ndarray,
-                    box: np.ndarray) -> List[float]:
+    def _eval_class(
+        self,
+        name: str,
+        records: List[List[Dict[str, Any]]],
+        img: np.ndarray,
+        score: np.ndarray,
+        box: np.ndarray,
+    ) -> List[float]:
         """AP of one class at every IoU threshold."""
         gt_img, gt_box, gt_diff = [], [], []
         for i, objs in enumerate(records):
@@ -195,7 +231,9 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         gt_diff_a = np.asarray(gt_diff, dtype=bool)
         npos = int(np.sum(~gt_diff_a))
         if npos == 0:
-            self._logger.warning(f"class '{name}' has no (non-difficult) ground truth; its AP is undefined")
+            self._logger.warning(
+                f"class '{name}' has no (non-difficult) ground truth; its AP is undefined"
+            )
 
         order = np.argsort(-score)  # the devkit's (unstable) sort, for identical tie order
         img, box = img[order], box[order]
@@ -204,10 +242,14 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         aps = []
         for t in _THRESHOLDS:
             over = ovmax > t / 100.0
-            candidate = over & ~gt_diff_a[np.maximum(jmax, 0)] if len(gt_diff_a) else np.zeros(nd, bool)
+            candidate = (
+                over & ~gt_diff_a[np.maximum(jmax, 0)] if len(gt_diff_a) else np.zeros(nd, bool)
+            )
             tp = np.zeros(nd)
             cand_idx = np.flatnonzero(candidate)
-            _, first = np.unique(jmax[cand_idx], return_index=True)  # first detection to take each gt
+            _, first = np.unique(
+                jmax[cand_idx], return_index=True
+            )  # first detection to take each gt
             tp[cand_idx[first]] = 1.0
             fp = (~over).astype(np.float64)
             fp[cand_idx] = 1.0 - tp[cand_idx]
@@ -220,8 +262,9 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         return aps
 
     @staticmethod
-    def _best_overlaps(img: np.ndarray, box: np.ndarray, gt_img: np.ndarray, gt_box: np.ndarray,
-                       num_images: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _best_overlaps(
+        img: np.ndarray, box: np.ndarray, gt_img: np.ndarray, gt_box: np.ndarray, num_images: int
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """Per detection: the highest IoU with a ground truth of its image (-inf if none) and its index."""
         nd = len(img)
         ovmax = np.full(nd, -np.inf)
@@ -237,7 +280,9 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         counts = n_gt[has]
         seg_start = np.concatenate(([0], np.cumsum(counts)[:-1]))
         pair_det = np.repeat(has, counts)
-        pair_gt = gt_order[np.repeat(bounds[img[has]] - seg_start, counts) + np.arange(len(pair_det))]
+        pair_gt = gt_order[
+            np.repeat(bounds[img[has]] - seg_start, counts) + np.arange(len(pair_det))
+        ]
         ov = _voc_iou(box[pair_det], gt_box[pair_gt])
         best = np.maximum.reduceat(ov, seg_start)
         pos = np.where(ov == np.repeat(best, counts), np.arange(len(ov)), len(ov))

@@ -1,4 +1,5 @@
 """Reporting and checking evaluation results (detectron2's ``evaluation/testing.py`` helpers)."""
+
 from __future__ import annotations
 
 import logging

@@ -12,6 +12,7 @@ By default the TorchScript-based ONNX exporter (``dynamo=False``) is used: it is
 graph keeps the number of detections dynamic; ``dynamo=True`` (``torch.export``) also works for
 both but takes much longer for the detector.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,15 +52,18 @@ def _quiet_tracing() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.trace")
-        warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                message=r".*(TorchScript|dynamo=False)")
-        warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                message=r"The feature will be removed")
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, message=r".*(TorchScript|dynamo=False)"
+        )
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, message=r"The feature will be removed"
+        )
         yield
 
 
-def export_torchscript(module: nn.Module, example_inputs: Tuple[torch.Tensor, ...],
-                       path: str) -> torch.jit.ScriptModule:
+def export_torchscript(
+    module: nn.Module, example_inputs: Tuple[torch.Tensor, ...], path: str
+) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` ``module`` (in eval mode, without gradients) and save it to ``path``."""
     module.eval()
     with _quiet_tracing(), torch.no_grad():
@@ -98,14 +102,21 @@ def export_onnx(
         kwargs["dynamic_axes"] = dynamic_axes
     with _quiet_tracing(), torch.no_grad():
         torch.onnx.export(
-            module, tuple(example_inputs), path, input_names=list(input_names),
-            output_names=list(output_names), opset_version=opset_version, dynamo=dynamo, **kwargs,
+            module,
+            tuple(example_inputs),
+            path,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset_version,
+            dynamo=dynamo,
+            **kwargs,
         )
     return path
 
 
-def example_image(height: int, width: int, input_format: str = "BGR",
-                  seed: int = 0) -> torch.Tensor:
+def example_image(
+    height: int, width: int, input_format: str = "BGR", seed: int = 0
+) -> torch.Tensor:
     """A ``(3, H, W)`` float 0-255 shapes image in ``input_format``: a realistic tracing input."""
     from ..data.shapes import render_detection_image
 
@@ -137,15 +148,17 @@ def _load_weights(model: nn.Module, weights: str, backbone_only: bool) -> None:
 
     if backbone_only:
         # A full ResNet or a C4 detector checkpoint: keep what the backbone has (res2..res4).
-        report = load_checkpoint(model, weights, drop_classifier=True,
-                                 ignore_unexpected=("res5.*", "post_norm.*"))
+        report = load_checkpoint(
+            model, weights, drop_classifier=True, ignore_unexpected=("res5.*", "post_norm.*")
+        )
     else:
         report = load_checkpoint(model, weights)
     logger.info("weights: %s", report)
 
 
-def _run_exported(fmt: str, path: str, inputs: Tuple[torch.Tensor, ...],
-                  traced: Any) -> Optional[List[torch.Tensor]]:
+def _run_exported(
+    fmt: str, path: str, inputs: Tuple[torch.Tensor, ...], traced: Any
+) -> Optional[List[torch.Tensor]]:
     if fmt == "torchscript":
         with torch.no_grad():
             out = traced(*inputs)
@@ -197,8 +210,9 @@ def _backbone_spec(cfg: Any, height: int, width: int) -> Tuple[nn.Module, _Expor
     dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     for name in output_names:
         dynamic_axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
-    notes = ["input: normalized images, (x - MODEL.PIXEL_MEAN) / MODEL.PIXEL_STD, "
-             "any batch and size"]
+    notes = [
+        "input: normalized images, (x - MODEL.PIXEL_MEAN) / MODEL.PIXEL_STD, any batch and size"
+    ]
     return model, _ExportSpec(wrapper, inputs, ["images"], output_names, dynamic_axes, notes)
 
 
@@ -238,17 +252,25 @@ def _prepare_model(model: nn.Module, cfg: Any, backbone_only: bool) -> List[str]
     return notes
 
 
-def _write_exported(fmt: str, spec: _ExportSpec, output_dir: str, opset_version: int,
-                    dynamo: bool) -> Tuple[str, Optional[torch.jit.ScriptModule]]:
+def _write_exported(
+    fmt: str, spec: _ExportSpec, output_dir: str, opset_version: int, dynamo: bool
+) -> Tuple[str, Optional[torch.jit.ScriptModule]]:
     """Writes ``model.ts`` or ``model.onnx``; returns its path and the traced module (TorchScript
     only, to check it without loading the file again)."""
     if fmt == "torchscript":
         path = os.path.join(output_dir, "model.ts")
         return path, export_torchscript(spec.wrapper, spec.inputs, path)
     path = os.path.join(output_dir, "model.onnx")
-    export_onnx(spec.wrapper, spec.inputs, path, input_names=spec.input_names,
-                output_names=spec.output_names, dynamic_axes=spec.dynamic_axes,
-                opset_version=opset_version, dynamo=dynamo)
+    export_onnx(
+        spec.wrapper,
+        spec.inputs,
+        path,
+        input_names=spec.input_names,
+        output_names=spec.output_names,
+        dynamic_axes=spec.dynamic_axes,
+        opset_version=opset_version,
+        dynamo=dynamo,
+    )
     return path, None
 
 
@@ -302,11 +324,17 @@ def export_model(
 
     path, traced = _write_exported(fmt, spec, output_dir, opset_version, dynamo)
     result = ExportResult(
-        format=fmt, what="backbone" if backbone_only else "detector", path=path,
-        input_names=spec.input_names, input_shape=list(spec.inputs[0].shape),
-        output_names=spec.output_names, dynamic_axes=spec.dynamic_axes,
-        input_format=cfg.INPUT.FORMAT, pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
-        pixel_std=list(cfg.MODEL.PIXEL_STD), notes=spec.notes,
+        format=fmt,
+        what="backbone" if backbone_only else "detector",
+        path=path,
+        input_names=spec.input_names,
+        input_shape=list(spec.inputs[0].shape),
+        output_names=spec.output_names,
+        dynamic_axes=spec.dynamic_axes,
+        input_format=cfg.INPUT.FORMAT,
+        pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+        pixel_std=list(cfg.MODEL.PIXEL_STD),
+        notes=spec.notes,
     )
     if check:
         result.max_abs_diff = _check_exported(fmt, path, spec, traced)

@@ -14,6 +14,7 @@ of proposals or detections, or none at all, flows through the recorded graph. Th
 on the feature-map size, so a trace (and an ONNX file) is specific to the height and width it was
 made with; export once per input size.
 """
+
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -43,7 +44,9 @@ class BackboneExportWrapper(nn.Module):
         return (out,)
 
 
-def batched_nms_export(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def batched_nms_export(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """``torchvision.ops.batched_nms`` (coordinate trick) that also traces for empty inputs.
 
     Boxes of different ``idxs`` are moved apart by ``idxs * (max coordinate + 1)`` so that one
@@ -77,13 +80,19 @@ class DetectorExportWrapper(nn.Module):
         rpn = getattr(model, "proposal_generator", None)
         heads = getattr(model, "roi_heads", None)
         if rpn is None:
-            raise ValueError("DetectorExportWrapper needs a model with an RPN (MODEL.PROPOSAL_GENERATOR.NAME RPN)")
+            raise ValueError(
+                "DetectorExportWrapper needs a model with an RPN (MODEL.PROPOSAL_GENERATOR.NAME RPN)"
+            )
         if not (hasattr(heads, "res5") and hasattr(heads, "pooler")):
-            raise ValueError(f"DetectorExportWrapper supports the C4 head (Res5ROIHeads), got {type(heads).__name__}")
+            raise ValueError(
+                f"DetectorExportWrapper supports the C4 head (Res5ROIHeads), got {type(heads).__name__}"
+            )
         if len(heads.pooler.level_poolers) != 1:
             raise ValueError("DetectorExportWrapper supports RoI pooling from one feature map (C4)")
         if heads.pooler.level_poolers[0].kind == "ROIPool":
-            raise ValueError("DetectorExportWrapper supports ROIAlign / ROIAlignV2 pooling, not ROIPool")
+            raise ValueError(
+                "DetectorExportWrapper supports ROIAlign / ROIAlignV2 pooling, not ROIPool"
+            )
         self.model = model
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,17 +115,26 @@ class DetectorExportWrapper(nn.Module):
         boxes_l, scores_l, levels_l = [], [], []
         for level, (anchors_l, logits_l, deltas_l) in enumerate(zip(anchors, logits, deltas)):
             logits_l = logits_l[0].permute(1, 2, 0).reshape(-1)
-            deltas_l = deltas_l[0].view(-1, 4, deltas_l.shape[-2], deltas_l.shape[-1]).permute(2, 3, 0, 1).reshape(-1, 4)
+            deltas_l = (
+                deltas_l[0]
+                .view(-1, 4, deltas_l.shape[-2], deltas_l.shape[-1])
+                .permute(2, 3, 0, 1)
+                .reshape(-1, 4)
+            )
             k = min(int(logits_l.shape[0]), pre_topk)
             top_scores, top_idx = logits_l.topk(k)
-            boxes_l.append(rpn.box2box_transform.apply_deltas(deltas_l[top_idx], anchors_l.tensor[top_idx]))
+            boxes_l.append(
+                rpn.box2box_transform.apply_deltas(deltas_l[top_idx], anchors_l.tensor[top_idx])
+            )
             scores_l.append(top_scores)
             levels_l.append(torch.full((k,), level, dtype=torch.int64, device=top_scores.device))
         boxes, scores, levels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(levels_l)
         finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
         boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
         boxes = _clip(boxes, height, width)
-        keep = ((boxes[:, 2] - boxes[:, 0]) > rpn.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) > rpn.min_box_size)
+        keep = ((boxes[:, 2] - boxes[:, 0]) > rpn.min_box_size) & (
+            (boxes[:, 3] - boxes[:, 1]) > rpn.min_box_size
+        )
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = batched_nms_export(boxes.float(), scores, levels, rpn.nms_thresh)[:post_topk]
         proposals = boxes[keep]
@@ -128,7 +146,11 @@ class DetectorExportWrapper(nn.Module):
         box_features = heads.res5(pooled).mean(dim=(2, 3))
         predictor = heads.box_predictor
         class_logits, box_deltas = predictor(box_features)
-        probs = torch.sigmoid(class_logits) if predictor.use_sigmoid_ce else F.softmax(class_logits, dim=-1)
+        probs = (
+            torch.sigmoid(class_logits)
+            if predictor.use_sigmoid_ce
+            else F.softmax(class_logits, dim=-1)
+        )
         pred = predictor.box2box_transform.apply_deltas(box_deltas, proposals)
 
         # ---- per-class score threshold and NMS (fast_rcnn_inference_single_image)
@@ -141,7 +163,9 @@ class DetectorExportWrapper(nn.Module):
         cand_roi, cand_cls = torch.nonzero(candidates, as_tuple=True)
         cand_boxes = pred[cand_roi, 0] if num_reg_classes == 1 else pred[candidates]
         cand_scores = scores[candidates]
-        keep = batched_nms_export(cand_boxes.float(), cand_scores, cand_cls, predictor.test_nms_thresh)
+        keep = batched_nms_export(
+            cand_boxes.float(), cand_scores, cand_cls, predictor.test_nms_thresh
+        )
         if predictor.test_topk_per_image >= 0:
             keep = keep[: predictor.test_topk_per_image]
         return cand_boxes[keep], cand_scores[keep], cand_cls[keep]

@@ -25,6 +25,7 @@ Checkpoints: our detector (``resnet_backbones.modeling.GeneralizedRCNN``) and de
 uses its own ``build_resnet_backbone``/``Res5ROIHeads`` or ours, so state dicts and checkpoint
 files move between them unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,7 +74,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Our keys under ``MODEL.RESNETS`` (see ``resnet_backbones/config/defaults.py``).
-RB_RESNETS_KEYS: Tuple[str, ...] = ("SHORTCUT", "PREACT", "CHANNELS_LAST", "ZERO_INIT_RESIDUAL", "RES5_HEAD_BLOCK")
+RB_RESNETS_KEYS: Tuple[str, ...] = (
+    "SHORTCUT",
+    "PREACT",
+    "CHANNELS_LAST",
+    "ZERO_INIT_RESIDUAL",
+    "RES5_HEAD_BLOCK",
+)
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -133,7 +140,9 @@ def to_detectron2_config(cfg: Any, *, use_rb_modules: bool = False) -> D2CfgNode
 # -------------------------------------------------------------------------------------- backbone
 def _d2_output_shape(self: Backbone) -> Dict[str, D2ShapeSpec]:
     return {
-        name: D2ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+        name: D2ShapeSpec(
+            channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+        )
         for name in self._out_features
     }
 
@@ -163,8 +172,11 @@ def as_detectron2_backbone(model: Backbone) -> D2Backbone:
         raise TypeError(f"expected a resnet_backbones Backbone, got {type(model).__name__}")
     cls = type(model)
     if cls not in _ADAPTED:
-        _ADAPTED[cls] = type(f"D2{cls.__name__}", (cls, D2Backbone),
-                             {"output_shape": _d2_output_shape, "__module__": __name__})
+        _ADAPTED[cls] = type(
+            f"D2{cls.__name__}",
+            (cls, D2Backbone),
+            {"output_shape": _d2_output_shape, "__module__": __name__},
+        )
     model.__class__ = _ADAPTED[cls]
     return model
 
@@ -205,8 +217,9 @@ class RBRes5ROIHeads(D2Res5ROIHeads):
 
 
 # -------------------------------------------------------------------------------------- datasets
-def register_shapes(root: Optional[str] = None, splits: Sequence[str] = ("train", "val"),
-                    prefix: str = "shapes_") -> List[str]:
+def register_shapes(
+    root: Optional[str] = None, splits: Sequence[str] = ("train", "val"), prefix: str = "shapes_"
+) -> List[str]:
     """Register the generated shapes dataset in detectron2's catalogs (``register_coco_instances``).
 
     ``root`` is the datasets root (default ``$RB_DATASETS`` or ``./datasets``); the data is read
@@ -233,6 +246,9 @@ def register_shapes(root: Optional[str] = None, splits: Sequence[str] = ("train"
             "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPES_CLASSES))},
         }
         register_coco_instances(
-            name, metadata, os.path.join(base, "annotations", f"instances_{split}.json"), os.path.join(base, split)
+            name,
+            metadata,
+            os.path.join(base, "annotations", f"instances_{split}.json"),
+            os.path.join(base, split),
         )
     return names

@@ -23,6 +23,7 @@ Input normalization is torchvision's (``image_mean``/``image_std`` of ``FasterRC
 [0, 1]); MSRA and detectron2 weights expect BGR 0-255 images with their own pixel mean: pass
 ``image_mean=[0.406, 0.456, 0.485], image_std=[1 / 255] * 3`` and feed BGR images for those.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -88,7 +89,9 @@ def load_backbone_weights(model: nn.Module, weights: Weights, *, strict: bool = 
     return report
 
 
-def _full_resnet(name: str, weights: Weights, backbone_kwargs: Dict[str, Any], out_features: Sequence[str]) -> ResNet:
+def _full_resnet(
+    name: str, weights: Weights, backbone_kwargs: Dict[str, Any], out_features: Sequence[str]
+) -> ResNet:
     """``create_backbone(name, out_features=...)`` with ``weights`` loaded (stride-in-1x1 from them)."""
     kwargs = dict(backbone_kwargs)
     state_dict: Optional[Dict[str, torch.Tensor]] = None
@@ -121,8 +124,12 @@ class ResNetRes5BoxHead(nn.Module):
     Used as ``box_head`` of torchvision's ``RoIHeads`` in place of ``TwoMLPHead``.
     """
 
-    def __init__(self, res5: Sequence[nn.Module], post_norm: Optional[nn.Module] = None,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        res5: Sequence[nn.Module],
+        post_norm: Optional[nn.Module] = None,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.res5 = res5 if isinstance(res5, nn.Sequential) else nn.Sequential(*res5)
         self.post_norm = post_norm
@@ -156,12 +163,16 @@ def resnet_c4_parts(
     return trunk, head
 
 
-def resnet_c4_trunk(name: str = "resnet50", weights: Weights = None, **backbone_kwargs: Any) -> ResNet:
+def resnet_c4_trunk(
+    name: str = "resnet50", weights: Weights = None, **backbone_kwargs: Any
+) -> ResNet:
     """The res2..res4 trunk of ``name`` (output ``{"res4": ...}``, stride 16, ``.out_channels``)."""
     return resnet_c4_parts(name, weights, **backbone_kwargs)[0]
 
 
-def resnet_res5_box_head(name: str = "resnet50", weights: Weights = None, **backbone_kwargs: Any) -> ResNetRes5BoxHead:
+def resnet_res5_box_head(
+    name: str = "resnet50", weights: Weights = None, **backbone_kwargs: Any
+) -> ResNetRes5BoxHead:
     """The res5 stage of ``name`` plus average pooling, as a torchvision ``box_head``."""
     return resnet_c4_parts(name, weights, **backbone_kwargs)[1]
 
@@ -200,11 +211,14 @@ def fasterrcnn_resnet_c4(
     detector_kwargs = {k: v for k, v in kwargs.items() if k in detector_names}
     backbone_kwargs = {k: v for k, v in kwargs.items() if k not in detector_names}
     if "box_head" in detector_kwargs or "box_predictor" in detector_kwargs:
-        raise TypeError("box_head and box_predictor are built here (res5 head, FastRCNNPredictor); "
-                        "use resnet_c4_parts() to assemble a detector with other heads")
+        raise TypeError(
+            "box_head and box_predictor are built here (res5 head, FastRCNNPredictor); "
+            "use resnet_c4_parts() to assemble a detector with other heads"
+        )
     trunk, head = resnet_c4_parts(name, weights, **backbone_kwargs)
     detector_kwargs.setdefault(
-        "rpn_anchor_generator", AnchorGenerator(sizes=(C4_ANCHOR_SIZES,), aspect_ratios=(C4_ASPECT_RATIOS,))
+        "rpn_anchor_generator",
+        AnchorGenerator(sizes=(C4_ANCHOR_SIZES,), aspect_ratios=(C4_ASPECT_RATIOS,)),
     )
     detector_kwargs.setdefault(
         "box_roi_pool", MultiScaleRoIAlign(featmap_names=["res4"], output_size=14, sampling_ratio=0)
@@ -227,8 +241,14 @@ class ResNetWithFPN(nn.Module):
     (``"pool"`` for ``LastLevelMaxPool``), all with ``out_channels`` channels.
     """
 
-    def __init__(self, body: ResNet, in_features: Sequence[str], out_channels: int = 256,
-                 extra_blocks: Optional[nn.Module] = None, norm_layer: Optional[Any] = None) -> None:
+    def __init__(
+        self,
+        body: ResNet,
+        in_features: Sequence[str],
+        out_channels: int = 256,
+        extra_blocks: Optional[nn.Module] = None,
+        norm_layer: Optional[Any] = None,
+    ) -> None:
         super().__init__()
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 

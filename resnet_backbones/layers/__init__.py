@@ -1,4 +1,5 @@
 """Small building blocks shared by the backbone and the detector."""
+
 from .batch_norm import FrozenBatchNorm2d, NormSpec, convert_frozen_batchnorm, get_norm
 from .shape_spec import ShapeSpec
 from .wrappers import Conv2d

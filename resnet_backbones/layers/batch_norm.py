@@ -3,6 +3,7 @@
 Names and semantics follow detectron2 (``detectron2/layers/batch_norm.py``) so that checkpoints
 trained there load here by the same state-dict keys.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -47,10 +48,18 @@ class FrozenBatchNorm2d(nn.Module):
             # gradients for weight and bias, costing memory.
             scale = self.weight * (self.running_var + self.eps).rsqrt()
             shift = self.bias - self.running_mean * scale
-            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(
+                x.dtype
+            )
         # Without gradients F.batch_norm is a single fused kernel.
         return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=False,
+            eps=self.eps,
         )
 
     def _load_from_state_dict(
@@ -67,7 +76,9 @@ class FrozenBatchNorm2d(nn.Module):
         if version is None or version < 2:
             # Caffe2/MSRA checkpoints fold the statistics into weight and bias: keep ours an identity.
             state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
-            state_dict.setdefault(prefix + "running_var", torch.ones_like(self.running_var) - self.eps)
+            state_dict.setdefault(
+                prefix + "running_var", torch.ones_like(self.running_var) - self.eps
+            )
         if self.num_batches_tracked is None:
             # A BatchNorm checkpoint (torchvision) carries a step counter that a frozen layer ignores.
             state_dict.pop(prefix + "num_batches_tracked", None)
@@ -136,4 +147,6 @@ def get_norm(norm: NormSpec, out_channels: int) -> Optional[nn.Module]:
                 f"by {GN_NUM_GROUPS}"
             )
         return nn.GroupNorm(GN_NUM_GROUPS, out_channels)
-    raise ValueError(f"unknown norm {norm!r}; expected 'BN', 'SyncBN', 'FrozenBN', 'GN', '' or a callable")
+    raise ValueError(
+        f"unknown norm {norm!r}; expected 'BN', 'SyncBN', 'FrozenBN', 'GN', '' or a callable"
+    )

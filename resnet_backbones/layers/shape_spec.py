@@ -1,4 +1,5 @@
 """``ShapeSpec``: what a feature map looks like, as in detectron2."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Keeping the norm inside the conv module gives detectron2's state-dict names
 (``conv1.weight``, ``conv1.norm.weight``, ...), so its checkpoints load by name.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional

@@ -1,5 +1,13 @@
 """Networks: backbones (modeling/backbone) and detectors (modeling/meta_arch, ...)."""
-from .backbone import BACKBONE_REGISTRY, Backbone, build_backbone, create_model, list_models, register_model
+
+from .backbone import (
+    BACKBONE_REGISTRY,
+    Backbone,
+    build_backbone,
+    create_model,
+    list_models,
+    register_model,
+)
 from .fast_path import (
     optimize_detector_for_inference,
     optimize_detector_for_training,

@@ -9,6 +9,7 @@ the order in which the RPN head's outputs are flattened.
 Anchors are kept in non-persistent buffers: they follow ``model.to(device)`` but are not part of
 the state dict (detectron2 checkpoints do not contain them either).
 """
+
 from __future__ import annotations
 
 import math
@@ -142,8 +143,12 @@ class DefaultAnchorGenerator(nn.Module):
         out = []
         for (height, width), stride, cell in zip(grid_sizes, self.strides, self.cell_anchors):
             start = self.offset * stride
-            xs = torch.arange(start, width * stride, step=stride, dtype=torch.float32, device=cell.device)
-            ys = torch.arange(start, height * stride, step=stride, dtype=torch.float32, device=cell.device)
+            xs = torch.arange(
+                start, width * stride, step=stride, dtype=torch.float32, device=cell.device
+            )
+            ys = torch.arange(
+                start, height * stride, step=stride, dtype=torch.float32, device=cell.device
+            )
             shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
@@ -153,7 +158,9 @@ class DefaultAnchorGenerator(nn.Module):
     def forward(self, features: List[torch.Tensor]) -> List[Boxes]:
         """One ``Boxes`` of ``H * W * A`` anchors per feature map (shared by all images)."""
         if len(features) != self.num_features:
-            raise ValueError(f"anchor generator built for {self.num_features} feature maps, got {len(features)}")
+            raise ValueError(
+                f"anchor generator built for {self.num_features} feature maps, got {len(features)}"
+            )
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
         return [Boxes(anchors) for anchors in self._grid_anchors(grid_sizes)]
 

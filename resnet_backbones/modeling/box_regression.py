@@ -9,6 +9,7 @@ A box ``(x0, y0, x1, y1)`` has width ``w = x1 - x0``, height ``h = y1 - y0`` and
 ``apply_deltas`` inverts this, clamping ``dw`` and ``dh`` (after dividing by their weights) at
 ``scale_clamp = log(1000 / 16)`` so that a wild prediction cannot overflow ``exp``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ class Box2BoxTransform:
     def __init__(self, weights: Sequence[float], scale_clamp: float = DEFAULT_SCALE_CLAMP) -> None:
         weights = tuple(float(w) for w in weights)
         if len(weights) != 4:
-            raise ValueError(f"box regression weights must be 4 numbers (wx, wy, ww, wh), got {weights}")
+            raise ValueError(
+                f"box regression weights must be 4 numbers (wx, wy, ww, wh), got {weights}"
+            )
         self.weights: Tuple[float, float, float, float] = weights  # type: ignore[assignment]
         self.scale_clamp = float(scale_clamp)
 
@@ -96,7 +99,9 @@ class Box2BoxTransform:
         return torch.stack((x0, y0, x1, y1), dim=-1).reshape(deltas.shape)
 
 
-def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, beta: float, reduction: str = "none") -> torch.Tensor:
+def smooth_l1_loss(
+    input: torch.Tensor, target: torch.Tensor, beta: float, reduction: str = "none"
+) -> torch.Tensor:
     """Huber-style smooth L1 (Fast R-CNN); ``beta < 1e-5`` is exactly L1 (detectron2's default 0)."""
     diff = torch.abs(input - target)
     if beta < 1e-5:
@@ -137,7 +142,9 @@ def dense_box_regression_loss(
     pred = torch.cat(pred_anchor_deltas, dim=1)
     if box_reg_loss_type == "smooth_l1":
         gt_deltas = torch.stack([box2box_transform.get_deltas(anchors_t, g) for g in gt_boxes])
-        return smooth_l1_loss(pred[fg_mask], gt_deltas[fg_mask], beta=smooth_l1_beta, reduction="sum")
+        return smooth_l1_loss(
+            pred[fg_mask], gt_deltas[fg_mask], beta=smooth_l1_beta, reduction="sum"
+        )
     iou_losses = {
         "giou": generalized_box_iou_loss,
         "diou": distance_box_iou_loss,

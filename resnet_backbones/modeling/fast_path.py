@@ -40,11 +40,11 @@ The transformations, each exact in real arithmetic (float results differ by roun
    at inference res5 runs over ~128 RoIs at a time (same outputs, less memory mapped and zeroed
    per call).
 """
+
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -72,7 +72,12 @@ __all__ = [
 
 # ------------------------------------------------------------------------------ RoIAlign
 def _axis_samples(
-    start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins: torch.Tensor, max_grid: int, size: int
+    start: torch.Tensor,
+    bin_size: torch.Tensor,
+    grid: torch.Tensor,
+    bins: torch.Tensor,
+    max_grid: int,
+    size: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Bilinear taps along one axis, torchvision's arithmetic (float32, same operation order).
 
@@ -186,7 +191,11 @@ class _WeightedGather(torch.autograd.Function):
         if counts.numel() > 1:
             row_offsets[1:] = torch.cumsum(counts[:-1], dim=0)
         grad_table = F.embedding_bag(
-            bag_of_tap[order], grad_out.contiguous(), row_offsets, mode="sum", per_sample_weights=weights[order]
+            bag_of_tap[order],
+            grad_out.contiguous(),
+            row_offsets,
+            mode="sum",
+            per_sample_weights=weights[order],
         )
         return grad_table, None, None, None
 
@@ -221,7 +230,14 @@ def roi_align_subsampled(
     with torch.autocast(features.device.type, enabled=False):
         with torch.no_grad():
             indices, weights, offsets = _roi_align_taps(
-                rois.detach().to(dtype), h, w, (out_h, out_w), spatial_scale, sampling_ratio, aligned, stride
+                rois.detach().to(dtype),
+                h,
+                w,
+                (out_h, out_w),
+                spatial_scale,
+                sampling_ratio,
+                aligned,
+                stride,
             )
         table = features.to(dtype).permute(0, 2, 3, 1).reshape(n * h * w, c).contiguous()
         if torch.is_grad_enabled() and table.requires_grad:
@@ -247,7 +263,9 @@ class SubsampledROIPooler(nn.Module):
         if len(pooler.level_poolers) != 1:
             raise ValueError("SubsampledROIPooler supports single-level poolers (C4) only")
         if pooler.pooler_type not in ("ROIAlignV2", "ROIAlign"):
-            raise ValueError(f"SubsampledROIPooler supports ROIAlignV2/ROIAlign, not {pooler.pooler_type}")
+            raise ValueError(
+                f"SubsampledROIPooler supports ROIAlignV2/ROIAlign, not {pooler.pooler_type}"
+            )
         op = pooler.level_poolers[0]
         self.output_size = tuple(pooler.output_size)
         self.spatial_scale = float(op.spatial_scale)
@@ -265,7 +283,13 @@ class SubsampledROIPooler(nn.Module):
             raise ValueError(f"{len(box_lists)} box lists for a batch of {x[0].shape[0]} images")
         rois = convert_boxes_to_pooler_format(box_lists)
         out = roi_align_subsampled(
-            x[0], rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.stride
+            x[0],
+            rois,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+            self.stride,
         )
         device_type = out.device.type
         if out.is_floating_point() and torch.is_autocast_enabled(device_type):
@@ -311,7 +335,9 @@ def subsample_res5_roi_pooling(roi_heads: nn.Module, channels_last: bool = True)
         return False
     if len(pooler.level_poolers) != 1 or pooler.pooler_type not in ("ROIAlignV2", "ROIAlign"):
         return False
-    from .backbone.resnet import BottleneckBlock  # the block whose forward reads x only via conv1/shortcut
+    from .backbone.resnet import (
+        BottleneckBlock,
+    )  # the block whose forward reads x only via conv1/shortcut
 
     block = res5[0]
     if type(block) is not BottleneckBlock or not _is_strided_1x1(block.conv1, 2):
@@ -332,7 +358,9 @@ def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
     """``x.mean(dim=(2, 3), keepdim=True)``; for float16/bfloat16 channels_last inputs computed as a
     GEMM with a vector of ones (float32 accumulation), ~7x faster than the CPU reduction."""
     n, c, h, w = x.shape
-    if x.dtype in (torch.bfloat16, torch.float16) and x.is_contiguous(memory_format=torch.channels_last):
+    if x.dtype in (torch.bfloat16, torch.float16) and x.is_contiguous(
+        memory_format=torch.channels_last
+    ):
         ones = torch.ones((1, h * w), dtype=x.dtype, device=x.device)
         total = torch.matmul(ones, x.permute(0, 2, 3, 1).reshape(n, h * w, c))
         return (total.float() / (h * w)).to(x.dtype).reshape(n, c, 1, 1)
@@ -348,7 +376,8 @@ class _GlobalAvgPool(torch.autograd.Function):
     def forward(ctx, x):  # type: ignore[override]
         ctx.shape = x.shape
         ctx.memory_format = (
-            torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             else torch.contiguous_format
         )
         return _spatial_mean(x)
@@ -356,7 +385,9 @@ class _GlobalAvgPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         n, c, h, w = ctx.shape
-        out = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format)
+        out = torch.empty(
+            ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format
+        )
         return out.copy_((grad / (h * w)).expand(n, c, h, w))
 
 
@@ -399,7 +430,9 @@ class PooledRes5(nn.Sequential):
 def _pool_inside_res5(roi_heads: Optional[nn.Module], chunk_size: Optional[int] = None) -> bool:
     """Make the ``res5`` of a ``Res5ROIHeads`` a :class:`PooledRes5` (in place), with
     ``chunk_size`` RoIs at a time at inference (None: all at once)."""
-    from .roi_heads.roi_heads import Res5ROIHeads  # its forward reads res5 only via .mean(dim=[2, 3])
+    from .roi_heads.roi_heads import (
+        Res5ROIHeads,
+    )  # its forward reads res5 only via .mean(dim=[2, 3])
 
     res5 = getattr(roi_heads, "res5", None)
     if type(roi_heads) is Res5ROIHeads and type(res5) is nn.Sequential:
@@ -456,7 +489,9 @@ def _to_channels_last(model: nn.Module) -> None:
         for name, b in list(module.named_buffers(recurse=False)):
             if b is not None and b.dim() == 4:
                 setattr(module, name, b.contiguous(memory_format=torch.channels_last))
-        if isinstance(getattr(module, "channels_last", None), bool) and not isinstance(module, SubsampledROIPooler):
+        if isinstance(getattr(module, "channels_last", None), bool) and not isinstance(
+            module, SubsampledROIPooler
+        ):
             module.channels_last = True
 
 
@@ -492,7 +527,9 @@ def optimize_folding_state_dict(
     from .fuse import fold_batch_norm
 
     if res5_chunk_size is not None and res5_chunk_size < 0:
-        raise ValueError(f"res5_chunk_size: expected a positive number of RoIs or None, got {res5_chunk_size}")
+        raise ValueError(
+            f"res5_chunk_size: expected a positive number of RoIs or None, got {res5_chunk_size}"
+        )
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()

@@ -27,6 +27,7 @@ The folded model computes **eval-mode** outputs: BatchNorm's running statistics 
 folded model must not be trained (its batch statistics would no longer be applied). By default the
 input model is not modified (it is deep-copied first); pass ``inplace=True`` to fold in place.
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,7 +91,8 @@ def fuse_conv_bn_weights(
     b = shift if bias is None else bias.detach().double() * scale + shift
     memory_format = (
         torch.channels_last
-        if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
+        if weight.dim() == 4
+        and weight.is_contiguous(memory_format=torch.channels_last)
         and not weight.is_contiguous()
         else torch.contiguous_format
     )
@@ -137,7 +139,11 @@ def _fold_module(module: nn.Module) -> int:
         if isinstance(sub, nn.Sequential):
             children = list(sub.named_children())
             for (_, conv), (norm_name, norm) in zip(children, children[1:]):
-                if _is_bare_conv(conv) and isinstance(norm, FOLDABLE_NORMS) and _fold_into(conv, norm):
+                if (
+                    _is_bare_conv(conv)
+                    and isinstance(norm, FOLDABLE_NORMS)
+                    and _fold_into(conv, norm)
+                ):
                     setattr(sub, norm_name, nn.Identity())
                     folded += 1
     return folded

@@ -9,6 +9,7 @@ truth the predictions that reach its highest IoU become positive as well, even w
 below the positive threshold (ties included; their match index stays their own best ground
 truth).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,10 @@ class Matcher:
     """Label predictions positive / negative / ignored from a ``(num_gt, num_pred)`` IoU matrix."""
 
     def __init__(
-        self, thresholds: Sequence[float], labels: Sequence[int], allow_low_quality_matches: bool = False
+        self,
+        thresholds: Sequence[float],
+        labels: Sequence[int],
+        allow_low_quality_matches: bool = False,
     ) -> None:
         thresholds = [float(t) for t in thresholds]
         labels = [int(l) for l in labels]
@@ -32,7 +36,9 @@ class Matcher:
         if any(a > b for a, b in zip(thresholds[:-1], thresholds[1:])):
             raise ValueError(f"IoU thresholds must be sorted, got {thresholds}")
         if any(l not in (-1, 0, 1) for l in labels):
-            raise ValueError(f"IoU labels must be -1 (ignore), 0 (negative) or 1 (positive), got {labels}")
+            raise ValueError(
+                f"IoU labels must be -1 (ignore), 0 (negative) or 1 (positive), got {labels}"
+            )
         if len(labels) != len(thresholds) + 1:
             raise ValueError(
                 f"{len(thresholds)} IoU thresholds need {len(thresholds) + 1} labels, got {labels}"

@@ -6,6 +6,7 @@ misalignment of the original RoIAlign (``ROIAlign``, ``aligned=False``). ``ROIPo
 quantized Fast R-CNN pooling. The C4 detector pools from a single map (res4, stride 16); with
 several maps (FPN) each box goes to level ``floor(canonical_level + log2(sqrt(area) / 224))``.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,9 @@ POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")
 class _RoIOp(nn.Module):
     """One pooling op for one feature map: ``(features, rois (K, 5)) -> (K, C, out_h, out_w)``."""
 
-    def __init__(self, kind: str, output_size: Tuple[int, int], spatial_scale: float, sampling_ratio: int) -> None:
+    def __init__(
+        self, kind: str, output_size: Tuple[int, int], spatial_scale: float, sampling_ratio: int
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.output_size = output_size
@@ -37,8 +40,12 @@ class _RoIOp(nn.Module):
         if self.kind == "ROIPool":
             return roi_pool(x, rois, self.output_size, self.spatial_scale)
         return roi_align(
-            x, rois, self.output_size, spatial_scale=self.spatial_scale,
-            sampling_ratio=self.sampling_ratio, aligned=self.kind == "ROIAlignV2",
+            x,
+            rois,
+            self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.kind == "ROIAlignV2",
         )
 
     def extra_repr(self) -> str:
@@ -51,12 +58,18 @@ class _RoIOp(nn.Module):
 def convert_boxes_to_pooler_format(box_lists: List[Boxes]) -> torch.Tensor:
     """``(K, 5)`` rows ``(image index, x0, y0, x1, y1)`` from per-image boxes."""
     tensors = [b.tensor for b in box_lists]
-    indices = [torch.full((len(t), 1), i, dtype=t.dtype, device=t.device) for i, t in enumerate(tensors)]
+    indices = [
+        torch.full((len(t), 1), i, dtype=t.dtype, device=t.device) for i, t in enumerate(tensors)
+    ]
     return torch.cat([torch.cat(indices, dim=0), torch.cat(tensors, dim=0)], dim=1)
 
 
 def assign_boxes_to_levels(
-    box_lists: List[Boxes], min_level: int, max_level: int, canonical_box_size: int, canonical_level: int
+    box_lists: List[Boxes],
+    min_level: int,
+    max_level: int,
+    canonical_box_size: int,
+    canonical_level: int,
 ) -> torch.Tensor:
     """Feature-map index (0-based from ``min_level``) of every box (FPN paper, Eq. 1)."""
     sizes = torch.sqrt(torch.cat([b.area() for b in box_lists]))
@@ -103,11 +116,15 @@ class ROIPooler(nn.Module):
         )
         min_level = -math.log2(scales[0])
         max_level = -math.log2(scales[-1])
-        if not (math.isclose(min_level, round(min_level)) and math.isclose(max_level, round(max_level))):
+        if not (
+            math.isclose(min_level, round(min_level)) and math.isclose(max_level, round(max_level))
+        ):
             raise ValueError(f"feature-map scales must be powers of 2, got {list(scales)}")
         self.min_level, self.max_level = int(round(min_level)), int(round(max_level))
         if len(scales) != self.max_level - self.min_level + 1:
-            raise ValueError(f"feature-map scales must be consecutive powers of 2, got {list(scales)}")
+            raise ValueError(
+                f"feature-map scales must be consecutive powers of 2, got {list(scales)}"
+            )
         if canonical_box_size <= 0:
             raise ValueError(f"canonical_box_size must be positive, got {canonical_box_size}")
         self.canonical_box_size = canonical_box_size
@@ -120,7 +137,9 @@ class ROIPooler(nn.Module):
         image coordinates.
         """
         if len(x) != len(self.level_poolers):
-            raise ValueError(f"ROIPooler built for {len(self.level_poolers)} feature maps, got {len(x)}")
+            raise ValueError(
+                f"ROIPooler built for {len(self.level_poolers)} feature maps, got {len(x)}"
+            )
         if len(box_lists) != x[0].shape[0]:
             raise ValueError(f"{len(box_lists)} box lists for a batch of {x[0].shape[0]} images")
         rois = convert_boxes_to_pooler_format(box_lists)

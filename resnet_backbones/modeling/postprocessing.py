@@ -1,4 +1,5 @@
 """Map detections from the resized network input back to the original image."""
+
 from __future__ import annotations
 
 from typing import Union
@@ -11,7 +12,9 @@ __all__ = ["detector_postprocess"]
 
 
 def detector_postprocess(
-    results: Instances, output_height: Union[int, torch.Tensor], output_width: Union[int, torch.Tensor]
+    results: Instances,
+    output_height: Union[int, torch.Tensor],
+    output_width: Union[int, torch.Tensor],
 ) -> Instances:
     """Rescale ``results`` (boxes in the coordinates of the image the network saw, of size
     ``results.image_size``) to an image of ``(output_height, output_width)``.
@@ -31,7 +34,9 @@ def detector_postprocess(
     elif out.has("proposal_boxes"):
         boxes = out.proposal_boxes
     else:
-        raise ValueError("detector_postprocess: results have neither 'pred_boxes' nor 'proposal_boxes'")
+        raise ValueError(
+            "detector_postprocess: results have neither 'pred_boxes' nor 'proposal_boxes'"
+        )
     boxes.scale(scale_x, scale_y)
     boxes.clip(out.image_size)
     return out[boxes.nonempty()]

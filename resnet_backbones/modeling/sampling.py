@@ -1,4 +1,5 @@
 """Sample a fixed-size, class-balanced minibatch of labelled anchors or proposals."""
+
 from __future__ import annotations
 
 from typing import Tuple

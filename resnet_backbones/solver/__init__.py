@@ -1,5 +1,6 @@
 """Optimizer, gradient clipping and learning-rate schedules (detectron2's ``SOLVER.*`` semantics),
 and the classification trainer's (:mod:`.classification`)."""
+
 from .build import (
     GradientClipType,
     auto_scale_workers,

@@ -13,6 +13,7 @@
   each after a ``WARMUP_ITERS``-long ``WARMUP_METHOD`` warmup from ``WARMUP_FACTOR``.
 * :func:`auto_scale_workers`: ``REFERENCE_WORLD_SIZE`` linear scaling of batch, LR and schedule.
 """
+
 from __future__ import annotations
 
 import logging
@@ -135,19 +136,25 @@ def _clip_fn(cfg_clip: Any) -> Callable[[Iterable[torch.Tensor]], None]:
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be positive, got {value}")
 
     if clip_type == GradientClipType.VALUE:
+
         def clip(params: Iterable[torch.Tensor]) -> None:
             torch.nn.utils.clip_grad_value_(list(params), value)
     elif clip_type == GradientClipType.NORM:
+
         def clip(params: Iterable[torch.Tensor]) -> None:
             for p in params:  # every parameter on its own, as detectron2 does
                 torch.nn.utils.clip_grad_norm_(p, value, norm_type)
     else:
+
         def clip(params: Iterable[torch.Tensor]) -> None:
             torch.nn.utils.clip_grad_norm_(list(params), value, norm_type)
+
     return clip
 
 
-def maybe_add_gradient_clipping(cfg: Any, optimizer: Type[torch.optim.Optimizer]) -> Type[torch.optim.Optimizer]:
+def maybe_add_gradient_clipping(
+    cfg: Any, optimizer: Type[torch.optim.Optimizer]
+) -> Type[torch.optim.Optimizer]:
     """``optimizer`` (a class) or, with ``SOLVER.CLIP_GRADIENTS.ENABLED``, a subclass clipping in ``step``."""
     clip_cfg = cfg.SOLVER.CLIP_GRADIENTS
     if not clip_cfg.ENABLED:
@@ -193,7 +200,9 @@ def step_decay(gamma: float, steps: Sequence[int], max_iter: int) -> MultiStepPa
     The step schedule of both the detector (``WarmupMultiStepLR``) and the classifier.
     """
     return MultiStepParamScheduler(
-        values=[gamma**k for k in range(len(steps) + 1)], milestones=list(steps), num_updates=max_iter
+        values=[gamma**k for k in range(len(steps) + 1)],
+        milestones=list(steps),
+        num_updates=max_iter,
     )
 
 
@@ -208,15 +217,21 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultipli
         steps = [int(x) for x in s.STEPS if x < max_iter]
         if len(steps) != len(s.STEPS):
             logger.warning(
-                "SOLVER.STEPS %s has values >= SOLVER.MAX_ITER %d; they are ignored", list(s.STEPS), max_iter
+                "SOLVER.STEPS %s has values >= SOLVER.MAX_ITER %d; they are ignored",
+                list(s.STEPS),
+                max_iter,
             )
         if any(x <= 0 for x in steps) or steps != sorted(set(steps)):
-            raise ValueError(f"SOLVER.STEPS must be strictly increasing positive iterations, got {list(s.STEPS)}")
+            raise ValueError(
+                f"SOLVER.STEPS must be strictly increasing positive iterations, got {list(s.STEPS)}"
+            )
         sched = step_decay(s.GAMMA, steps, max_iter)
     elif name == "WarmupCosineLR":
         end_value = s.BASE_LR_END / s.BASE_LR if s.BASE_LR else 0.0
         if not 0.0 <= end_value <= 1.0:
-            raise ValueError(f"SOLVER.BASE_LR_END must be in [0, BASE_LR], got {s.BASE_LR_END} (BASE_LR {s.BASE_LR})")
+            raise ValueError(
+                f"SOLVER.BASE_LR_END must be in [0, BASE_LR], got {s.BASE_LR_END} (BASE_LR {s.BASE_LR})"
+            )
         sched = CosineParamScheduler(1.0, end_value)
     elif name == "WarmupStepWithFixedGammaLR":
         sched = StepWithFixedGammaParamScheduler(
@@ -228,7 +243,11 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultipli
             f"or 'WarmupStepWithFixedGammaLR'"
         )
     sched = WarmupParamScheduler(
-        sched, s.WARMUP_FACTOR, min(s.WARMUP_ITERS / max_iter, 1.0), s.WARMUP_METHOD, s.RESCALE_INTERVAL
+        sched,
+        s.WARMUP_FACTOR,
+        min(s.WARMUP_ITERS / max_iter, 1.0),
+        s.WARMUP_METHOD,
+        s.RESCALE_INTERVAL,
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=max_iter)
 
@@ -265,7 +284,14 @@ def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
     cfg.SOLVER.REFERENCE_WORLD_SIZE = num_workers
     logger.info(
         "Auto-scaling the config to %d workers (reference %d): IMS_PER_BATCH=%d, BASE_LR=%g, MAX_ITER=%d, "
-        "WARMUP_ITERS=%d, STEPS=%s", num_workers, old, bs, lr, max_iter, warmup, cfg.SOLVER.STEPS,
+        "WARMUP_ITERS=%d, STEPS=%s",
+        num_workers,
+        old,
+        bs,
+        lr,
+        max_iter,
+        warmup,
+        cfg.SOLVER.STEPS,
     )
     if frozen:
         cfg.freeze()

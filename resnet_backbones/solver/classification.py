@@ -10,6 +10,7 @@ they have their own builders; the schedule is built from the same pieces as the 
   ``SOLVER.WEIGHT_DECAY_NORM_BIAS`` for the 1-d (norm and bias) parameters;
 * :func:`build_classification_lr_scheduler`: step decay or cosine, after a linear warmup.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ __all__ = [
 ]
 
 
-def build_classification_optimizer(cfg: Any, model: nn.Module,
-                                   base_lr: float) -> torch.optim.Optimizer:
+def build_classification_optimizer(
+    cfg: Any, model: nn.Module, base_lr: float
+) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay, optional Nesterov) or AdamW; norm and bias parameters get
     ``SOLVER.WEIGHT_DECAY_NORM_BIAS`` when it is >= 0 (by default the same decay as the rest)."""
     s = cfg.SOLVER
@@ -48,8 +50,13 @@ def build_classification_optimizer(cfg: Any, model: nn.Module,
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameters")
     if s.OPTIMIZER == "SGD":
-        return torch.optim.SGD(groups, lr=base_lr, momentum=float(s.MOMENTUM),
-                               nesterov=bool(s.NESTEROV), weight_decay=wd)
+        return torch.optim.SGD(
+            groups,
+            lr=base_lr,
+            momentum=float(s.MOMENTUM),
+            nesterov=bool(s.NESTEROV),
+            weight_decay=wd,
+        )
     if s.OPTIMIZER == "AdamW":
         return torch.optim.AdamW(groups, lr=base_lr, weight_decay=wd)
     raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {s.OPTIMIZER!r}")
@@ -78,8 +85,10 @@ def compute_schedule(cfg: Any, train_size: int, world_size: int) -> Schedule:
     s = cfg.SOLVER
     batch = int(s.BATCH_SIZE)
     if batch <= 0 or batch % world_size:
-        raise ValueError(f"SOLVER.BATCH_SIZE ({batch}) must be a positive multiple of the number "
-                         f"of processes ({world_size})")
+        raise ValueError(
+            f"SOLVER.BATCH_SIZE ({batch}) must be a positive multiple of the number "
+            f"of processes ({world_size})"
+        )
     ipe = max(1, train_size // batch)
     if int(s.MAX_ITER) > 0:
         max_iter = int(s.MAX_ITER)
@@ -88,8 +97,9 @@ def compute_schedule(cfg: Any, train_size: int, world_size: int) -> Schedule:
         warmup = int(s.WARMUP_ITERS) or int(s.WARMUP_EPOCHS) * ipe
     else:
         if int(s.EPOCHS) <= 0:
-            raise ValueError(f"SOLVER.EPOCHS must be positive (or set SOLVER.MAX_ITER), "
-                             f"got {s.EPOCHS}")
+            raise ValueError(
+                f"SOLVER.EPOCHS must be positive (or set SOLVER.MAX_ITER), got {s.EPOCHS}"
+            )
         max_iter = int(s.EPOCHS) * ipe
         steps = [int(round(e * ipe)) for e in s.STEP_EPOCHS]
         ckpt, evp = int(s.CHECKPOINT_PERIOD) * ipe, int(cfg.TEST.EVAL_PERIOD) * ipe
@@ -99,8 +109,16 @@ def compute_schedule(cfg: Any, train_size: int, world_size: int) -> Schedule:
     # steps that coincide (a short run) or fall outside the run are merged / dropped
     steps = sorted({x for x in steps if 0 < x < max_iter})
     base_lr = float(s.BASE_LR) if s.BASE_LR > 0 else 0.1 * batch / 256
-    return Schedule(ipe, max_iter, steps, min(warmup, max_iter), max(ckpt, 0), max(evp, 0),
-                    base_lr, batch // world_size)
+    return Schedule(
+        ipe,
+        max_iter,
+        steps,
+        min(warmup, max_iter),
+        max(ckpt, 0),
+        max(evp, 0),
+        base_lr,
+        batch // world_size,
+    )
 
 
 class _Constant(ParamScheduler):
@@ -111,19 +129,25 @@ class _Constant(ParamScheduler):
 
 
 def build_classification_lr_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: Schedule, *, kind: str = "step",
-    gamma: float = 0.1, warmup_factor: float = 0.1,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    *,
+    kind: str = "step",
+    gamma: float = 0.1,
+    warmup_factor: float = 0.1,
 ) -> LRMultiplier:
     """Per-iteration LR: step decay by ``gamma`` at ``schedule.steps`` or cosine to 0, after a
     linear warmup."""
     if kind == "step":
-        sched: Any = (step_decay(gamma, schedule.steps, schedule.max_iter)
-                      if schedule.steps else _Constant())
+        sched: Any = (
+            step_decay(gamma, schedule.steps, schedule.max_iter) if schedule.steps else _Constant()
+        )
     elif kind == "cosine":
         sched = CosineParamScheduler(1.0, 0.0)
     else:
         raise ValueError(f"SOLVER.SCHEDULE must be 'step' or 'cosine', got {kind!r}")
     if schedule.warmup_iters > 0:
-        sched = WarmupParamScheduler(sched, warmup_factor,
-                                     schedule.warmup_iters / schedule.max_iter, "linear")
+        sched = WarmupParamScheduler(
+            sched, warmup_factor, schedule.warmup_iters / schedule.max_iter, "linear"
+        )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=schedule.max_iter)

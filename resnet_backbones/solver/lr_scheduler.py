@@ -14,6 +14,7 @@ schedulers (same formulas), kept for code that constructs them directly:
 * ``warmup(it)`` is 1 after ``warmup_iters``; before, ``warmup_factor`` ("constant") or the linear
   ramp ``warmup_factor * (1 - it / warmup_iters) + it / warmup_iters`` ("linear").
 """
+
 from __future__ import annotations
 
 import bisect
@@ -62,7 +63,9 @@ class WarmupParamScheduler(CompositeParamScheduler):
         rescale_interval: bool = False,
     ) -> None:
         if not 0.0 <= warmup_length <= 1.0:
-            raise ValueError(f"warmup_length must be a fraction of training in [0, 1], got {warmup_length}")
+            raise ValueError(
+                f"warmup_length must be a fraction of training in [0, 1], got {warmup_length}"
+            )
         end_value = scheduler(0.0) if rescale_interval else scheduler(warmup_length)
         start_value = warmup_factor * scheduler(0.0)
         if warmup_method == "constant":
@@ -70,7 +73,9 @@ class WarmupParamScheduler(CompositeParamScheduler):
         elif warmup_method == "linear":
             warmup = LinearParamScheduler(start_value, end_value)
         else:
-            raise ValueError(f"unknown warmup method {warmup_method!r}; expected one of {WARMUP_METHODS}")
+            raise ValueError(
+                f"unknown warmup method {warmup_method!r}; expected one of {WARMUP_METHODS}"
+            )
         super().__init__(
             [warmup, scheduler],
             interval_scaling=["rescaled", "rescaled" if rescale_interval else "fixed"],
@@ -85,10 +90,17 @@ class LRMultiplier(_TorchLRScheduler):
     ``base_lrs`` and ``last_epoch``: the multiplier is rebuilt from the config, not pickled.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, multiplier: ParamScheduler, max_iter: int,
-                 last_iter: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        multiplier: ParamScheduler,
+        max_iter: int,
+        last_iter: int = -1,
+    ) -> None:
         if not isinstance(multiplier, ParamScheduler):
-            raise TypeError(f"multiplier must be an fvcore ParamScheduler, got {type(multiplier).__name__}")
+            raise TypeError(
+                f"multiplier must be an fvcore ParamScheduler, got {type(multiplier).__name__}"
+            )
         if max_iter <= 0:
             raise ValueError(f"max_iter must be positive, got {max_iter}")
         self._multiplier = multiplier
@@ -109,7 +121,9 @@ class LRMultiplier(_TorchLRScheduler):
         return [base_lr * m for base_lr in self.base_lrs]
 
 
-def get_warmup_factor_at_iter(method: str, iteration: int, warmup_iters: int, warmup_factor: float) -> float:
+def get_warmup_factor_at_iter(
+    method: str, iteration: int, warmup_iters: int, warmup_factor: float
+) -> float:
     """detectron2's warmup multiplier at ``iteration`` (1.0 once ``iteration >= warmup_iters``)."""
     if iteration >= warmup_iters:
         return 1.0
@@ -138,7 +152,9 @@ class WarmupMultiStepLR(_TorchLRScheduler):
         if milestones != sorted(milestones):
             raise ValueError(f"milestones must be increasing integers, got {milestones}")
         if warmup_method not in WARMUP_METHODS:
-            raise ValueError(f"unknown warmup method {warmup_method!r}; expected one of {WARMUP_METHODS}")
+            raise ValueError(
+                f"unknown warmup method {warmup_method!r}; expected one of {WARMUP_METHODS}"
+            )
         self.milestones = milestones
         self.gamma = gamma
         self.warmup_factor = warmup_factor
@@ -147,7 +163,9 @@ class WarmupMultiStepLR(_TorchLRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
-        w = get_warmup_factor_at_iter(self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor)
+        w = get_warmup_factor_at_iter(
+            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
+        )
         decay = self.gamma ** bisect.bisect_right(self.milestones, self.last_epoch)
         return [base_lr * w * decay for base_lr in self.base_lrs]
 
@@ -168,7 +186,9 @@ class WarmupCosineLR(_TorchLRScheduler):
         last_epoch: int = -1,
     ) -> None:
         if warmup_method not in WARMUP_METHODS:
-            raise ValueError(f"unknown warmup method {warmup_method!r}; expected one of {WARMUP_METHODS}")
+            raise ValueError(
+                f"unknown warmup method {warmup_method!r}; expected one of {WARMUP_METHODS}"
+            )
         self.max_iters = int(max_iters)
         self.warmup_factor = warmup_factor
         self.warmup_iters = warmup_iters
@@ -176,7 +196,9 @@ class WarmupCosineLR(_TorchLRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
-        w = get_warmup_factor_at_iter(self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor)
+        w = get_warmup_factor_at_iter(
+            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
+        )
         cos = 0.5 * (1.0 + math.cos(math.pi * self.last_epoch / self.max_iters))
         return [base_lr * w * cos for base_lr in self.base_lrs]
 

@@ -1,4 +1,5 @@
 """Axis-aligned boxes: ``BoxMode`` conversions and a ``Boxes`` container, with detectron2's API."""
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -50,7 +51,9 @@ class Boxes:
         if not isinstance(tensor, torch.Tensor):
             tensor = torch.as_tensor(np.asarray(tensor), dtype=torch.float32)
         if tensor.numel() == 0:
-            tensor = tensor.reshape(-1, 4).to(dtype=torch.float32 if not tensor.is_floating_point() else tensor.dtype)
+            tensor = tensor.reshape(-1, 4).to(
+                dtype=torch.float32 if not tensor.is_floating_point() else tensor.dtype
+            )
         if tensor.dim() != 2 or tensor.size(-1) != 4:
             raise ValueError(f"Boxes expects an Nx4 tensor, got shape {tuple(tensor.shape)}")
         self.tensor = tensor

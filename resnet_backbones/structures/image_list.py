@@ -1,4 +1,5 @@
 """``ImageList``: differently sized images padded into one batch tensor, with their true sizes."""
+
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -37,7 +38,9 @@ class ImageList:
             raise ValueError("ImageList.from_tensors needs at least one image")
         for t in tensors:
             if t.dim() != 3 or t.shape[0] != tensors[0].shape[0]:
-                raise ValueError(f"images must be (C, H, W) with equal C; got shapes {[tuple(x.shape) for x in tensors]}")
+                raise ValueError(
+                    f"images must be (C, H, W) with equal C; got shapes {[tuple(x.shape) for x in tensors]}"
+                )
         image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         max_h = max(s[0] for s in image_sizes)
         max_w = max(s[1] for s in image_sizes)
@@ -49,7 +52,9 @@ class ImageList:
             h, w = image_sizes[0]
             batched = F.pad(tensors[0], (0, max_w - w, 0, max_h - h), value=pad_value).unsqueeze(0)
         else:
-            batched = tensors[0].new_full((len(tensors), tensors[0].shape[0], max_h, max_w), pad_value)
+            batched = tensors[0].new_full(
+                (len(tensors), tensors[0].shape[0], max_h, max_w), pad_value
+            )
             for img, pad in zip(tensors, batched):
                 pad[..., : img.shape[-2], : img.shape[-1]].copy_(img)
         return ImageList(batched.contiguous(), image_sizes)

@@ -1,4 +1,5 @@
 """``Instances``: per-image detections or annotations as named, equally long fields (detectron2's)."""
+
 from __future__ import annotations
 
 import itertools
@@ -34,13 +35,17 @@ class Instances:
         # being unpickled (no _fields yet) raises AttributeError instead of recursing.
         fields = self.__dict__.get("_fields", {})
         if name.startswith("__") or name not in fields:
-            raise AttributeError(f"Cannot find field '{name}' in the given Instances (fields: {list(fields)})")
+            raise AttributeError(
+                f"Cannot find field '{name}' in the given Instances (fields: {list(fields)})"
+            )
         return fields[name]
 
     def set(self, name: str, value: Any) -> None:
         n = len(value)
         if self._fields and len(self) != n:
-            raise ValueError(f"Adding field '{name}' of length {n} to Instances of length {len(self)}")
+            raise ValueError(
+                f"Adding field '{name}' of length {n} to Instances of length {len(self)}"
+            )
         self._fields[name] = value
 
     def has(self, name: str) -> bool:

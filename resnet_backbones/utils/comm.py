@@ -5,6 +5,7 @@ process, ``all_gather``/``gather`` return ``[data]`` and ``synchronize`` does no
 Objects are exchanged with ``all_gather_object``/``gather_object`` over a gloo group, so any
 picklable Python object can be gathered regardless of the training backend (NCCL included).
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,7 +54,9 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
         )
     machine_rank = get_rank() // num_workers_per_machine
     for machine in range(world // num_workers_per_machine):
-        ranks = list(range(machine * num_workers_per_machine, (machine + 1) * num_workers_per_machine))
+        ranks = list(
+            range(machine * num_workers_per_machine, (machine + 1) * num_workers_per_machine)
+        )
         group = dist.new_group(ranks)
         if machine == machine_rank:
             _LOCAL_PROCESS_GROUP = group
@@ -138,7 +141,9 @@ def shared_random_seed() -> int:
     return int(all_gather(ints)[0])
 
 
-def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+def reduce_dict(
+    input_dict: Dict[str, torch.Tensor], average: bool = True
+) -> Dict[str, torch.Tensor]:
     """Reduce scalar tensors of the same keys from all ranks onto rank 0 (sum, or mean if ``average``).
 
     Only rank 0 receives the reduced values; other ranks get their input back unchanged in shape.

@@ -7,6 +7,7 @@
   only tensors, ints, lists and strings: it survives ``torch.load(weights_only=True)``.
 * :func:`collect_env_info` is a plain-text table of the software and hardware a run used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,17 +102,27 @@ def set_rng_states(states: Dict[str, Any]) -> None:
         keys = s["keys"]
         keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
         np.random.set_state(
-            (s["name"], keys.astype(np.uint32), int(s["pos"]), int(s["has_gauss"]), float(s["cached_gaussian"]))
+            (
+                s["name"],
+                keys.astype(np.uint32),
+                int(s["pos"]),
+                int(s["has_gauss"]),
+                float(s["cached_gaussian"]),
+            )
         )
     if "torch" in states:
-        torch.set_rng_state(states["torch"].cpu() if isinstance(states["torch"], torch.Tensor) else states["torch"])
+        torch.set_rng_state(
+            states["torch"].cpu() if isinstance(states["torch"], torch.Tensor) else states["torch"]
+        )
     cuda_states = states.get("cuda")
     if cuda_states and torch.cuda.is_available():
         n = min(len(cuda_states), torch.cuda.device_count())
         if len(cuda_states) != torch.cuda.device_count():
             logger.warning(
                 "checkpoint holds %d CUDA RNG states, this machine has %d devices; restoring the first %d",
-                len(cuda_states), torch.cuda.device_count(), n,
+                len(cuda_states),
+                torch.cuda.device_count(),
+                n,
             )
         for i in range(n):
             torch.cuda.set_rng_state(cuda_states[i].cpu(), device=i)
@@ -156,7 +167,9 @@ def _gpu_rows() -> List[Tuple[str, str]]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         if out.returncode == 0 and out.stdout.strip():
             rows.append(("Driver version", out.stdout.strip().splitlines()[0]))
@@ -173,7 +186,10 @@ def collect_env_info() -> str:
         ("sys.platform", sys.platform),
         ("Platform", platform.platform()),
         ("Python", sys.version.replace("\n", " ")),
-        ("resnet_backbones", f"{resnet_backbones.__version__} @{os.path.dirname(resnet_backbones.__file__)}"),
+        (
+            "resnet_backbones",
+            f"{resnet_backbones.__version__} @{os.path.dirname(resnet_backbones.__file__)}",
+        ),
         ("numpy", _version_of("numpy")),
         ("PyTorch", f"{torch.__version__} @{os.path.dirname(torch.__file__)}"),
         ("PyTorch debug build", str(torch.version.debug)),
@@ -191,8 +207,16 @@ def collect_env_info() -> str:
         pass
     rows.append(("torch threads", str(torch.get_num_threads())))
     rows.append(("distributed available", str(torch.distributed.is_available())))
-    for var in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "RB_DATASETS", "MASTER_ADDR", "MASTER_PORT",
-                "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+    for var in (
+        "CUDA_VISIBLE_DEVICES",
+        "OMP_NUM_THREADS",
+        "RB_DATASETS",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+    ):
         if var in os.environ:
             rows.append((var, os.environ[var]))
     width = max(len(k) for k, _ in rows)
@@ -243,5 +267,7 @@ def cpu_flags() -> List[str]:
 def cpu_flags_summary() -> str:
     """``"avx512_bf16 yes, amx_bf16 no, ..."``: the flags a benchmark table must state."""
     have = set(cpu_flags())
-    return ", ".join(f"{flag} {'yes' if flag in have else 'no'}"
-                     for flag in ("avx512f", "avx512_bf16", "amx_bf16"))
+    return ", ".join(
+        f"{flag} {'yes' if flag in have else 'no'}"
+        for flag in ("avx512f", "avx512_bf16", "amx_bf16")
+    )

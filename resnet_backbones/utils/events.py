@@ -13,6 +13,7 @@ median or the raw latest value). Code running inside a trainer reaches it with
   rate and the peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak resident
   set size of the process).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -69,7 +70,9 @@ class EventStorage:
         self._histograms: List[Dict[str, Any]] = []
 
     # ----------------------------------------------------------------------------- scalars
-    def put_scalar(self, name: str, value: Any, smoothing_hint: bool = True, cur_iter: Optional[int] = None) -> None:
+    def put_scalar(
+        self, name: str, value: Any, smoothing_hint: bool = True, cur_iter: Optional[int] = None
+    ) -> None:
         """Record ``value`` for ``name`` at ``cur_iter`` (default: the current iteration).
 
         ``smoothing_hint=True`` asks writers to print a windowed median (losses); ``False`` the
@@ -84,9 +87,13 @@ class EventStorage:
         if existing is None:
             self._smoothing_hints[name] = smoothing_hint
         elif existing != smoothing_hint:
-            raise ValueError(f"scalar '{name}' was put with smoothing_hint={existing}, now {smoothing_hint}")
+            raise ValueError(
+                f"scalar '{name}' was put with smoothing_hint={existing}, now {smoothing_hint}"
+            )
 
-    def put_scalars(self, *, smoothing_hint: bool = True, cur_iter: Optional[int] = None, **kwargs: Any) -> None:
+    def put_scalars(
+        self, *, smoothing_hint: bool = True, cur_iter: Optional[int] = None, **kwargs: Any
+    ) -> None:
         """``put_scalar`` for every keyword (``storage.put_scalars(loss_cls=0.3, loss_box_reg=0.1)``)."""
         for name, value in kwargs.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, cur_iter=cur_iter)
@@ -149,9 +156,15 @@ class EventStorage:
         limits = torch.linspace(lo, hi, bins + 1)[1:]
         self._histograms.append(
             dict(
-                tag=hist_name, min=lo, max=hi, num=float(t.numel()), sum=float(t.sum()),
-                sum_squares=float((t**2).sum()), bucket_limits=limits.tolist(),
-                bucket_counts=counts.tolist(), global_step=self._iter,
+                tag=hist_name,
+                min=lo,
+                max=hi,
+                num=float(t.numel()),
+                sum=float(t.sum()),
+                sum_squares=float((t**2).sum()),
+                bucket_limits=limits.tolist(),
+                bucket_counts=counts.tolist(),
+                global_step=self._iter,
             )
         )
 
@@ -206,7 +219,9 @@ class EventWriter:
         pass
 
 
-def _new_entries_by_iter(storage: EventStorage, last_written: int, window_size: int) -> Dict[int, Dict[str, float]]:
+def _new_entries_by_iter(
+    storage: EventStorage, last_written: int, window_size: int
+) -> Dict[int, Dict[str, float]]:
     by_iter: Dict[int, Dict[str, float]] = defaultdict(dict)
     for name, (value, itr) in storage.latest_with_smoothing_hint(window_size).items():
         if itr > last_written:
@@ -270,7 +285,9 @@ class TensorboardXWriter(EventWriter):
 
     def _get_writer(self) -> Any:
         if self._writer is None:
-            self._writer = self._summary_writer_cls(self._log_dir, purge_step=self.purge_step, **self._kwargs)
+            self._writer = self._summary_writer_cls(
+                self._log_dir, purge_step=self.purge_step, **self._kwargs
+            )
         return self._writer
 
     def write(self) -> None:
@@ -304,7 +321,9 @@ def _max_memory_mb() -> Optional[float]:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
+        return (
+            peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+        )  # bytes on macOS, KiB on Linux
     except (ImportError, OSError):
         return None
 
@@ -312,8 +331,8 @@ def _max_memory_mb() -> Optional[float]:
 class CommonMetricPrinter(EventWriter):
     """Print the usual training line to the ``resnet_backbones.utils.events`` logger::
 
-        eta: 0:01:02  iter: 19  total_loss: 1.83  loss_cls: 0.61  ...  time: 0.3121  last_time: 0.3050
-        data_time: 0.0021  last_data_time: 0.0019  lr: 0.0019  max_mem: 1543M
+    eta: 0:01:02  iter: 19  total_loss: 1.83  loss_cls: 0.61  ...  time: 0.3121  last_time: 0.3050
+    data_time: 0.0021  last_data_time: 0.0019  lr: 0.0019  max_mem: 1543M
     """
 
     def __init__(self, max_iter: Optional[int] = None, window_size: int = 20) -> None:
@@ -363,9 +382,13 @@ class CommonMetricPrinter(EventWriter):
             parts.append(f"last_time: {storage.history('time').latest():.4f}")
         if "data_time" in histories:
             h = storage.history("data_time")
-            parts.append(f"data_time: {h.avg(storage.count_samples('data_time', self._window_size)):.4f}")
+            parts.append(
+                f"data_time: {h.avg(storage.count_samples('data_time', self._window_size)):.4f}"
+            )
             parts.append(f"last_data_time: {h.latest():.4f}")
-        parts.append(f"lr: {storage.history('lr').latest():.5g}" if "lr" in histories else "lr: N/A")
+        parts.append(
+            f"lr: {storage.history('lr').latest():.5g}" if "lr" in histories else "lr: N/A"
+        )
         mem = _max_memory_mb()
         if mem is not None:
             parts.append(f"max_mem: {mem:.0f}M")

@@ -18,6 +18,7 @@ that downsamples sits in the first 1x1 conv (``stride_in_1x1=True``). torchvisio
 3x3 conv of the first block of res3..res5 on 4x the pixels: ResNet-50 costs 4.09 instead of
 3.86 GFLOPs. Basic-block models (ResNet-18/34, CIFAR) have no 1x1 convs and are identical in both.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -76,7 +77,9 @@ REFERENCE_PARAMS_M: Dict[str, float] = {
 InputSize = Union[int, Sequence[int]]
 
 
-def input_shape_for(input_size: InputSize, *, batch_size: int = 1, in_channels: int = 3) -> Tuple[int, int, int, int]:
+def input_shape_for(
+    input_size: InputSize, *, batch_size: int = 1, in_channels: int = 3
+) -> Tuple[int, int, int, int]:
     """``(N, C, H, W)`` for ``input_size`` = ``S`` (square) or ``(H, W)``."""
     if isinstance(input_size, int):
         height = width = input_size
@@ -99,7 +102,9 @@ def flop_count_analysis(model: nn.Module, inputs: Union[torch.Tensor, Tuple[torc
     the paper) and about modules never called; neither matters for these networks.
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore.nn's import scripts a loss (torch.jit.script is deprecated)
+        warnings.simplefilter(
+            "ignore"
+        )  # fvcore.nn's import scripts a loss (torch.jit.script is deprecated)
         from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(model, inputs)
@@ -114,7 +119,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_size: InputSize = 224, *, batch_size: int = 1, in_channels: int = 3) -> int:
+def count_flops(
+    model: nn.Module, input_size: InputSize = 224, *, batch_size: int = 1, in_channels: int = 3
+) -> int:
     """Total fvcore flops (fused multiply-adds) of one eval-mode forward pass on zeros of that size."""
     return analyze_model(
         model, input_size, batch_size=batch_size, in_channels=in_channels, tasks=("flops",)
@@ -209,7 +216,10 @@ def format_stats(
     lines = []
     if title:
         lines += [title, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
 
     def row(name: str, params: int, flops: Optional[int]) -> str:
         cells = [name, f"{params:,}", f"{params / 1e6:.3f}"]
@@ -221,7 +231,10 @@ def format_stats(
     lines += [row(*r) for r in stats.rows]
     lines.append(row("**total**", stats.total_params, stats.total_flops))
     if has_flops:
-        ops = ", ".join(f"{op} {_fmt_flops(n)}" for op, n in sorted(stats.flops_by_operator.items(), key=lambda kv: -kv[1]))
+        ops = ", ".join(
+            f"{op} {_fmt_flops(n)}"
+            for op, n in sorted(stats.flops_by_operator.items(), key=lambda kv: -kv[1])
+        )
         lines += [
             "",
             f"input {'x'.join(map(str, stats.input_shape))}; fvcore FlopCountAnalysis: 1 flop = 1 fused "
@@ -230,7 +243,9 @@ def format_stats(
         ]
         if paper_gflops is not None:
             diff = 100.0 * (stats.total_flops / 1e9 - paper_gflops) / paper_gflops
-            lines.append(f"paper ({paper_note}): {paper_gflops} GFLOPs; ours {stats.total_flops / 1e9:.3f} ({diff:+.1f}%)")
+            lines.append(
+                f"paper ({paper_note}): {paper_gflops} GFLOPs; ours {stats.total_flops / 1e9:.3f} ({diff:+.1f}%)"
+            )
     return "\n".join(lines)
 
 

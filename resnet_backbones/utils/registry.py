@@ -6,6 +6,7 @@ datasets) fails the same way on an unknown name: a ``KeyError`` naming the key o
 bad value, the closest registered names ("did you mean ...", as the config's unknown-key errors)
 and all registered names.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -36,8 +37,9 @@ def _registered(known: List[str]) -> str:
 def not_registered(kind: str, name: str, known: Iterable[str]) -> KeyError:
     """``KeyError: <kind> '<name>' is not registered; did you mean ...? (registered: ...)``."""
     known = sorted(known)
-    return KeyError(f"{kind} '{name}' is not registered{did_you_mean(name, known)} "
-                    f"{_registered(known)}")
+    return KeyError(
+        f"{kind} '{name}' is not registered{did_you_mean(name, known)} {_registered(known)}"
+    )
 
 
 def lookup(registry: Registry, name: str, key: str, what: str) -> Any:
@@ -48,12 +50,14 @@ def lookup(registry: Registry, name: str, key: str, what: str) -> Any:
     """
     if name not in registry:
         known = sorted(n for n, _ in registry)
-        raise KeyError(f"{key}: unknown {what} '{name}'{did_you_mean(name, known)} "
-                       f"{_registered(known)}")
+        raise KeyError(
+            f"{key}: unknown {what} '{name}'{did_you_mean(name, known)} {_registered(known)}"
+        )
     return registry.get(name)
 
 
-def build_from_registry(registry: Registry, name: str, key: str, what: str, *args: Any,
-                        **kwargs: Any) -> Any:
+def build_from_registry(
+    registry: Registry, name: str, key: str, what: str, *args: Any, **kwargs: Any
+) -> Any:
     """``lookup(registry, name, key, what)(*args, **kwargs)``: build the registered thing."""
     return lookup(registry, name, key, what)(*args, **kwargs)

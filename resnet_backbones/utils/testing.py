@@ -8,6 +8,7 @@ weights, so that the random model produces spread-out scores and boxes. (detectr
 ``utils/testing.py`` plays the same role there.) :func:`random_scene` and :func:`detector_inputs`
 make the synthetic images and the model inputs that these comparisons run on.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -87,7 +88,11 @@ def calibrate_random_detector_(
         module.weight.uniform_(*(residual_gain if id(module) in last else (0.5, 1.5)))
         module.bias.normal_(0.0, 0.1)
 
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    hooks = [
+        m.register_forward_pre_hook(calibrate)
+        for m in model.modules()
+        if isinstance(m, FrozenBatchNorm2d)
+    ]
     model.eval()
     try:
         model(batched_inputs)

@@ -4,6 +4,7 @@ and the value ("error"). The choice comes from ``DATALOADER.ON_BAD_ANNOTATION``;
 registered loaders take no arguments, ``get_detection_dataset_dicts`` passes it down with
 :func:`bad_annotation_policy`, and a direct ``load_*`` call may pass it explicitly.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -19,7 +20,9 @@ POLICIES = ("skip", "error")
 # Real COCO/VOC boxes touch the border with float round-off; they are clipped later, as in detectron2.
 OUTSIDE_TOLERANCE = 1.0
 
-_policy: contextvars.ContextVar[str] = contextvars.ContextVar("rb_bad_annotation_policy", default="skip")
+_policy: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "rb_bad_annotation_policy", default="skip"
+)
 
 
 class BadAnnotationError(ValueError):
@@ -46,7 +49,9 @@ def resolve_policy(policy: Optional[str] = None) -> str:
     return _check_policy(policy) if policy is not None else _policy.get()
 
 
-def box_problem(x0: float, y0: float, x1: float, y1: float, width: float, height: float) -> Optional[str]:
+def box_problem(
+    x0: float, y0: float, x1: float, y1: float, width: float, height: float
+) -> Optional[str]:
     """The kind of problem of an XYXY box in a ``width`` x ``height`` image, or None if it is fine."""
     if not (x1 > x0 and y1 > y0):  # also catches NaN
         return "empty box"
@@ -87,8 +92,13 @@ class ProblemCounter:
         if not self.counts:
             return
         parts = [
-            f"{n} {kind} (e.g. {'; '.join(self.examples[kind])})" for kind, n in sorted(self.counts.items())
+            f"{n} {kind} (e.g. {'; '.join(self.examples[kind])})"
+            for kind, n in sorted(self.counts.items())
         ]
         logger.warning(
-            "%s: skipped %d of %d annotations: %s", self.source, self.total, num_annotations, ", ".join(parts)
+            "%s: skipped %d of %d annotations: %s",
+            self.source,
+            self.total,
+            num_annotations,
+            ", ".join(parts),
         )

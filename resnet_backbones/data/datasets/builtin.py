@@ -4,6 +4,7 @@ The root is ``$RB_DATASETS`` (default ``./datasets``, relative to the working di
 detectron2); datasets/README.md describes each layout. Registration only records paths: nothing is
 read until ``DatasetCatalog.get(name)``, so importing works without any dataset on disk.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,10 @@ COCO_SPLITS: Dict[str, Tuple[str, str]] = {
     "coco_2014_train": ("coco/train2014", "coco/annotations/instances_train2014.json"),
     "coco_2014_val": ("coco/val2014", "coco/annotations/instances_val2014.json"),
     "coco_2014_minival": ("coco/val2014", "coco/annotations/instances_minival2014.json"),
-    "coco_2014_valminusminival": ("coco/val2014", "coco/annotations/instances_valminusminival2014.json"),
+    "coco_2014_valminusminival": (
+        "coco/val2014",
+        "coco/annotations/instances_valminusminival2014.json",
+    ),
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
     "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
     "coco_2017_test": ("coco/test2017", "coco/annotations/image_info_test2017.json"),
@@ -47,7 +51,9 @@ def default_root() -> str:
 
 def register_all_coco(root: str) -> None:
     for name, (image_root, json_file) in COCO_SPLITS.items():
-        register_coco_instances(name, coco_metadata(), os.path.join(root, json_file), os.path.join(root, image_root))
+        register_coco_instances(
+            name, coco_metadata(), os.path.join(root, json_file), os.path.join(root, image_root)
+        )
 
 
 def register_all_pascal_voc(root: str) -> None:
@@ -68,7 +74,9 @@ def register_all_shapes(root: str) -> None:
         json_file = os.path.join(base, "annotations", f"instances_{split}.json")
         register_coco_instances(f"shapes_{split}", dict(meta), json_file, os.path.join(base, split))
         # year 2012: area-under-curve AP (2007 would select VOC's 11-point metric).
-        register_pascal_voc(f"shapes_voc_{split}", os.path.join(base, "VOC"), split, 2012, SHAPES_CLASSES)
+        register_pascal_voc(
+            f"shapes_voc_{split}", os.path.join(base, "VOC"), split, 2012, SHAPES_CLASSES
+        )
 
 
 def register_all(root: str | None = None) -> None:
@@ -81,5 +89,12 @@ def register_all(root: str | None = None) -> None:
     register_all_shapes(root)
 
 
-__all__ = ["register_all", "register_all_coco", "register_all_pascal_voc", "register_all_shapes", "default_root",
-           "COCO_SPLITS", "VOC_SPLITS"]
+__all__ = [
+    "register_all",
+    "register_all_coco",
+    "register_all_pascal_voc",
+    "register_all_shapes",
+    "default_root",
+    "COCO_SPLITS",
+    "VOC_SPLITS",
+]

@@ -5,6 +5,7 @@ category_id, iscrowd). With a ``dataset_name`` the json category ids are mapped 
 0-based ids and the mapping is stored in the metadata, as detectron2 does. Segmentations and
 keypoints are not loaded (this project trains boxes only); ask for them with ``extra_annotation_keys``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,11 +58,15 @@ def _read_coco_api(json_file: str):
         raise ValueError(f"{json_file}: not a COCO instances file ({detail})") from None
 
 
-def _category_map(coco_api, json_file: str, dataset_name: Optional[str]) -> Optional[Dict[int, int]]:
+def _category_map(
+    coco_api, json_file: str, dataset_name: Optional[str]
+) -> Optional[Dict[int, int]]:
     """json category id -> contiguous id (also stored in the metadata of ``dataset_name``)."""
     if "categories" not in coco_api.dataset:
         if dataset_name is not None:
-            raise ValueError(f"{json_file}: no 'categories' list; cannot map category ids of '{dataset_name}'")
+            raise ValueError(
+                f"{json_file}: no 'categories' list; cannot map category ids of '{dataset_name}'"
+            )
         return None
     try:
         cats = sorted(coco_api.dataset["categories"], key=lambda c: c["id"])
@@ -72,9 +77,20 @@ def _category_map(coco_api, json_file: str, dataset_name: Optional[str]) -> Opti
     if len(id_map) != len(cats):
         raise ValueError(f"{json_file}: category ids are not unique: {[c['id'] for c in cats]}")
     if dataset_name is not None:
-        if id_map and not (min(id_map) == 1 and max(id_map) == len(id_map)) and "coco" not in dataset_name:
-            logger.warning("%s: category ids are not 1..%d; mapping them to 0..%d", json_file, len(id_map), len(id_map) - 1)
-        MetadataCatalog.get(dataset_name).set(thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map)
+        if (
+            id_map
+            and not (min(id_map) == 1 and max(id_map) == len(id_map))
+            and "coco" not in dataset_name
+        ):
+            logger.warning(
+                "%s: category ids are not 1..%d; mapping them to 0..%d",
+                json_file,
+                len(id_map),
+                len(id_map) - 1,
+            )
+        MetadataCatalog.get(dataset_name).set(
+            thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=id_map
+        )
     return id_map
 
 
@@ -104,7 +120,9 @@ def load_coco_json(
         if "images" not in coco_api.dataset:
             raise ValueError(f"{json_file}: not a COCO instances file (no 'images' list)")
         id_map = _category_map(coco_api, json_file, dataset_name)
-        if id_map is not None and dataset_name is None:  # check ids against 'categories' but keep them
+        if (
+            id_map is not None and dataset_name is None
+        ):  # check ids against 'categories' but keep them
             id_map = {k: k for k in id_map}
         problems = ProblemCounter(json_file, on_bad_annotation)
         keys = tuple(extra_annotation_keys or ())
@@ -115,8 +133,14 @@ def load_coco_json(
     return dataset_dicts
 
 
-def _convert(coco_api, image_root: str, json_file: str, id_map: Optional[Dict[int, int]],
-             problems: ProblemCounter, keys: Sequence[str]) -> Tuple[List[Dict[str, Any]], int]:
+def _convert(
+    coco_api,
+    image_root: str,
+    json_file: str,
+    id_map: Optional[Dict[int, int]],
+    problems: ProblemCounter,
+    keys: Sequence[str],
+) -> Tuple[List[Dict[str, Any]], int]:
     """All images (sorted by id) with their converted annotations; also the number of annotations seen."""
     img_to_anns = coco_api.imgToAnns
     xywh = BoxMode.XYWH_ABS
@@ -164,13 +188,18 @@ def _convert_annotation(
         problems.add("malformed bbox", f"annotation id {anno.get('id')}: bbox={bbox!r}")
         return None
     if kind is not None:
-        problems.add(kind, f"annotation id {anno.get('id')} of image {anno.get('image_id')} "
-                           f"({width}x{height}): bbox={bbox!r}")
+        problems.add(
+            kind,
+            f"annotation id {anno.get('id')} of image {anno.get('image_id')} "
+            f"({width}x{height}): bbox={bbox!r}",
+        )
         return None
     if id_map is not None:
         if cat not in id_map:
-            problems.add("unknown category id", f"annotation id {anno.get('id')}: category_id={cat!r} "
-                                                f"(known: {sorted(id_map)})")
+            problems.add(
+                "unknown category id",
+                f"annotation id {anno.get('id')}: category_id={cat!r} (known: {sorted(id_map)})",
+            )
             return None
         cat = id_map[cat]
     obj = {"iscrowd": anno.get("iscrowd", 0), "bbox": bbox, "category_id": cat}
@@ -186,7 +215,9 @@ def _check_annotation_ids(coco_api, json_file: str, num_matched: int) -> None:
     if num_matched < len(anns):
         logger.warning(
             "%s contains %d annotations, but only %d of them match to images in the file.",
-            json_file, len(anns), num_matched,
+            json_file,
+            len(anns),
+            num_matched,
         )
     # The original minival/valminusminival 2014 files have a few duplicates; detectron2 allows them.
     if "minival" not in json_file and len(coco_api.anns) != len(anns):
@@ -198,7 +229,9 @@ def _check_annotation_ids(coco_api, json_file: str, num_matched: int) -> None:
         raise ValueError(f"{json_file}: annotation ids are not unique (e.g. {dups})")
 
 
-def register_coco_instances(name: str, metadata: Dict[str, Any], json_file: PathLike, image_root: PathLike) -> None:
+def register_coco_instances(
+    name: str, metadata: Dict[str, Any], json_file: PathLike, image_root: PathLike
+) -> None:
     """Register a COCO-format dataset as ``name`` (lazily: nothing is read until it is used).
 
     ``metadata`` is extra metadata (may be empty); json_file, image_root and evaluator_type="coco"
@@ -207,7 +240,11 @@ def register_coco_instances(name: str, metadata: Dict[str, Any], json_file: Path
     if not isinstance(name, str):
         raise TypeError(f"register_coco_instances: name must be a str, got {name!r}")
     if not isinstance(metadata, dict):
-        raise TypeError(f"register_coco_instances('{name}', ...): metadata must be a dict, got {type(metadata).__name__}")
+        raise TypeError(
+            f"register_coco_instances('{name}', ...): metadata must be a dict, got {type(metadata).__name__}"
+        )
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
+    )

@@ -4,6 +4,7 @@ VOC boxes are 1-based inclusive pixel indices, so (xmin=1, xmax=W) covers the wh
 detectron2 they become (xmin - 1, ymin - 1, xmax, ymax) in XYXY_ABS. ``difficult`` objects are kept
 (detectron2 trains on them) and carry ``difficult`` = 0/1 for whoever wants to drop them.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,12 +52,20 @@ def _image_size(root: ET.Element, path: str) -> tuple:
         ) from None
 
 
-def _parse_object(obj: ET.Element, path: str, width: int, height: int, class_names: Sequence[str],
-                  problems: ProblemCounter) -> Optional[Dict[str, Any]]:
+def _parse_object(
+    obj: ET.Element,
+    path: str,
+    width: int,
+    height: int,
+    class_names: Sequence[str],
+    problems: ProblemCounter,
+) -> Optional[Dict[str, Any]]:
     """One <object> -> annotation dict, or None (counted) if it is bad."""
     name = (obj.findtext("name") or "").strip()
     if name not in class_names:
-        problems.add("unknown category", f"{path}: <name>{name}</name> (known: {', '.join(class_names)})")
+        problems.add(
+            "unknown category", f"{path}: <name>{name}</name> (known: {', '.join(class_names)})"
+        )
         return None
     coords = [obj.findtext(f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
     try:
@@ -103,13 +112,15 @@ def load_voc_instances(
         objects = root.findall("object")
         num_objects += len(objects)
         annos = [_parse_object(o, path, width, height, class_names, problems) for o in objects]
-        dicts.append({
-            "file_name": os.path.join(dirname, "JPEGImages", fileid + ".jpg"),
-            "image_id": fileid,
-            "height": height,
-            "width": width,
-            "annotations": [a for a in annos if a is not None],
-        })
+        dicts.append(
+            {
+                "file_name": os.path.join(dirname, "JPEGImages", fileid + ".jpg"),
+                "image_id": fileid,
+                "height": height,
+                "width": width,
+                "annotations": [a for a in annos if a is not None],
+            }
+        )
     problems.warn(num_objects)
     return dicts
 
@@ -122,5 +133,9 @@ def register_pascal_voc(
     class_names = list(class_names)
     DatasetCatalog.register(name, lambda: load_voc_instances(dirname, split, class_names))
     MetadataCatalog.get(name).set(
-        thing_classes=class_names, dirname=dirname, year=year, split=split, evaluator_type="pascal_voc"
+        thing_classes=class_names,
+        dirname=dirname,
+        year=year,
+        split=split,
+        evaluator_type="pascal_voc",
     )

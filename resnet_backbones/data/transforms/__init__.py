@@ -1,7 +1,15 @@
 """Geometric augmentations for detection: ResizeShortestEdge and RandomFlip, applied alike to images
 and boxes (detectron2's names and semantics)."""
+
 from .augmentation import Augmentation, RandomFlip, ResizeShortestEdge, apply_augmentations
-from .transform import HFlipTransform, NoOpTransform, ResizeTransform, Transform, TransformList, VFlipTransform
+from .transform import (
+    HFlipTransform,
+    NoOpTransform,
+    ResizeTransform,
+    Transform,
+    TransformList,
+    VFlipTransform,
+)
 
 __all__ = [
     "Augmentation",

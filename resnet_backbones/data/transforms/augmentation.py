@@ -1,5 +1,6 @@
 """Random augmentations: each draws its parameters (with ``np.random``, as detectron2 does, so the
 data loader can seed every sample) and returns the deterministic :class:`Transform` to apply."""
+
 from __future__ import annotations
 
 import sys
@@ -7,7 +8,14 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .transform import HFlipTransform, NoOpTransform, ResizeTransform, Transform, TransformList, VFlipTransform
+from .transform import (
+    HFlipTransform,
+    NoOpTransform,
+    ResizeTransform,
+    Transform,
+    TransformList,
+    VFlipTransform,
+)
 
 __all__ = ["Augmentation", "ResizeShortestEdge", "RandomFlip", "apply_augmentations"]
 
@@ -40,7 +48,9 @@ class ResizeShortestEdge(Augmentation):
             short_edge_length = (int(short_edge_length), int(short_edge_length))
         lengths = tuple(int(v) for v in short_edge_length)
         if sample_style not in ("range", "choice"):
-            raise ValueError(f"ResizeShortestEdge: sample_style must be 'range' or 'choice', got {sample_style!r}")
+            raise ValueError(
+                f"ResizeShortestEdge: sample_style must be 'range' or 'choice', got {sample_style!r}"
+            )
         if not lengths:
             raise ValueError("ResizeShortestEdge: short_edge_length is empty")
         if sample_style == "range" and len(lengths) != 2:
@@ -49,8 +59,14 @@ class ResizeShortestEdge(Augmentation):
                 "(set INPUT.MIN_SIZE_TRAIN_SAMPLING='choice' to pick one of several sizes)"
             )
         if any(v < 0 for v in lengths) or max_size <= 0:
-            raise ValueError(f"ResizeShortestEdge: sizes must be >= 0 and max_size > 0, got {lengths}, {max_size}")
-        self.short_edge_length, self.max_size, self.sample_style = lengths, int(max_size), sample_style
+            raise ValueError(
+                f"ResizeShortestEdge: sizes must be >= 0 and max_size > 0, got {lengths}, {max_size}"
+            )
+        self.short_edge_length, self.max_size, self.sample_style = (
+            lengths,
+            int(max_size),
+            sample_style,
+        )
 
     def _sample_length(self) -> int:
         if self.sample_style == "range":
@@ -81,7 +97,9 @@ class ResizeShortestEdge(Augmentation):
 class RandomFlip(Augmentation):
     """Flip horizontally (or vertically) with probability ``prob``."""
 
-    def __init__(self, prob: float = 0.5, *, horizontal: bool = True, vertical: bool = False) -> None:
+    def __init__(
+        self, prob: float = 0.5, *, horizontal: bool = True, vertical: bool = False
+    ) -> None:
         if horizontal == vertical:
             raise ValueError("RandomFlip: choose exactly one of horizontal=True or vertical=True")
         if not 0.0 <= prob <= 1.0:
@@ -95,7 +113,9 @@ class RandomFlip(Augmentation):
         return HFlipTransform(w) if self.horizontal else VFlipTransform(h)
 
 
-def apply_augmentations(augmentations: Sequence[Augmentation], image: np.ndarray) -> Tuple[np.ndarray, TransformList]:
+def apply_augmentations(
+    augmentations: Sequence[Augmentation], image: np.ndarray
+) -> Tuple[np.ndarray, TransformList]:
     """Apply each augmentation in turn; returns the new image and the transforms, for the boxes."""
     done: List[Transform] = []
     for aug in augmentations:

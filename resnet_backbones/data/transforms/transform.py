@@ -3,6 +3,7 @@
 A transform knows its parameters (sizes, flip width); :mod:`.augmentation` decides them at random.
 Boxes are Nx4 XYXY_ABS arrays in continuous pixel coordinates (a pixel covers [x, x + 1)).
 """
+
 from __future__ import annotations
 
 from typing import Iterable, List
@@ -11,7 +12,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["Transform", "NoOpTransform", "ResizeTransform", "HFlipTransform", "VFlipTransform", "TransformList"]
+__all__ = [
+    "Transform",
+    "NoOpTransform",
+    "ResizeTransform",
+    "HFlipTransform",
+    "VFlipTransform",
+    "TransformList",
+]
 
 
 class Transform:
@@ -53,7 +61,9 @@ class ResizeTransform(Transform):
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         if img.shape[:2] != (self.h, self.w):
-            raise ValueError(f"ResizeTransform expects a {self.h}x{self.w} image, got {img.shape[0]}x{img.shape[1]}")
+            raise ValueError(
+                f"ResizeTransform expects a {self.h}x{self.w} image, got {img.shape[0]}x{img.shape[1]}"
+            )
         if (self.new_h, self.new_w) == (self.h, self.w):
             return img
         if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] in (1, 3, 4)):

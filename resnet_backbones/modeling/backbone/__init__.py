@@ -1,4 +1,5 @@
 """ResNet backbones: blocks, stages, the network, and registries to find them by name."""
+
 from .backbone import Backbone
 from .build import BACKBONE_REGISTRY, build_backbone
 from .registry import MODEL_REGISTRY, create_model, list_models, register_model

@@ -1,4 +1,5 @@
 """The ``Backbone`` interface: named feature maps with known channels and strides (detectron2's)."""
+
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
@@ -21,8 +22,7 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     _out_feature_strides: Dict[str, int]
 
     @abstractmethod
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        ...
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]: ...
 
     @property
     def size_divisibility(self) -> int:

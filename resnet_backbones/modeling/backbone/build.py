@@ -1,4 +1,5 @@
 """Build a detection backbone from a config, through detectron2's ``BACKBONE_REGISTRY`` pattern."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -20,9 +21,11 @@ def build_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
     name = cfg.MODEL.BACKBONE.NAME
-    backbone = build_from_registry(BACKBONE_REGISTRY, name, "MODEL.BACKBONE.NAME",
-                                   "backbone builder", cfg, input_shape)
+    backbone = build_from_registry(
+        BACKBONE_REGISTRY, name, "MODEL.BACKBONE.NAME", "backbone builder", cfg, input_shape
+    )
     if not isinstance(backbone, Backbone):
-        raise TypeError(f"MODEL.BACKBONE.NAME '{name}' returned {type(backbone).__name__}, "
-                        f"not a Backbone")
+        raise TypeError(
+            f"MODEL.BACKBONE.NAME '{name}' returned {type(backbone).__name__}, not a Backbone"
+        )
     return backbone

@@ -1,4 +1,5 @@
 """Models by name, timm style: one decorator to register, ``list_models`` and ``create_model``."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -32,8 +33,10 @@ def list_models(pattern: str = "*") -> list[str]:
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered as ``name``; an unknown name fails with the closest names."""
     if name not in MODEL_REGISTRY:
-        raise KeyError(f"unknown model '{name}'{did_you_mean(name, list_models())} "
-                       f"(resnet_backbones.list_models() lists all)")
+        raise KeyError(
+            f"unknown model '{name}'{did_you_mean(name, list_models())} "
+            f"(resnet_backbones.list_models() lists all)"
+        )
     return MODEL_REGISTRY.get(name)
 
 

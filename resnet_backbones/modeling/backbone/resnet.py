@@ -17,6 +17,7 @@ Entry points:
 * ``build_res5_head_from_config(cfg)``: the C4 box head's res5, the backbone's res5 stage built
   alone (``Res5ROIHeads`` and detectron2's ``RBRes5ROIHeads`` both use it).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -119,7 +120,11 @@ def _make_shortcut(
     reshapes = in_channels != out_channels or stride != 1
     if shortcut == "C" or (shortcut == "B" and reshapes):
         return Conv2d(
-            in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=1,
+            stride=stride,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
     if reshapes:
@@ -149,16 +154,30 @@ class BasicBlock(ResNetBlockBase):
     """Two 3x3 convs (ResNet-18/34, CIFAR nets): ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, stride: int = 1, norm: NormSpec = "BN",
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int = 1,
+        norm: NormSpec = "BN",
         shortcut: str = "B",
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            stride=stride,
+            padding=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         self.conv2 = Conv2d(
-            out_channels, out_channels, kernel_size=3, padding=1, bias=False,
+            out_channels,
+            out_channels,
+            kernel_size=3,
+            padding=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         self.shortcut = _make_shortcut(in_channels, out_channels, stride, shortcut, norm)
@@ -185,23 +204,44 @@ class BottleneckBlock(ResNetBlockBase):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, bottleneck_channels: int, stride: int = 1,
-        num_groups: int = 1, norm: NormSpec = "BN", stride_in_1x1: bool = False, dilation: int = 1,
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm: NormSpec = "BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
         shortcut: str = "B",
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(
-            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
+            in_channels,
+            bottleneck_channels,
+            kernel_size=1,
+            stride=stride_1x1,
+            bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
         self.conv2 = Conv2d(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
-            padding=dilation, dilation=dilation, groups=num_groups, bias=False,
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
         self.conv3 = Conv2d(
-            bottleneck_channels, out_channels, kernel_size=1, bias=False,
+            bottleneck_channels,
+            out_channels,
+            kernel_size=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         self.shortcut = _make_shortcut(in_channels, out_channels, stride, shortcut, norm)
@@ -230,13 +270,21 @@ class PreActBasicBlock(ResNetBlockBase):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, stride: int = 1, norm: NormSpec = "BN",
-        shortcut: str = "B", preact_shortcut: bool = False,
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int = 1,
+        norm: NormSpec = "BN",
+        shortcut: str = "B",
+        preact_shortcut: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
         self.preact_shortcut = preact_shortcut
         self.norm1 = _norm_or_identity(norm, in_channels)
-        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv1 = Conv2d(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False
+        )
         self.norm2 = _norm_or_identity(norm, out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.shortcut = _make_shortcut(in_channels, out_channels, stride, shortcut, norm=None)
@@ -262,19 +310,36 @@ class PreActBottleneckBlock(ResNetBlockBase):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, bottleneck_channels: int, stride: int = 1,
-        num_groups: int = 1, norm: NormSpec = "BN", stride_in_1x1: bool = False, dilation: int = 1,
-        shortcut: str = "B", preact_shortcut: bool = False,
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm: NormSpec = "BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+        shortcut: str = "B",
+        preact_shortcut: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
         self.preact_shortcut = preact_shortcut
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.norm1 = _norm_or_identity(norm, in_channels)
-        self.conv1 = Conv2d(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False)
+        self.conv1 = Conv2d(
+            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False
+        )
         self.norm2 = _norm_or_identity(norm, bottleneck_channels)
         self.conv2 = Conv2d(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
-            padding=dilation, dilation=dilation, groups=num_groups, bias=False,
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            bias=False,
         )
         self.norm3 = _norm_or_identity(norm, bottleneck_channels)
         self.conv3 = Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
@@ -303,12 +368,21 @@ class BasicStem(ResNetBlockBase):
     """
 
     def __init__(
-        self, in_channels: int = 3, out_channels: int = 64, norm: NormSpec = "BN", preact: bool = False
+        self,
+        in_channels: int = 3,
+        out_channels: int = 64,
+        norm: NormSpec = "BN",
+        preact: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, stride=4)
         self.preact = preact
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=7,
+            stride=2,
+            padding=3,
+            bias=False,
             norm=None if preact else get_norm(norm, out_channels),
         )
         self._init_convs()
@@ -327,12 +401,20 @@ class CifarStem(ResNetBlockBase):
     """
 
     def __init__(
-        self, in_channels: int = 3, out_channels: int = 16, norm: NormSpec = "BN", preact: bool = False
+        self,
+        in_channels: int = 3,
+        out_channels: int = 16,
+        norm: NormSpec = "BN",
+        preact: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, stride=1)
         self.preact = preact
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=3, padding=1, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            padding=1,
+            bias=False,
             norm=None if preact else get_norm(norm, out_channels),
         )
         self._init_convs()
@@ -387,11 +469,17 @@ class ResNet(Backbone):
                     f"classifier; pass num_classes=None (create_backbone does), not {num_classes}"
                 )
             if not out_features:
-                raise ValueError("out_features is empty; name at least one of " + str(["stem"] + all_names))
+                raise ValueError(
+                    "out_features is empty; name at least one of " + str(["stem"] + all_names)
+                )
             for name in out_features:
                 if name not in ["stem"] + all_names:
-                    raise ValueError(f"unknown out_feature {name!r}; available: {['stem'] + all_names}")
-            num_built = max(0 if name == "stem" else all_names.index(name) + 1 for name in out_features)
+                    raise ValueError(
+                        f"unknown out_feature {name!r}; available: {['stem'] + all_names}"
+                    )
+            num_built = max(
+                0 if name == "stem" else all_names.index(name) + 1 for name in out_features
+            )
             if num_built < len(stages):
                 stages, post_norm = stages[:num_built], None
         else:
@@ -499,10 +587,14 @@ class ResNet(Backbone):
         """
         if first_stride is not None:
             if "stride_per_block" in kwargs or "stride" in kwargs:
-                raise ValueError("make_stage: pass first_stride, stride_per_block or stride, not several")
+                raise ValueError(
+                    "make_stage: pass first_stride, stride_per_block or stride, not several"
+                )
             kwargs["stride_per_block"] = [first_stride] + [1] * (num_blocks - 1)
         shared = {key: value for key, value in kwargs.items() if not key.endswith("_per_block")}
-        per_block = {key[: -len("_per_block")]: value for key, value in kwargs.items() if key not in shared}
+        per_block = {
+            key[: -len("_per_block")]: value for key, value in kwargs.items() if key not in shared
+        }
         for key, values in per_block.items():
             if len(values) != num_blocks:
                 raise ValueError(
@@ -513,7 +605,9 @@ class ResNet(Backbone):
         blocks = []
         for i in range(num_blocks):
             block_kwargs = {**shared, **{key: values[i] for key, values in per_block.items()}}
-            blocks.append(block_class(in_channels=in_channels, out_channels=out_channels, **block_kwargs))
+            blocks.append(
+                block_class(in_channels=in_channels, out_channels=out_channels, **block_kwargs)
+            )
             in_channels = out_channels
         return blocks
 
@@ -544,7 +638,9 @@ def _cifar_blocks_per_stage(depth: int, bottleneck: bool) -> Tuple[int, int, int
     layers_per_block = 3 if bottleneck else 2
     n, rest = divmod(depth - 2, 3 * layers_per_block)
     if depth < 2 or rest or n < 1:
-        kind, examples = ("bottleneck", "164, 1001") if bottleneck else ("basic", "20, 32, 44, 56, 110, 1202")
+        kind, examples = (
+            ("bottleneck", "164, 1001") if bottleneck else ("basic", "20, 32, 44, 56, 110, 1202")
+        )
         raise ValueError(
             f"depth {depth} is not a CIFAR {kind} ResNet depth: need {3 * layers_per_block}n+2 "
             f"(e.g. {examples})"
@@ -585,8 +681,12 @@ class StageSpec:
     def build(self) -> List[ResNetBlockBase]:
         """The blocks of this stage (new modules, freshly initialised)."""
         return ResNet.make_stage(
-            self.block_class, self.num_blocks, in_channels=self.in_channels,
-            out_channels=self.out_channels, first_stride=self.first_stride, **self.block_kwargs,
+            self.block_class,
+            self.num_blocks,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            first_stride=self.first_stride,
+            **self.block_kwargs,
         )
 
 
@@ -653,16 +753,24 @@ def resnet_layout(
         kwargs: Dict[str, Any] = {"norm": norm, "shortcut": shortcut}
         if bottleneck:
             kwargs.update(
-                bottleneck_channels=bottleneck_channels, num_groups=num_groups,
-                stride_in_1x1=stride_in_1x1, dilation=dilation,
+                bottleneck_channels=bottleneck_channels,
+                num_groups=num_groups,
+                stride_in_1x1=stride_in_1x1,
+                dilation=dilation,
             )
         if preact:  # the paper's first block of a stage splits both paths after the activation
             kwargs["preact_shortcut_per_block"] = [True] + [False] * (num_blocks - 1)
-        stages.append(StageSpec(
-            name=f"res{idx + 2}", block_class=block_class, num_blocks=num_blocks,
-            in_channels=stage_in, out_channels=stage_out,
-            first_stride=1 if idx == 0 or dilation > 1 else 2, block_kwargs=kwargs,
-        ))
+        stages.append(
+            StageSpec(
+                name=f"res{idx + 2}",
+                block_class=block_class,
+                num_blocks=num_blocks,
+                in_channels=stage_in,
+                out_channels=stage_out,
+                first_stride=1 if idx == 0 or dilation > 1 else 2,
+                block_kwargs=kwargs,
+            )
+        )
         stage_in, stage_out, bottleneck_channels = stage_out, 2 * stage_out, 2 * bottleneck_channels
     stem_class = CifarStem if cifar else BasicStem
     return ResNetLayout(stem_class, stem_out, bottleneck, tuple(stages))
@@ -711,9 +819,17 @@ def build_resnet(
     then built (a C4 feature extractor drops res5 afterwards, in :class:`ResNet`).
     """
     layout = resnet_layout(
-        depth, cifar=cifar, bottleneck=bottleneck, preact=preact, shortcut=shortcut, norm=norm,
-        stride_in_1x1=stride_in_1x1, num_groups=num_groups, width_per_group=width_per_group,
-        stem_out_channels=stem_out_channels, res2_out_channels=res2_out_channels,
+        depth,
+        cifar=cifar,
+        bottleneck=bottleneck,
+        preact=preact,
+        shortcut=shortcut,
+        norm=norm,
+        stride_in_1x1=stride_in_1x1,
+        num_groups=num_groups,
+        width_per_group=width_per_group,
+        stem_out_channels=stem_out_channels,
+        res2_out_channels=res2_out_channels,
         res5_dilation=res5_dilation,
     )
     stem = layout.stem_class(in_channels, layout.stem_out_channels, norm=norm, preact=preact)
@@ -758,8 +874,13 @@ def build_res5_head(
         raise ValueError(f"a basic-block res5 head needs ResNet-18 or -34, got depth {depth}")
     layout_depth = 50 if bottleneck and not own else depth
     spec = resnet_layout(
-        layout_depth, preact=preact, shortcut=shortcut, norm=norm, stride_in_1x1=stride_in_1x1,
-        num_groups=num_groups, width_per_group=width_per_group,
+        layout_depth,
+        preact=preact,
+        shortcut=shortcut,
+        norm=norm,
+        stride_in_1x1=stride_in_1x1,
+        num_groups=num_groups,
+        width_per_group=width_per_group,
         res2_out_channels=res2_out_channels,
     ).stages[3]
     blocks = spec.build()
@@ -788,8 +909,14 @@ def create_backbone(
     convs, stem and res2 frozen); ``kwargs`` go to the model builder (``shortcut``, ``preact``, ...).
     """
     return create_model(
-        name, num_classes=None, out_features=out_features, freeze_at=freeze_at, norm=norm,
-        stride_in_1x1=stride_in_1x1, res5_dilation=res5_dilation, **kwargs,
+        name,
+        num_classes=None,
+        out_features=out_features,
+        freeze_at=freeze_at,
+        norm=norm,
+        stride_in_1x1=stride_in_1x1,
+        res5_dilation=res5_dilation,
+        **kwargs,
     )
 
 
@@ -925,7 +1052,9 @@ def resnet152(**kwargs: Any) -> ResNet:
 
 # CIFAR-10, He et al. (CVPR 2016) Sec. 4.2: basic blocks, option-A shortcuts, 10 classes.
 def _cifar(depth: int, kwargs: Dict[str, Any], **defaults: Any) -> ResNet:
-    return build_resnet(depth, cifar=True, **{"num_classes": 10, "shortcut": "A", **defaults, **kwargs})
+    return build_resnet(
+        depth, cifar=True, **{"num_classes": 10, "shortcut": "A", **defaults, **kwargs}
+    )
 
 
 @register_model

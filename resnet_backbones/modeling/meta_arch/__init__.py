@@ -1,4 +1,5 @@
 """Whole-model architectures (GeneralizedRCNN), built by name from a config."""
+
 from .build import META_ARCH_REGISTRY, PREPARE_MODES, build_model, prepare_model
 from .rcnn import GeneralizedRCNN
 

@@ -1,4 +1,5 @@
 """Build the whole model from a config, through detectron2's ``META_ARCH_REGISTRY`` pattern."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,13 @@ def build_model(cfg) -> nn.Module:
 
     Weights are not loaded here; use the checkpointer with ``cfg.MODEL.WEIGHTS``.
     """
-    model = build_from_registry(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE,
-                                "MODEL.META_ARCHITECTURE", "meta-architecture", cfg)
+    model = build_from_registry(
+        META_ARCH_REGISTRY,
+        cfg.MODEL.META_ARCHITECTURE,
+        "MODEL.META_ARCHITECTURE",
+        "meta-architecture",
+        cfg,
+    )
     model.to(torch.device(cfg.MODEL.DEVICE))
     return model
 

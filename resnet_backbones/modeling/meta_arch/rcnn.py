@@ -18,6 +18,7 @@ State-dict names and shapes are detectron2's (``backbone.*``, ``proposal_generat
 ``roi_heads.res5.*``, ``roi_heads.box_predictor.*``); ``pixel_mean``/``pixel_std`` are
 non-persistent buffers, as in detectron2, so they come from the config, not the checkpoint.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -43,7 +44,9 @@ def check_device(device: Any) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"MODEL.DEVICE={device!r} is not a valid torch device ({e}); use 'cpu' or 'cuda'") from None
+        raise ValueError(
+            f"MODEL.DEVICE={device!r} is not a valid torch device ({e}); use 'cpu' or 'cuda'"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(
@@ -57,8 +60,12 @@ def check_device(device: Any) -> torch.device:
                 f"MODEL.DEVICE is {device!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
                 f"use 'cuda' / 'cuda:0', or MODEL.DEVICE cpu"
             )
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise RuntimeError(f"MODEL.DEVICE is {device!r} but MPS is not available; set MODEL.DEVICE cpu")
+    elif dev.type == "mps" and not (
+        hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    ):
+        raise RuntimeError(
+            f"MODEL.DEVICE is {device!r} but MPS is not available; set MODEL.DEVICE cpu"
+        )
     return dev
 
 
@@ -81,7 +88,9 @@ class GeneralizedRCNN(nn.Module):
     def __init__(self, cfg: Any = None, **kwargs: Any) -> None:
         if cfg is not None:
             if kwargs:
-                raise TypeError(f"GeneralizedRCNN: pass a config or the parts, not both (got {sorted(kwargs)})")
+                raise TypeError(
+                    f"GeneralizedRCNN: pass a config or the parts, not both (got {sorted(kwargs)})"
+                )
             kwargs = self.from_config(cfg)
         self._build(**kwargs)
 
@@ -115,8 +124,12 @@ class GeneralizedRCNN(nn.Module):
             )
         if any(s <= 0 for s in pixel_std):
             raise ValueError(f"MODEL.PIXEL_STD must be positive, got {list(pixel_std)}")
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
+        )
 
     @classmethod
     def from_config(cls, cfg: Any) -> Dict[str, Any]:
@@ -201,7 +214,9 @@ class GeneralizedRCNN(nn.Module):
 
     @staticmethod
     def _postprocess(
-        instances: List[Instances], batched_inputs: List[Dict[str, Any]], image_sizes: List[Tuple[int, int]]
+        instances: List[Instances],
+        batched_inputs: List[Dict[str, Any]],
+        image_sizes: List[Tuple[int, int]],
     ) -> List[Dict[str, Instances]]:
         out = []
         for result, inputs, size in zip(instances, batched_inputs, image_sizes):

@@ -7,6 +7,7 @@ ground truth's best anchors), ``BATCH_SIZE_PER_IMAGE`` anchors are sampled with 
 by objectness per feature map are decoded, clipped to the image, filtered by ``MIN_SIZE``,
 reduced by NMS per feature map and cut to ``POST_NMS_TOPK`` per image.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -28,7 +29,12 @@ from ..matcher import Matcher
 from ..sampling import subsample_labels
 from .rpn_head import build_rpn_head
 
-__all__ = ["PROPOSAL_GENERATOR_REGISTRY", "RPN", "build_proposal_generator", "find_top_rpn_proposals"]
+__all__ = [
+    "PROPOSAL_GENERATOR_REGISTRY",
+    "RPN",
+    "build_proposal_generator",
+    "find_top_rpn_proposals",
+]
 
 PROPOSAL_GENERATOR_REGISTRY = Registry("PROPOSAL_GENERATOR")
 PROPOSAL_GENERATOR_REGISTRY.__doc__ = """
@@ -76,7 +82,9 @@ def find_top_rpn_proposals(
         finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
         if not bool(finite.all()):
             if training:
-                raise FloatingPointError("RPN predicted Inf/NaN boxes or scores: training has diverged")
+                raise FloatingPointError(
+                    "RPN predicted Inf/NaN boxes or scores: training has diverged"
+                )
             boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
         boxes = Boxes(boxes)
         boxes.clip(image_size)
@@ -143,13 +151,17 @@ class RPN(nn.Module):
         in_features = list(r.IN_FEATURES)
         missing = [f for f in in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.RPN.IN_FEATURES {missing} are not backbone outputs {sorted(input_shape)}")
+            raise ValueError(
+                f"MODEL.RPN.IN_FEATURES {missing} are not backbone outputs {sorted(input_shape)}"
+            )
         shapes = [input_shape[f] for f in in_features]
         return {
             "in_features": in_features,
             "head": build_rpn_head(cfg, shapes),
             "anchor_generator": build_anchor_generator(cfg, shapes),
-            "anchor_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=True),
+            "anchor_matcher": Matcher(
+                r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=True
+            ),
             "box2box_transform": Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
             "batch_size_per_image": r.BATCH_SIZE_PER_IMAGE,
             "positive_fraction": r.POSITIVE_FRACTION,
@@ -192,7 +204,9 @@ class RPN(nn.Module):
         return gt_labels, matched_gt_boxes
 
     def _subsample_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        pos_idx, neg_idx = subsample_labels(labels, self.batch_size_per_image, self.positive_fraction, 0)
+        pos_idx, neg_idx = subsample_labels(
+            labels, self.batch_size_per_image, self.positive_fraction, 0
+        )
         out = torch.full_like(labels, -1)
         out[pos_idx] = 1
         out[neg_idx] = 0
@@ -216,12 +230,19 @@ class RPN(nn.Module):
             storage.put_scalar("rpn/num_pos_anchors", pos_mask.sum().item() / num_images)
             storage.put_scalar("rpn/num_neg_anchors", (labels == 0).sum().item() / num_images)
         loss_loc = dense_box_regression_loss(
-            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
-            box_reg_loss_type=self.box_reg_loss_type, smooth_l1_beta=self.smooth_l1_beta,
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
         )
         valid = labels >= 0
         loss_cls = F.binary_cross_entropy_with_logits(
-            torch.cat(pred_objectness_logits, dim=1)[valid], labels[valid].to(torch.float32), reduction="sum"
+            torch.cat(pred_objectness_logits, dim=1)[valid],
+            labels[valid].to(torch.float32),
+            reduction="sum",
         )
         normalizer = self.batch_size_per_image * num_images
         losses = {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
@@ -245,13 +266,17 @@ class RPN(nn.Module):
         # (N, A*4, H, W) -> (N, H*W*A, 4)
         deltas = [
             fp32_if_reduced(
-                x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+                x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1])
+                .permute(0, 3, 4, 1, 2)
+                .flatten(1, -2)
             )
             for x in deltas
         ]
         if self.training:
             if gt_instances is None:
-                raise ValueError("RPN needs gt_instances in training mode (inputs without 'instances'?)")
+                raise ValueError(
+                    "RPN needs gt_instances in training mode (inputs without 'instances'?)"
+                )
             gt_labels, gt_boxes = self.label_and_sample_anchors(anchors, gt_instances)
             losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes)
         else:
@@ -270,18 +295,29 @@ class RPN(nn.Module):
         """Decode, select and NMS the proposals of each image (no gradient flows into them)."""
         proposals = self._decode_proposals(anchors, pred_anchor_deltas)
         return find_top_rpn_proposals(
-            proposals, pred_objectness_logits, image_sizes, self.nms_thresh,
-            self.pre_nms_topk[self.training], self.post_nms_topk[self.training], self.min_box_size,
+            proposals,
+            pred_objectness_logits,
+            image_sizes,
+            self.nms_thresh,
+            self.pre_nms_topk[self.training],
+            self.post_nms_topk[self.training],
+            self.min_box_size,
             self.training,
         )
 
-    def _decode_proposals(self, anchors: List[Boxes], pred_anchor_deltas: List[torch.Tensor]) -> List[torch.Tensor]:
+    def _decode_proposals(
+        self, anchors: List[Boxes], pred_anchor_deltas: List[torch.Tensor]
+    ) -> List[torch.Tensor]:
         """Per feature map, ``(N, R_l, 4)`` boxes from anchors and deltas."""
         out = []
         for anchors_l, deltas_l in zip(anchors, pred_anchor_deltas):
             n, _, box_dim = deltas_l.shape
             a = anchors_l.tensor.unsqueeze(0).expand(n, -1, -1).reshape(-1, box_dim)
-            out.append(self.box2box_transform.apply_deltas(deltas_l.reshape(-1, box_dim), a).view(n, -1, box_dim))
+            out.append(
+                self.box2box_transform.apply_deltas(deltas_l.reshape(-1, box_dim), a).view(
+                    n, -1, box_dim
+                )
+            )
         return out
 
 
@@ -290,5 +326,7 @@ def build_proposal_generator(cfg: Any, input_shape: Dict[str, ShapeSpec]) -> Opt
     name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
     if name == "PrecomputedProposals":
         return None
-    cls = lookup(PROPOSAL_GENERATOR_REGISTRY, name, "MODEL.PROPOSAL_GENERATOR.NAME", "proposal generator")
+    cls = lookup(
+        PROPOSAL_GENERATOR_REGISTRY, name, "MODEL.PROPOSAL_GENERATOR.NAME", "proposal generator"
+    )
     return cls(**cls.from_config(cfg, input_shape))

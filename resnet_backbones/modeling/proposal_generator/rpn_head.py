@@ -4,6 +4,7 @@
 and four box deltas for each of the A anchors of that position. Module names are detectron2's
 (``conv``, ``objectness_logits``, ``anchor_deltas``), so its checkpoints load by name.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
@@ -38,12 +39,19 @@ class StandardRPNHead(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int, num_anchors: int, box_dim: int = 4, conv_dims: Sequence[int] = (-1,)
+        self,
+        *,
+        in_channels: int,
+        num_anchors: int,
+        box_dim: int = 4,
+        conv_dims: Sequence[int] = (-1,),
     ) -> None:
         super().__init__()
         conv_dims = list(conv_dims)
         if not conv_dims:
-            raise ValueError("MODEL.RPN.CONV_DIMS must have at least one entry (-1: input channels)")
+            raise ValueError(
+                "MODEL.RPN.CONV_DIMS must have at least one entry (-1: input channels)"
+            )
         channels = in_channels
         if len(conv_dims) == 1:
             out = channels if conv_dims[0] == -1 else conv_dims[0]
@@ -65,14 +73,18 @@ class StandardRPNHead(nn.Module):
     @staticmethod
     def _hidden_conv(in_channels: int, out_channels: int) -> Conv2d:
         if out_channels <= 0:
-            raise ValueError(f"MODEL.RPN.CONV_DIMS: conv output channels must be positive, got {out_channels}")
+            raise ValueError(
+                f"MODEL.RPN.CONV_DIMS: conv output channels must be positive, got {out_channels}"
+            )
         return Conv2d(in_channels, out_channels, kernel_size=3, padding=1, activation=F.relu)
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: List[ShapeSpec]) -> Dict[str, Any]:
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
-            raise ValueError(f"StandardRPNHead needs equal channels on all input features, got {sorted(channels)}")
+            raise ValueError(
+                f"StandardRPNHead needs equal channels on all input features, got {sorted(channels)}"
+            )
         anchor_generator = build_anchor_generator(cfg, input_shape)
         num_anchors = set(anchor_generator.num_anchors)
         if len(num_anchors) != 1:
@@ -87,7 +99,9 @@ class StandardRPNHead(nn.Module):
             "conv_dims": cfg.MODEL.RPN.CONV_DIMS,
         }
 
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(
+        self, features: List[torch.Tensor]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Per feature map: objectness logits ``(N, A, H, W)`` and deltas ``(N, A * 4, H, W)``."""
         logits, deltas = [], []
         for x in features:

@@ -6,6 +6,7 @@ cross-entropy over the sampled RoIs, and a box loss summed over foreground RoIs 
 class's deltas) divided by the number of sampled RoIs. Inference: softmax scores, decoded and
 clipped boxes, score threshold, per-class NMS, top ``DETECTIONS_PER_IMAGE`` detections.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple, Union
@@ -180,7 +181,9 @@ class FastRCNNOutputLayers(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
     # --------------------------------------------------------------------------------- losses
-    def losses(self, predictions: Predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, predictions: Predictions, proposals: List[Instances]
+    ) -> Dict[str, torch.Tensor]:
         """``loss_cls`` and ``loss_box_reg`` for sampled proposals carrying ``gt_classes``
         (and ``gt_boxes`` where the image has ground truth)."""
         scores, deltas = predictions
@@ -188,7 +191,8 @@ class FastRCNNOutputLayers(nn.Module):
             gt_classes = torch.cat([p.gt_classes for p in proposals], dim=0)
             proposal_boxes = torch.cat([p.proposal_boxes.tensor for p in proposals], dim=0)
             gt_boxes = torch.cat(
-                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
             )
         else:
             gt_classes = torch.empty(0, dtype=torch.int64, device=scores.device)
@@ -221,10 +225,14 @@ class FastRCNNOutputLayers(nn.Module):
         storage = get_event_storage()
         storage.put_scalar("fast_rcnn/cls_accuracy", (pred == gt_classes).sum().item() / total)
         if num_fg > 0:
-            storage.put_scalar("fast_rcnn/fg_cls_accuracy", (pred[fg] == gt_classes[fg]).sum().item() / num_fg)
+            storage.put_scalar(
+                "fast_rcnn/fg_cls_accuracy", (pred[fg] == gt_classes[fg]).sum().item() / num_fg
+            )
             storage.put_scalar("fast_rcnn/false_negative", (pred[fg] == bg).sum().item() / num_fg)
 
-    def _sigmoid_cross_entropy(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def _sigmoid_cross_entropy(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor
+    ) -> torch.Tensor:
         if logits.numel() == 0:
             return logits.sum() * 0.0
         n = logits.shape[0]
@@ -234,7 +242,11 @@ class FastRCNNOutputLayers(nn.Module):
         return loss.sum() / n
 
     def box_reg_loss(
-        self, proposal_boxes: torch.Tensor, gt_boxes: torch.Tensor, pred_deltas: torch.Tensor, gt_classes: torch.Tensor
+        self,
+        proposal_boxes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        pred_deltas: torch.Tensor,
+        gt_classes: torch.Tensor,
     ) -> torch.Tensor:
         """Box loss of the foreground RoIs (gt class in [0, K)), divided by the number of RoIs."""
         box_dim = proposal_boxes.shape[1]
@@ -245,13 +257,20 @@ class FastRCNNOutputLayers(nn.Module):
             fg_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[fg, gt_classes[fg]]
         every = torch.ones((1, fg.numel()), dtype=torch.bool, device=pred_deltas.device)
         loss = dense_box_regression_loss(
-            [proposal_boxes[fg]], self.box2box_transform, [fg_deltas.unsqueeze(0)], [gt_boxes[fg]], every,
-            box_reg_loss_type=self.box_reg_loss_type, smooth_l1_beta=self.smooth_l1_beta,
+            [proposal_boxes[fg]],
+            self.box2box_transform,
+            [fg_deltas.unsqueeze(0)],
+            [gt_boxes[fg]],
+            every,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
         )
         return loss / max(gt_classes.numel(), 1.0)
 
     # ------------------------------------------------------------------------------ inference
-    def predict_boxes(self, predictions: Predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+    def predict_boxes(
+        self, predictions: Predictions, proposals: List[Instances]
+    ) -> List[torch.Tensor]:
         """Per image, ``(R_i, 4K)`` (or ``(R_i, 4)``) decoded boxes."""
         if not proposals:
             return []
@@ -260,7 +279,9 @@ class FastRCNNOutputLayers(nn.Module):
         boxes = torch.cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         return list(self.box2box_transform.apply_deltas(deltas, boxes).split(counts))
 
-    def predict_probs(self, predictions: Predictions, proposals: List[Instances]) -> List[torch.Tensor]:
+    def predict_probs(
+        self, predictions: Predictions, proposals: List[Instances]
+    ) -> List[torch.Tensor]:
         """Per image, ``(R_i, K + 1)`` class probabilities (last column: background)."""
         scores, _ = predictions
         counts = [len(p) for p in proposals]
@@ -275,5 +296,10 @@ class FastRCNNOutputLayers(nn.Module):
         scores = self.predict_probs(predictions, proposals)
         image_shapes = [p.image_size for p in proposals]
         return fast_rcnn_inference(
-            boxes, scores, image_shapes, self.test_score_thresh, self.test_nms_thresh, self.test_topk_per_image
+            boxes,
+            scores,
+            image_shapes,
+            self.test_score_thresh,
+            self.test_nms_thresh,
+            self.test_topk_per_image,
         )

@@ -8,6 +8,7 @@ Training samples ``BATCH_SIZE_PER_IMAGE`` proposals per image (ground-truth boxe
 proposals first), at most ``POSITIVE_FRACTION`` of them foreground (IoU >= 0.5 with a ground
 truth); the rest is background (class index K).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ from ...layers import ShapeSpec
 from ...precision import fp32_if_reduced
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage, has_event_storage
+from ...utils.registry import lookup
 from ..backbone.resnet import (  # noqa: F401 - RES5_HEAD_BLOCKS, res5_head_is_basic: old path
     RES5_HEAD_BLOCKS,
     _res5_head_args,
@@ -32,9 +34,14 @@ from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
 from .fast_rcnn import FastRCNNOutputLayers
-from ...utils.registry import lookup
 
-__all__ = ["ROI_HEADS_REGISTRY", "ROIHeads", "Res5ROIHeads", "add_ground_truth_to_proposals", "build_roi_heads"]
+__all__ = [
+    "ROI_HEADS_REGISTRY",
+    "ROIHeads",
+    "Res5ROIHeads",
+    "add_ground_truth_to_proposals",
+    "build_roi_heads",
+]
 
 ROI_HEADS_REGISTRY = Registry("ROI_HEADS")
 ROI_HEADS_REGISTRY.__doc__ = """
@@ -45,17 +52,25 @@ RoI heads ``(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module``, chosen by M
 _GT_PROPOSAL_LOGIT = math.log((1.0 - 1e-10) / (1 - (1.0 - 1e-10)))
 
 
-def add_ground_truth_to_proposals(targets: List[Instances], proposals: List[Instances]) -> List[Instances]:
+def add_ground_truth_to_proposals(
+    targets: List[Instances], proposals: List[Instances]
+) -> List[Instances]:
     """Append each image's ground-truth boxes (after its proposals) as extra proposals."""
     if len(targets) != len(proposals):
         raise ValueError(f"{len(targets)} target lists for {len(proposals)} proposal lists")
     out = []
     for gt, props in zip(targets, proposals):
         gt_boxes = gt.gt_boxes.to(props.proposal_boxes.device)
-        logits = torch.full(
-            (len(gt_boxes),), _GT_PROPOSAL_LOGIT, dtype=props.objectness_logits.dtype,
-            device=props.objectness_logits.device,
-        ) if props.has("objectness_logits") else None
+        logits = (
+            torch.full(
+                (len(gt_boxes),),
+                _GT_PROPOSAL_LOGIT,
+                dtype=props.objectness_logits.dtype,
+                device=props.objectness_logits.device,
+            )
+            if props.has("objectness_logits")
+            else None
+        )
         extra = Instances(props.image_size)
         extra.proposal_boxes = gt_boxes
         if logits is not None:
@@ -98,7 +113,9 @@ class ROIHeads(nn.Module):
             "num_classes": r.NUM_CLASSES,
             "batch_size_per_image": r.BATCH_SIZE_PER_IMAGE,
             "positive_fraction": r.POSITIVE_FRACTION,
-            "proposal_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=False),
+            "proposal_matcher": Matcher(
+                r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=False
+            ),
             "proposal_append_gt": r.PROPOSAL_APPEND_GT,
         }
 
@@ -112,12 +129,16 @@ class ROIHeads(nn.Module):
             classes[matched_labels == -1] = -1
         else:
             classes = torch.full_like(matched_idxs, self.num_classes)
-        fg_idx, bg_idx = subsample_labels(classes, self.batch_size_per_image, self.positive_fraction, self.num_classes)
+        fg_idx, bg_idx = subsample_labels(
+            classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
+        )
         sampled = torch.cat([fg_idx, bg_idx], dim=0)
         return sampled, classes[sampled]
 
     @torch.no_grad()
-    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+    def label_and_sample_proposals(
+        self, proposals: List[Instances], targets: List[Instances]
+    ) -> List[Instances]:
         """Sampled proposals with ``gt_classes`` and, where the image has ground truth, every
         ``gt_*`` field of the matched target (``gt_boxes``, ...)."""
         if self.proposal_append_gt:
@@ -201,7 +222,9 @@ class Res5ROIHeads(ROIHeads):
         ret = super().from_config(cfg)
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         if len(in_features) != 1:
-            raise ValueError(f"Res5ROIHeads pools from one feature map, MODEL.ROI_HEADS.IN_FEATURES={in_features}")
+            raise ValueError(
+                f"Res5ROIHeads pools from one feature map, MODEL.ROI_HEADS.IN_FEATURES={in_features}"
+            )
         if in_features[0] not in input_shape:
             raise ValueError(
                 f"MODEL.ROI_HEADS.IN_FEATURES {in_features} is not a backbone output {sorted(input_shape)}"
@@ -221,11 +244,15 @@ class Res5ROIHeads(ROIHeads):
             in_features=in_features,
             pooler=pooler,
             res5=res5,
-            box_predictor=FastRCNNOutputLayers(**FastRCNNOutputLayers.from_config(cfg, predictor_shape)),
+            box_predictor=FastRCNNOutputLayers(
+                **FastRCNNOutputLayers.from_config(cfg, predictor_shape)
+            ),
         )
         return ret
 
-    def _shared_roi_transform(self, features: List[torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
+    def _shared_roi_transform(
+        self, features: List[torch.Tensor], boxes: List[Boxes]
+    ) -> torch.Tensor:
         # RoIAlign in float32 (a no-op in fp32/fp64): under autocast the features are low precision,
         # and the pooler casts the box coordinates to the features' dtype.
         return self.res5(self.pooler([fp32_if_reduced(f) for f in features], boxes))
