@@ -1,8 +1,9 @@
 """Fast paths for the C4 detector that compute what detectron2 computes with less work.
 
-Everything here transforms an already built :class:`~resnet_backbones.modeling.meta_arch.GeneralizedRCNN`
-(or any module tree with the same parts); nothing changes the default model, its state-dict names,
-or detectron2 parity. ``MODEL.FAST_PATH`` applies them through
+Everything here transforms an already built
+:class:`~resnet_backbones.modeling.meta_arch.GeneralizedRCNN` (or any module tree with the same
+parts); nothing changes the default model, its state-dict names, or detectron2 parity.
+``MODEL.FAST_PATH`` applies them through
 :func:`~resnet_backbones.modeling.prepare_model`, the one place that decides which runs where.
 Two entry points, named after what they do to the state dict:
 
@@ -209,7 +210,8 @@ def roi_align_subsampled(
     aligned: bool,
     stride: int = 2,
 ) -> torch.Tensor:
-    """``torchvision.ops.roi_align(...)[:, :, ::stride, ::stride]`` without computing the other bins.
+    """``torchvision.ops.roi_align(...)[:, :, ::stride, ::stride]`` without computing the other
+    bins.
 
     Same sampling points and bilinear weights as torchvision's CPU/CUDA kernels (float32); the
     sums differ by rounding only. Computed in float32 (autocast off), returned in ``features``'
@@ -218,7 +220,8 @@ def roi_align_subsampled(
     """
     if features.dim() != 4 or rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(
-            f"expected (N, C, H, W) features and (K, 5) rois, got {tuple(features.shape)}, {tuple(rois.shape)}"
+            f"expected (N, C, H, W) features and (K, 5) rois, got {tuple(features.shape)}, "
+            f"{tuple(rois.shape)}"
         )
     out_h, out_w = (int(s) for s in output_size)
     n, c, h, w = features.shape
@@ -299,7 +302,8 @@ class SubsampledROIPooler(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.pooler_type}, output_size={self.output_size} keeping every {self.stride}th bin, "
+            f"{self.pooler_type}, output_size={self.output_size} "
+            f"keeping every {self.stride}th bin, "
             f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}"
         )
 
@@ -406,9 +410,9 @@ class PooledRes5(nn.Sequential):
 
     ``chunk_size`` (eval mode without autograd only): run the RoIs through res5 this many at a
     time. In eval mode every RoI is computed independently (norms use fixed statistics), so the
-    outputs are the same; the ~1000 RoIs of a test image at once make activations of hundreds of MB that
-    the allocator maps and the kernel zero-fills anew on every call, and chunks of ~100 RoIs skip
-    much of that (measured on R50's res5 over 1000 RoIs here: ~11% faster in bfloat16, ~9% in
+    outputs are the same; the ~1000 RoIs of a test image at once make activations of hundreds of MB
+    that the allocator maps and the kernel zero-fills anew on every call, and chunks of ~100 RoIs
+    skip much of that (measured on R50's res5 over 1000 RoIs here: ~11% faster in bfloat16, ~9% in
     float32).
     """
 
@@ -516,7 +520,8 @@ def optimize_folding_state_dict(
         fold_bn: fold every FrozenBN / BatchNorm into its conv (the state dict changes: convs gain
             a bias, norms disappear -- load weights *before* optimizing).
         channels_last: convolution weights and activations in channels_last layout.
-        subsample_roi_pooling: pool only the RoI bins res5 reads (:func:`subsample_res5_roi_pooling`).
+        subsample_roi_pooling: pool only the RoI bins res5 reads
+            (:func:`subsample_res5_roi_pooling`).
         res5_chunk_size: run res5 over this many RoIs at a time (:class:`PooledRes5`; None or 0:
             all at once).
         inplace: transform ``model`` itself instead of a deep copy.
@@ -561,7 +566,8 @@ def optimize_keeping_state_dict(
     Args:
         fuse_frozen_bn: FrozenBN applied through the conv weight (:class:`FrozenBNConv2d`).
         channels_last: conv weights (and their gradients) and activations in channels_last layout.
-        subsample_roi_pooling: pool only the RoI bins res5 reads (:func:`subsample_res5_roi_pooling`).
+        subsample_roi_pooling: pool only the RoI bins res5 reads
+            (:func:`subsample_res5_roi_pooling`).
     """
     if fuse_frozen_bn:
         fuse_frozen_bn_into_convs(model)
