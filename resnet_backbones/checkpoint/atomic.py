@@ -72,7 +72,10 @@ _UMASK_LOCK = threading.Lock()
 
 
 def _file_mode() -> int:
-    """The mode ``open()`` would give a new file (mkstemp's 0600 would hide checkpoints from other users)."""
+    """The mode ``open()`` would give a new file.
+
+    (mkstemp's 0600 would hide checkpoints from other users.)
+    """
     with _UMASK_LOCK:
         umask = os.umask(0)
         os.umask(umask)
@@ -179,7 +182,8 @@ class AtomicSaveMixin:
         return data
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """Write ``{save_dir}/{name}.pth`` (model, checkpointables, ``kwargs``) and point ``last_checkpoint`` at it."""
+        """Write ``{save_dir}/{name}.pth`` (model, checkpointables, ``kwargs``) and point
+        ``last_checkpoint`` at it."""
         if not self.save_dir or not self.save_to_disk:  # type: ignore[attr-defined]
             return
         basename = f"{name}.pth"
@@ -253,11 +257,13 @@ def _save_error(e: OSError, what: str) -> OSError:
 
 
 class AtomicCheckpointer(AtomicSaveMixin, Checkpointer):
-    """fvcore's ``Checkpointer`` whose checkpoints and ``last_checkpoint`` are written atomically."""
+    """fvcore's ``Checkpointer`` whose checkpoints and ``last_checkpoint`` are written
+    atomically."""
 
 
 def with_atomic_save(checkpointer_cls: Type[Checkpointer]) -> Type[Checkpointer]:
-    """A subclass of ``checkpointer_cls`` with :class:`AtomicSaveMixin` (itself if it already has it)."""
+    """A subclass of ``checkpointer_cls`` with :class:`AtomicSaveMixin` (itself if it already
+    has it)."""
     if issubclass(checkpointer_cls, AtomicSaveMixin):
         return checkpointer_cls
     return type(f"Atomic{checkpointer_cls.__name__}", (AtomicSaveMixin, checkpointer_cls), {})

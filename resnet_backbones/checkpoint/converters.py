@@ -109,7 +109,8 @@ class ConversionResult:
         dropped: ``(source name, reason)`` for every input tensor not carried over.
         added: ``(target name, reason)`` for tensors the target needs that the input lacks.
         notes: anything the user must know to use the weights (input format, architecture).
-        metadata: machine-readable facts (input convention, stride_in_1x1, ...), saved with the file.
+        metadata: machine-readable facts (input convention, stride_in_1x1, ...), saved with the
+            file.
     """
 
     state_dict: Dict[str, torch.Tensor]
@@ -171,7 +172,9 @@ _D2_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
 
 
 def detect_format(state_dict: Mapping[str, Any], author: Optional[str] = None) -> str:
-    """Guess the naming scheme of ``state_dict`` from its keys (``author``: detectron2's ``__author__``).
+    """Guess the naming scheme of ``state_dict`` from its keys.
+
+    ``author`` is detectron2's ``__author__``.
 
     Returns one of ``"msra-pkl"``, ``"detectron2"``, ``"torchvision"`` (timm is identical) or
     ``"ours"``; raises :class:`FormatDetectionError` when no scheme has the majority of the keys.
@@ -208,8 +211,9 @@ _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_trac
 def torchvision_to_ours(
     state_dict: Mapping[str, torch.Tensor], *, source: str = "torchvision"
 ) -> ConversionResult:
-    """torchvision / timm ResNet names -> ours (``layerN`` -> ``res{N+1}``, ``bnK`` -> ``convK.norm``,
-    ``downsample.0/1`` -> ``shortcut`` / ``shortcut.norm``, ``fc`` -> ``linear``). Values are shared."""
+    """torchvision / timm ResNet names -> ours (``layerN`` -> ``res{N+1}``,
+    ``bnK`` -> ``convK.norm``, ``downsample.0/1`` -> ``shortcut`` / ``shortcut.norm``,
+    ``fc`` -> ``linear``). Values are shared."""
     result = ConversionResult({}, source, "ours")
     for key, value in state_dict.items():
         new, reason = _tv_key_to_ours(key)
@@ -220,8 +224,9 @@ def torchvision_to_ours(
             result.mapped.append((key, new))
     result.metadata.update(INPUT_CONVENTIONS[source])
     result.notes.append(
-        f"{source} weights expect RGB input normalized with ImageNet mean/std and stride in the 3x3 "
-        f"conv of each bottleneck: build the model with stride_in_1x1=False (create_model's default)"
+        f"{source} weights expect RGB input normalized with ImageNet mean/std and stride in the "
+        "3x3 conv of each bottleneck: build the model with stride_in_1x1=False "
+        "(create_model's default)"
     )
     return result
 
@@ -390,7 +395,8 @@ def ours_to_msra(
     """ours -> Caffe2 blob names, folding BN statistics into ``s``/``b`` (for tests and export).
 
     ``s = weight / sqrt(running_var + eps)``, ``b = bias - running_mean * s``; exact when the
-    statistics are FrozenBN's identity (mean 0, var ``1 - eps``). ``num_batches_tracked`` is dropped.
+    statistics are FrozenBN's identity (mean 0, var ``1 - eps``). ``num_batches_tracked`` is
+    dropped.
     """
     result = ConversionResult({}, "ours", "msra-pkl")
     inverse_branch = {v: k for k, v in _C2_BRANCH.items()}
@@ -487,7 +493,8 @@ def detectron2_to_ours(
             new: Optional[str] = "linear." + key[len("stem.fc.") :]
             if not any(n.startswith("stem.fc") for n in result.notes):
                 result.notes.append(
-                    "stem.fc.* (the classifier as detectron2's convert-torchvision-to-d2.py names it) -> linear.*"
+                    "stem.fc.* (the classifier as detectron2's convert-torchvision-to-d2.py "
+                    "names it) -> linear.*"
                 )
         elif not backbone_only:
             new = key
@@ -555,7 +562,8 @@ def to_ours(state_dict: Mapping[str, torch.Tensor], source: str, **kwargs: Any) 
     }
     if source not in converters:
         raise ValueError(
-            f"unknown source format {source!r}; expected one of {', '.join(SOURCE_FORMATS)} or 'auto'"
+            f"unknown source format {source!r}; expected one of {', '.join(SOURCE_FORMATS)} "
+            "or 'auto'"
         )
     return converters[source](state_dict)
 
@@ -606,8 +614,9 @@ def convert_state_dict(
     result.metadata = {**first.metadata, **second.metadata}
     if source == "msra-pkl" and target == "torchvision":
         result.notes.append(
-            "MSRA weights in a torchvision model: torchvision strides in the 3x3 conv and expects RGB, "
-            "so the resulting model will NOT reproduce the MSRA network; use ours with stride_in_1x1=True"
+            "MSRA weights in a torchvision model: torchvision strides in the 3x3 conv and "
+            "expects RGB, so the resulting model will NOT reproduce the MSRA network; use ours "
+            "with stride_in_1x1=True"
         )
     return result
 

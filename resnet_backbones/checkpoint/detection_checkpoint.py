@@ -37,7 +37,8 @@ D2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
 def resolve_weights_path(path: str) -> str:
-    """``detectron2://X`` -> detectron2's download URL for ``X``; other paths are returned as given."""
+    """``detectron2://X`` -> detectron2's download URL for ``X``; other paths are returned as
+    given."""
     if path.startswith(D2_PREFIX):
         return D2_URL + path[len(D2_PREFIX) :]
     return path
@@ -88,7 +89,8 @@ class DetectionCheckpointer(Checkpointer):
             if "://" not in path and not os.path.isfile(os.path.expanduser(path)):
                 raise FileNotFoundError(
                     f"MODEL.WEIGHTS: weights file '{path}' not found. Put the file there or set "
-                    f"MODEL.WEIGHTS to its path (use MODEL.WEIGHTS '' to start from random weights). "
+                    f"MODEL.WEIGHTS to its path (use MODEL.WEIGHTS '' to start from random "
+                    f"weights). "
                     f"ImageNet initializations for the C4 configs: "
                     f"{D2_URL}ImageNetPretrained/MSRA/R-50.pkl and .../R-101.pkl"
                 )

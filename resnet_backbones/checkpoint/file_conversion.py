@@ -69,7 +69,8 @@ def check_resnet_state_dict(ours_state_dict: Mapping[str, torch.Tensor]) -> tupl
     model = create_model(arch["name"], **kwargs)
     report = load_state_dict_with_report(model, ours_state_dict, strict=False)
     described = (
-        f"{arch['name']} (blocks {arch['blocks']}, {'bottleneck' if arch['bottleneck'] else 'basic'}, "
+        f"{arch['name']} (blocks {arch['blocks']}, "
+        f"{'bottleneck' if arch['bottleneck'] else 'basic'}, "
         f"norm {arch['norm'] or 'none'}, "
         + (f"{arch['num_classes']} classes" if kwargs.get("num_classes") else "no classifier")
         + f", stages {','.join(arch['stages'])})"
@@ -124,7 +125,8 @@ def convert_checkpoint_file(
     check: bool = True,
     overwrite: bool = False,
 ) -> FileConversion:
-    """Read ``input_path``, convert ``source`` -> ``target`` names, check, and write ``output_path``.
+    """Read ``input_path``, convert ``source`` -> ``target`` names, check, and write
+    ``output_path``.
 
     Output: ``.pkl`` gives a detectron2-style pickle of numpy arrays; otherwise ``torch.save`` of
     ``{"model": ..., "__author__": ..., "meta": ...}``, except for ``target="torchvision"``, which
@@ -186,7 +188,8 @@ def convert_checkpoint_file(
 
 
 def _plain(meta: Mapping[str, Any]) -> Dict[str, Any]:
-    """Metadata restricted to what weights_only loading accepts (str/number/bool/None, lists, dicts)."""
+    """Metadata restricted to what weights_only loading accepts (str/number/bool/None, lists,
+    dicts)."""
 
     def ok(v: Any) -> bool:
         if v is None or isinstance(v, (str, int, float, bool)):

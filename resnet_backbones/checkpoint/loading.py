@@ -8,7 +8,8 @@
   :class:`LoadReport` naming every matched, missing, unexpected and shape-mismatched tensor.
 * :func:`load_checkpoint` does both, converting names from any supported scheme first, e.g. a
   torchvision or MSRA ImageNet ResNet into a detection backbone, or a detectron2 detector.
-* :func:`save_checkpoint` writes ``.pth`` (``torch.save``) or ``.pkl`` (numpy arrays, detectron2 style).
+* :func:`save_checkpoint` writes ``.pth`` (``torch.save``) or ``.pkl`` (numpy arrays, detectron2
+  style).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ PICKLE_EXTENSIONS = (".pkl", ".pickle")
 TORCH_EXTENSIONS = (".pth", ".pt", ".pyth", ".ckpt", ".bin", ".tar")
 # torch.save's legacy (pre-1.6, non-zip) format starts with a pickled magic number.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-# Where checkpoint containers keep the weights: detectron2/fvcore, Lightning/timm, pycls, Detectron1.
+# Where checkpoint containers keep the weights: detectron2/fvcore, Lightning/timm, pycls,
+# Detectron1.
 _CONTAINER_KEYS = ("model", "state_dict", "model_state", "blobs")
 CLASSIFIER_RE = re.compile(r"^(backbone\.)?(linear|fc)\.(weight|bias)$")
 
@@ -64,7 +66,8 @@ class CheckpointFormatError(CheckpointError, ValueError):
 
 
 class StateDictLoadError(CheckpointError, RuntimeError):
-    """A strict load found missing, unexpected or shape-mismatched tensors (``.report`` has them)."""
+    """A strict load found missing, unexpected or shape-mismatched tensors (``.report`` has
+    them)."""
 
     def __init__(self, message: str, report: "LoadReport") -> None:
         super().__init__(message)
@@ -121,15 +124,17 @@ def _torch_load(path: str) -> Any:
             m in text for m in ("Unsupported global", "not an allowed global", "Unsupported class")
         ):
             raise CheckpointFormatError(
-                f"{path}: not a PyTorch checkpoint that torch.load can read ({_torch_detail(text)}); "
+                f"{path}: not a PyTorch checkpoint that torch.load can read "
+                f"({_torch_detail(text)}); "
                 f"expected a file written by torch.save (.pth/.pt) or a pickle (.pkl)"
             ) from e
         first_line = _torch_detail(text).split(". ")[0].rstrip(".") + "."
         raise CheckpointFormatError(
-            f"{path}: torch.load(weights_only=True) refused this file: it holds Python objects beyond "
-            f"tensors and plain containers (e.g. a whole pickled nn.Module or a custom class), and "
-            f"weights are only ever loaded here without running code from the file. If you trust it, "
-            f"re-save just its weights: torch.save(obj.state_dict(), ...) (torch said: {first_line})"
+            f"{path}: torch.load(weights_only=True) refused this file: it holds Python objects "
+            f"beyond tensors and plain containers (e.g. a whole pickled nn.Module or a custom "
+            f"class), and weights are only ever loaded here without running code from the file. "
+            f"If you trust it, re-save just its weights: torch.save(obj.state_dict(), ...) "
+            f"(torch said: {first_line})"
         ) from e
     except Exception as e:  # zip errors, bad magic number, truncated files
         detail = f"{type(e).__name__}: {_torch_detail(str(e))}"
@@ -166,7 +171,8 @@ def _read_object(path: str) -> Any:
         if not head.startswith(b"\x80") and head[:1] not in (b"(", b"}", b"]"):
             raise CheckpointFormatError(
                 f"{path}: unknown weights file format (extension {ext or '(none)'!r}, first bytes "
-                f"{head!r}); expected a PyTorch checkpoint ({', '.join(TORCH_EXTENSIONS)}) or a pickle "
+                f"{head!r}); expected a PyTorch checkpoint ({', '.join(TORCH_EXTENSIONS)}) "
+                f"or a pickle "
                 f"({', '.join(PICKLE_EXTENSIONS)})"
             )
     try:
@@ -202,8 +208,8 @@ def _to_tensor(value: Any) -> Tuple[Optional[torch.Tensor], str]:
 
 def _unwrap(obj: Any, path: str) -> LoadedCheckpoint:
     expected = (
-        "a state dict (a mapping of names to tensors/arrays) or a checkpoint dict holding one under "
-        + "/".join(repr(k) for k in _CONTAINER_KEYS)
+        "a state dict (a mapping of names to tensors/arrays) or a checkpoint dict holding one "
+        "under " + "/".join(repr(k) for k in _CONTAINER_KEYS)
     )
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{path}: holds a {type(obj).__name__}, expected {expected}")
@@ -304,7 +310,8 @@ def save_checkpoint(
         for k, v in tensors.items():
             if v.dtype == torch.bfloat16:
                 raise ValueError(
-                    f"{k}: bfloat16 tensors cannot be stored as numpy arrays; convert to float32 first"
+                    f"{k}: bfloat16 tensors cannot be stored as numpy arrays; "
+                    "convert to float32 first"
                 )
             arrays[k] = v.numpy()
         obj: Dict[str, Any] = {"model": arrays, "__author__": author or "unknown", "meta": meta}
@@ -331,7 +338,8 @@ class LoadReport:
         shape_mismatch: ``(name, checkpoint shape, model shape)``; not loaded.
         dropped: ``(checkpoint name, reason)`` removed before loading on request (classifier head,
             ``ignore_unexpected``) or by reading/conversion (optimizer momentum, ...).
-        ignored_missing: missing tensors matched by ``ignore_missing`` (e.g. a detector's pixel_mean).
+        ignored_missing: missing tensors matched by ``ignore_missing`` (e.g. a detector's
+            pixel_mean).
         defaulted: model tensors absent from the checkpoint that a module's loading hook filled in
             (FrozenBN sets running_mean=0 / running_var=1-eps for Caffe2-style checkpoints).
         absorbed: checkpoint tensors accepted and discarded by a module's loading hook
@@ -398,7 +406,8 @@ class LoadReport:
             )
         if self.defaulted:
             lines.append(
-                f"absent from the checkpoint, filled in by the model's loading hooks ({len(self.defaulted)}; "
+                f"absent from the checkpoint, filled in by the model's loading hooks "
+                f"({len(self.defaulted)}; "
                 f"FrozenBN statistics, BatchNorm step counters): "
                 + ", ".join(group_names(self.defaulted))
             )
@@ -644,8 +653,9 @@ def align_to_model(
     """Rename checkpoint tensors the model has under a longer name with the same ending.
 
     A checkpoint key that is not a model key is renamed to the unique model key that ends with
-    ``"." + key`` and that no other checkpoint key provides (e.g. an ImageNet ``res5.0.conv1.weight``
-    -> a C4 detector's ``roi_heads.res5.0.conv1.weight``; ``stem.conv1.weight`` ->
+    ``"." + key`` and that no other checkpoint key provides (e.g. an ImageNet
+    ``res5.0.conv1.weight`` -> a C4 detector's ``roi_heads.res5.0.conv1.weight``;
+    ``stem.conv1.weight`` ->
     ``backbone.stem.conv1.weight``). Keys with no or several candidates stay as they are, so
     unknown prefixes are never altered. Returns the new dict and the ``(old, new)`` renames.
     """
@@ -710,7 +720,8 @@ def load_checkpoint(
        detectron2 or ours); a detectron2 detector checkpoint keeps its names for a detector model
        and gives up its ResNet (``backbone.*``, ``roi_heads.res5.*``) for a bare ResNet model;
     3. with ``match_suffix``, rename tensors the model holds under a longer name
-       (:func:`align_to_model`: ImageNet weights into a detector's ``backbone.*``/``roi_heads.res5.*``);
+       (:func:`align_to_model`: ImageNet weights into a detector's
+       ``backbone.*``/``roi_heads.res5.*``);
     4. :func:`load_state_dict_with_report` with ``strict``, ``drop_classifier``, ``ignore_*``.
 
     The report also lists what reading and conversion dropped (e.g. Caffe2 momentum blobs), the

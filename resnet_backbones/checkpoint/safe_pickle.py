@@ -8,8 +8,8 @@ globals and refuses every other one *before* it is imported or called.
 Admitted globals (``find_class``):
 
 * builtins (``builtins``, or ``__builtin__`` in Python 2 pickles): ``dict``, ``list``, ``tuple``,
-  ``set``, ``frozenset``, ``bytearray``, ``str``, ``bytes``, ``int``, ``float``, ``complex``, ``bool``,
-  ``slice``; ``collections.OrderedDict``;
+  ``set``, ``frozenset``, ``bytearray``, ``str``, ``bytes``, ``int``, ``float``, ``complex``,
+  ``bool``, ``slice``; ``collections.OrderedDict``;
 * ``_codecs.encode`` (how Python 3 writes ``bytes`` at protocol <= 2; it only encodes a string);
 * numpy arrays, dtypes and scalars: ``numpy.ndarray``, ``numpy.dtype``, and
   ``_reconstruct`` / ``scalar`` / ``_frombuffer`` from ``numpy.core.multiarray`` /
@@ -100,9 +100,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if name not in ALLOWED_GLOBALS.get(module, ()):
             raise UnsafePickleError(
-                f"{self.source}: refusing to load the global '{module}.{name}' from a pickle: only plain "
-                f"containers, numbers, strings and numpy arrays may appear in a weights file (a pickle "
-                f"that names other globals can run arbitrary code). Nothing from the file was executed. "
+                f"{self.source}: refusing to load the global '{module}.{name}' from a pickle: "
+                f"only plain containers, numbers, strings and numpy arrays may appear in a weights "
+                f"file (a pickle that names other globals can run arbitrary code). Nothing from "
+                f"the file was executed. "
                 f"If you trust the file, convert it in a separate process into a plain state dict "
                 f"(torch.save of name -> tensor) and load that instead.",
                 source=self.source,

@@ -44,7 +44,8 @@ def _defaults() -> CN:
     _C.VERSION = 1
 
     _C.MODEL = CN()
-    # A registered model name (resnet_backbones.list_models()): resnet18..152, resnet*_cifar, preact_*.
+    # A registered model name (resnet_backbones.list_models()): resnet18..152, resnet*_cifar,
+    # preact_*.
     _C.MODEL.NAME = "resnet50"
     # Classifier outputs; 0 = the number of classes of the training set.
     _C.MODEL.NUM_CLASSES = 0
@@ -58,7 +59,8 @@ def _defaults() -> CN:
     _C.MODEL.WIDTH_PER_GROUP = 0
     _C.MODEL.NUM_GROUPS = 1
     _C.MODEL.SHORTCUT = ""  # "A", "B" or "C"
-    # Stride of bottlenecks in the first 1x1 conv (MSRA, detectron2's C4 default) or the 3x3 (torchvision).
+    # Stride of bottlenecks in the first 1x1 conv (MSRA, detectron2's C4 default) or the 3x3
+    # (torchvision).
     _C.MODEL.STRIDE_IN_1X1 = False
     _C.MODEL.NORM = "BN"
     _C.MODEL.ZERO_INIT_RESIDUAL = False

@@ -12,12 +12,12 @@
 * :func:`build_train_loader`: an endless, exactly resumable stream of training batches;
   :func:`build_test_loader`: each process a disjoint slice of the validation set.
 
-Reproducibility: the training order comes from :class:`~resnet_backbones.data.samplers.TrainingSampler`
-(a new permutation per epoch from ``seed``, the same on every process, of which process ``r`` of
-``W`` takes positions ``r, r + W, ...``), and the augmentation of each sample is drawn from RNGs
-seeded with ``(seed, rank, position in the stream)``. A batch therefore does not depend on the
-number of loader workers, and ``start_iter`` starts the stream exactly where an interrupted run
-left it.
+Reproducibility: the training order comes from
+:class:`~resnet_backbones.data.samplers.TrainingSampler` (a new permutation per epoch from
+``seed``, the same on every process, of which process ``r`` of ``W`` takes positions
+``r, r + W, ...``), and the augmentation of each sample is drawn from RNGs seeded with
+``(seed, rank, position in the stream)``. A batch therefore does not depend on the number of
+loader workers, and ``start_iter`` starts the stream exactly where an interrupted run left it.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ class ToModelInput:
 
     def __repr__(self) -> str:
         return (
-            f"ToModelInput(input_format={self.input_format}, pixel_mean={self.mean.flatten().tolist()}, "
+            f"ToModelInput(input_format={self.input_format}, "
+            f"pixel_mean={self.mean.flatten().tolist()}, "
             f"pixel_std={self.std.flatten().tolist()})"
         )
 
@@ -145,7 +146,8 @@ def build_transform(cfg: Any, is_train: bool) -> Callable[[Image.Image], torch.T
 
 # ------------------------------------------------------------------------------ CIFAR-10
 def _get(batch: dict, key: str) -> Any:
-    """``batch[key]`` for str keys (latin1 pickles) or bytes keys (pickles written with bytes keys)."""
+    """``batch[key]`` for str keys (latin1 pickles) or bytes keys (pickles written with bytes
+    keys)."""
     if key in batch:
         return batch[key]
     return batch.get(key.encode("ascii"))
@@ -198,7 +200,8 @@ def find_cifar10_dir(root: str) -> str:
         ):
             return candidate
     raise FileNotFoundError(
-        f"no CIFAR-10 python batches in '{root}' (nor in '{os.path.join(root, 'cifar-10-batches-py')}'): "
+        f"no CIFAR-10 python batches in '{root}' "
+        f"(nor in '{os.path.join(root, 'cifar-10-batches-py')}'): "
         f"expected data_batch_1 .. data_batch_5 and test_batch, as in cifar-10-python.tar.gz from "
         f"https://www.cs.toronto.edu/~kriz/cifar.html"
     )
@@ -207,7 +210,8 @@ def find_cifar10_dir(root: str) -> str:
 class CIFAR10(Dataset):
     """CIFAR-10 from its python batches: ``train`` = data_batch_1..5, else test_batch.
 
-    Items are ``(transform(PIL image), label)``. ``classes`` comes from ``batches.meta`` when present.
+    Items are ``(transform(PIL image), label)``. ``classes`` comes from ``batches.meta`` when
+    present.
     """
 
     def __init__(self, root: str, train: bool = True, transform: Optional[Callable] = None) -> None:
@@ -242,7 +246,8 @@ class CIFAR10(Dataset):
 
 # ------------------------------------------------------------------------------ datasets
 def build_dataset(cfg: Any, is_train: bool, transform: Optional[Callable] = None) -> Dataset:
-    """The training or validation dataset of ``cfg.DATA`` with :func:`build_transform` (or ``transform``).
+    """The training or validation dataset of ``cfg.DATA`` with :func:`build_transform` (or
+    ``transform``).
 
     The dataset has ``classes`` (names, index order). Missing folders raise ``FileNotFoundError``
     naming the expected layout.
@@ -264,7 +269,8 @@ def build_dataset(cfg: Any, is_train: bool, transform: Optional[Callable] = None
     folder = os.path.join(path, split)
     if not os.path.isdir(folder):
         raise FileNotFoundError(
-            f"ImageFolder split '{folder}' does not exist: --data must hold {cfg.DATA.TRAIN_SPLIT}/ and "
+            f"ImageFolder split '{folder}' does not exist: "
+            f"--data must hold {cfg.DATA.TRAIN_SPLIT}/ and "
             f"{cfg.DATA.VAL_SPLIT}/, each with one sub-folder of images per class"
         )
     try:
@@ -381,7 +387,8 @@ def build_train_loader(
 def build_test_loader(
     dataset: Dataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
-    """Batches over this process's contiguous slice of ``dataset`` (all processes together: each image once)."""
+    """Batches over this process's contiguous slice of ``dataset`` (all processes together: each
+    image once)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -115,14 +115,16 @@ def _model_kwargs(cfg: Any, num_classes: int) -> Dict[str, Any]:
 
 
 def build_classifier(cfg: Any, num_classes: int) -> nn.Module:
-    """``create_model(MODEL.NAME, ...)`` with the architecture keys of ``cfg.MODEL`` and ``num_classes`` outputs."""
+    """``create_model(MODEL.NAME, ...)`` with the architecture keys of ``cfg.MODEL`` and
+    ``num_classes`` outputs."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return create_model(cfg.MODEL.NAME, **_model_kwargs(cfg, num_classes))
 
 
 def checkpoint_metadata(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
-    """What a checkpoint records about its weights (plain values: loadable with ``weights_only``)."""
+    """What a checkpoint records about its weights (plain values: loadable with
+    ``weights_only``)."""
     return {
         "task": "classification",
         "arch": cfg.MODEL.NAME,
@@ -139,7 +141,8 @@ def checkpoint_metadata(cfg: Any, classes: Sequence[str]) -> Dict[str, Any]:
 
 
 class ClassifierWithLoss(nn.Module):
-    """``forward((images, labels))`` -> ``{"loss_cls": cross entropy}``: what the engine's loop expects."""
+    """``forward((images, labels))`` -> ``{"loss_cls": cross entropy}``: what the engine's loop
+    expects."""
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -183,7 +186,8 @@ def amp_dtype(cfg: Any, device: torch.device) -> Optional[torch.dtype]:
 
 # ------------------------------------------------------------------------------ evaluation
 def _progress_enabled(setting: str) -> Optional[bool]:
-    """tqdm's ``disable`` argument for PROGRESS "auto"/"on"/"off" (None: auto, i.e. on a terminal)."""
+    """tqdm's ``disable`` argument for PROGRESS "auto"/"on"/"off" (None: auto, i.e. on a
+    terminal)."""
     if not comm.is_main_process() or setting == "off":
         return True
     return False if setting == "on" else None
@@ -248,7 +252,8 @@ def evaluate(
 
 # ------------------------------------------------------------------------------ checkpoints & hooks
 class ClassificationCheckpointer(AtomicSaveMixin, Checkpointer):
-    """fvcore's Checkpointer with atomic writes; every file also holds ``meta`` (see module docstring)."""
+    """fvcore's Checkpointer with atomic writes; every file also holds ``meta`` (see module
+    docstring)."""
 
     def __init__(
         self,
@@ -327,7 +332,7 @@ class ClassificationTrainer(DelegatingTrainer):
 
         trainer = ClassificationTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()      # {"top1": ..., "top5": ..., "loss": ...} of the last evaluation
+        results = trainer.train()  # {"top1": ..., "top5": ..., "loss": ...} of the last evaluation
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -344,7 +349,8 @@ class ClassificationTrainer(DelegatingTrainer):
         num_classes = int(cfg.MODEL.NUM_CLASSES) or len(self.classes)
         if num_classes < len(self.classes):
             raise ValueError(
-                f"MODEL.NUM_CLASSES={num_classes} but the training set has {len(self.classes)} classes"
+                f"MODEL.NUM_CLASSES={num_classes} but the training set has "
+                f"{len(self.classes)} classes"
             )
         self.schedule = compute_schedule(cfg, len(self.train_set), world)
         self.max_iter = self.schedule.max_iter
@@ -382,8 +388,10 @@ class ClassificationTrainer(DelegatingTrainer):
         self._last_checkpoint_iter: Optional[int] = None
         self.register_hooks(self.build_hooks())
         logger.info(
-            "Training %s (%d classes) on %d images (%d for validation): %d iterations (%d per epoch), "
-            "global batch %d (%d per process x %d), base LR %g, steps %s, %s schedule, warmup %d, device %s%s",
+            "Training %s (%d classes) on %d images (%d for validation): "
+            "%d iterations (%d per epoch), "
+            "global batch %d (%d per process x %d), base LR %g, steps %s, %s schedule, "
+            "warmup %d, device %s%s",
             cfg.MODEL.NAME,
             num_classes,
             len(self.train_set),
@@ -467,8 +475,9 @@ class ClassificationTrainer(DelegatingTrainer):
 
     # ------------------------------------------------------------------------------ resume
     def resume_or_load(self, resume: bool = True) -> None:
-        """With ``resume`` and ``OUTPUT_DIR/last_checkpoint``: load everything and continue after its
-        iteration. Otherwise initialize from ``MODEL.WEIGHTS`` (if set) and start at iteration 0."""
+        """With ``resume`` and ``OUTPUT_DIR/last_checkpoint``: load everything and continue after
+        its iteration. Otherwise initialize from ``MODEL.WEIGHTS`` (if set) and start at
+        iteration 0."""
         if resume and self.checkpointer.has_checkpoint():
             self.checkpointer.resume_or_load("", resume=True)
             self.start_iter = self.iter + 1

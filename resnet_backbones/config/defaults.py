@@ -22,10 +22,10 @@ _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
 # A checkpoint: ours (.pth), torchvision/timm (.pth), MSRA/Caffe2 or detectron2 (.pkl).
 _C.MODEL.WEIGHTS = ""
 # ours: the C4 fast path, applied by resnet_backbones.modeling.prepare_model (DefaultTrainer,
-# train_net --eval-only, DefaultPredictor, export, benchmarks): RoIAlign only at the bins res5 reads,
-# channels_last, and FrozenBN applied through the conv weights (training: same state dict) or folded
-# into them (inference, after loading). Results equal up to float rounding (~1e-5 relative); False
-# runs exactly detectron2's operations.
+# train_net --eval-only, DefaultPredictor, export, benchmarks): RoIAlign only at the bins res5
+# reads, channels_last, and FrozenBN applied through the conv weights (training: same state dict)
+# or folded into them (inference, after loading). Results equal up to float rounding (~1e-5
+# relative); False runs exactly detectron2's operations.
 _C.MODEL.FAST_PATH = True
 # Pixel statistics in the order of INPUT.FORMAT. Defaults are MSRA's (BGR, std 1.0, 0-255 range).
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
@@ -230,7 +230,8 @@ _C.TEST.AUG.FLIP = True
 _C.TEST.AMP = CN({"ENABLED": False})
 _C.TEST.AMP.DTYPE = "auto"
 # ours: which parts the inference autocast covers: "roi_heads" (RoIAlign, res5 head, box predictor;
-# the backbone and RPN stay float32, so proposals equal fp32 ones) or "all" (see resnet_backbones.precision).
+# the backbone and RPN stay float32, so proposals equal fp32 ones) or "all" (see
+# resnet_backbones.precision).
 _C.TEST.AMP.SCOPE = "roi_heads"
 _C.TEST.PRECISE_BN = CN({"ENABLED": False})
 _C.TEST.PRECISE_BN.NUM_ITER = 200

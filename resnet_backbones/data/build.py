@@ -7,9 +7,9 @@
 
 Randomness is reproducible and independent of the number of workers: every sample's augmentation
 RNG (``np.random``, ``random``, ``torch``) is seeded from (seed, rank, position in the stream), with
-seed = ``SEED`` (or a shared random one when negative), and worker ``i`` maps positions ``i, i + n, ...``
-which the DataLoader hands back in order. A mapper error inside a worker comes back to the main
-process as one :class:`DataLoadError` naming the file, not as a worker traceback.
+seed = ``SEED`` (or a shared random one when negative), and worker ``i`` maps positions
+``i, i + n, ...`` which the DataLoader hands back in order. A mapper error inside a worker comes
+back to the main process as one :class:`DataLoadError` naming the file, not as a worker traceback.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def get_detection_dataset_dicts(
             loaded = DatasetCatalog.get(name)
             if not isinstance(loaded, list):
                 raise TypeError(
-                    f"the loader of dataset '{name}' returned {type(loaded).__name__}, expected a list of dicts"
+                    f"the loader of dataset '{name}' returned {type(loaded).__name__}, "
+                    "expected a list of dicts"
                 )
             if not loaded:
                 raise ValueError(f"dataset '{name}' is empty{_source_of(name)}")
@@ -164,13 +165,15 @@ class TrainLoader:
         self._start_batch = 0
 
     def skip_batches(self, n: int) -> None:
-        """Make the next ``iter()`` begin with batch ``n`` (counted from the start of the stream)."""
+        """Make the next ``iter()`` begin with batch ``n`` (counted from the start of the
+        stream)."""
         if n < 0:
             raise ValueError(f"skip_batches: n must be >= 0, got {n}")
         self._start_batch = int(n)
 
     def _resume_point(self, n: int) -> Tuple[int, List[List[Tuple[int, int]]]]:
-        """Stream position after batch ``n - 1``, and the (position, index) samples waiting in the buckets."""
+        """Stream position after batch ``n - 1``, and the (position, index) samples waiting in
+        the buckets."""
         if n == 0 or not self.aspect_ratio_grouping:
             return n * self.batch_size, [[], []]
         assert self._portrait is not None
@@ -261,7 +264,8 @@ class InferenceLoader:
 def _per_rank_batch_size(total: int, world_size: int) -> int:
     if total <= 0 or total % world_size != 0:
         raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world_size})"
+            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
+            f"processes ({world_size})"
         )
     return total // world_size
 
@@ -293,7 +297,8 @@ def build_detection_train_loader(
     if sampler is None:
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             raise ValueError(
-                f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported (supported: 'TrainingSampler')"
+                f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported "
+                "(supported: 'TrainingSampler')"
             )
         sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed)
     portrait = None
@@ -318,7 +323,8 @@ def build_detection_test_loader(
     *,
     num_workers: Optional[int] = None,
 ) -> InferenceLoader:
-    """Batches of one mapped dict over this rank's contiguous slice of ``dataset_name`` (no filtering)."""
+    """Batches of one mapped dict over this rank's contiguous slice of ``dataset_name`` (no
+    filtering)."""
     dataset = get_detection_dataset_dicts(
         dataset_name, filter_empty=False, on_bad_annotation=cfg.DATALOADER.ON_BAD_ANNOTATION
     )

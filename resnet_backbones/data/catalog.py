@@ -2,7 +2,8 @@
 
 ``DatasetCatalog.register(name, func)`` records a zero-argument function returning a list of
 detectron2-style dicts; ``MetadataCatalog.get(name)`` holds facts about it (thing_classes,
-evaluator_type, json_file, ...). Names and behaviour mirror detectron2 so that user code ports as is.
+evaluator_type, json_file, ...). Names and behaviour mirror detectron2 so that user code ports as
+is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ class _DatasetCatalog(UserDict):
     def register(self, name: str, func: Callable[[], List[Dict[str, Any]]]) -> None:
         if not callable(func):
             raise TypeError(
-                f"DatasetCatalog.register('{name}', ...): expected a callable, got {type(func).__name__}"
+                f"DatasetCatalog.register('{name}', ...): expected a callable, "
+                f"got {type(func).__name__}"
             )
         if name in self:
             raise ValueError(f"dataset '{name}' is already registered")

@@ -46,8 +46,9 @@ class DataLoadError(RuntimeError):
 
 
 class SerializedList(Dataset):
-    """The dicts pickled into one numpy buffer: workers then share it instead of copying Python objects
-    on access (reference counts would otherwise touch, and duplicate, every page); as in detectron2."""
+    """The dicts pickled into one numpy buffer: workers then share it instead of copying Python
+    objects on access (reference counts would otherwise touch, and duplicate, every page); as in
+    detectron2."""
 
     def __init__(self, items: Sequence[Dict[str, Any]]) -> None:
         blobs = [
@@ -69,7 +70,8 @@ class SerializedList(Dataset):
 
 
 class _Failure:
-    """What a worker sends back instead of raising: the file and the error, to re-raise in the main process."""
+    """What a worker sends back instead of raising: the file and the error, to re-raise in the
+    main process."""
 
     def __init__(self, dataset_dict: Dict[str, Any], exc: BaseException) -> None:
         self.file_name = dataset_dict.get("file_name") if isinstance(dataset_dict, dict) else None
@@ -79,7 +81,8 @@ class _Failure:
 
     def raise_(self) -> None:
         raise DataLoadError(
-            f"failed to load {self.file_name or '<no file_name>'} (image_id={self.image_id!r}): {self.error}",
+            f"failed to load {self.file_name or '<no file_name>'} "
+            f"(image_id={self.image_id!r}): {self.error}",
             self.file_name,
             self.traceback,
         )
@@ -139,7 +142,8 @@ def sample_rng(base_seed: int, rank: int, position: int) -> Iterator[None]:
 
 
 def worker_init_reset_seed(worker_id: int) -> None:
-    """Give each worker distinct, reproducible RNG states (from the DataLoader's seeded generator)."""
+    """Give each worker distinct, reproducible RNG states (from the DataLoader's seeded
+    generator)."""
     seed = torch.initial_seed() % 2**31
     np.random.seed(seed)
     random.seed(seed)
@@ -162,7 +166,8 @@ class MapStream(IterableDataset):
         self.base_seed, self.rank, self.start = base_seed, rank, start
 
     def map_at(self, position: int, index: int) -> Any:
-        """The mapped sample at stream ``position`` (dataset ``index``), with that position's RNG seed."""
+        """The mapped sample at stream ``position`` (dataset ``index``), with that position's RNG
+        seed."""
         with sample_rng(self.base_seed, self.rank, position):
             return _map_safely(self.mapper, self.dataset[index])
 
@@ -176,7 +181,8 @@ class MapStream(IterableDataset):
 
 
 class MappedList(Dataset):
-    """``mapper(dataset[i])`` for index ``i``, with failures returned as records (see :func:`checked`)."""
+    """``mapper(dataset[i])`` for index ``i``, with failures returned as records (see
+    :func:`checked`)."""
 
     def __init__(self, dataset: Dataset, mapper: Mapper) -> None:
         self.dataset, self.mapper = dataset, mapper

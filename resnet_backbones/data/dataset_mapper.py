@@ -66,4 +66,7 @@ class DatasetMapper:
         return dataset_dict
 
     def __repr__(self) -> str:
-        return f"DatasetMapper(is_train={self.is_train}, image_format={self.image_format!r}, augmentations={self.augmentations})"
+        return (
+            f"DatasetMapper(is_train={self.is_train}, image_format={self.image_format!r}, "
+            f"augmentations={self.augmentations})"
+        )

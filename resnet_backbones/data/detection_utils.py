@@ -67,7 +67,8 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
 
 
 def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
-    """Raise :class:`SizeMismatchError` if ``image`` is not the recorded width x height; fill them in if absent."""
+    """Raise :class:`SizeMismatchError` if ``image`` is not the recorded width x height; fill them
+    in if absent."""
     real_h, real_w = image.shape[:2]
     if "width" in dataset_dict or "height" in dataset_dict:
         exp_w = dataset_dict.get("width", real_w)
@@ -79,7 +80,8 @@ def check_image_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
                 else ""
             )
             raise SizeMismatchError(
-                f"{dataset_dict.get('file_name', '<no file_name>')}: image is {real_w}x{real_h} (WxH) but its "
+                f"{dataset_dict.get('file_name', '<no file_name>')}: "
+                f"image is {real_w}x{real_h} (WxH) but its "
                 f"annotation says {exp_w}x{exp_h}{hint}"
             )
     dataset_dict.setdefault("width", real_w)
@@ -153,7 +155,8 @@ def transform_instance_annotations(
 def annotations_to_instances(
     annos: Sequence[Dict[str, Any]], image_size: Tuple[int, int]
 ) -> Instances:
-    """Pack annotations as ``Instances`` with ``gt_boxes`` (clipped ``Boxes``) and ``gt_classes`` (int64)."""
+    """Pack annotations as ``Instances`` with ``gt_boxes`` (clipped ``Boxes``) and
+    ``gt_classes`` (int64)."""
     boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
     target = Instances(image_size)
     gt_boxes = Boxes(torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
@@ -202,7 +205,8 @@ def filter_empty_instances(
 
 
 def build_augmentation(cfg, is_train: bool) -> List[Augmentation]:
-    """ResizeShortestEdge from INPUT.*_SIZE_*, plus RandomFlip at training time (INPUT.RANDOM_FLIP)."""
+    """ResizeShortestEdge from INPUT.*_SIZE_*, plus RandomFlip at training time
+    (INPUT.RANDOM_FLIP)."""
     if is_train:
         augs: List[Augmentation] = [
             ResizeShortestEdge(

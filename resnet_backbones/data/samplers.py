@@ -144,7 +144,8 @@ class AspectRatioGroupedDataset(IterableDataset):
 
     @staticmethod
     def is_portrait(d: Dict[str, Any]) -> int:
-        """The bucket of a sample: 0 if wider than tall, else 1 (from width/height, else the image)."""
+        """The bucket of a sample: 0 if wider than tall, else 1 (from width/height, else the
+        image)."""
         if "width" in d and "height" in d:
             return int(d["width"] <= d["height"])
         h, w = d["image"].shape[-2:]

@@ -117,7 +117,8 @@ class ShapeInstance:
 
 @dataclass
 class Scene:
-    """A rendered detection image with its per-pixel instance map (0 = background, k = instance k-1)."""
+    """A rendered detection image with its per-pixel instance map (0 = background, k = instance
+    k-1)."""
 
     image: np.ndarray  # HxWx3 uint8, BGR (cv2 order)
     label_map: np.ndarray  # HxW int16
@@ -208,7 +209,8 @@ def _pick_color(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 
 def _paint(img: np.ndarray, alpha: np.ndarray, color: np.ndarray, rng: np.random.Generator) -> None:
-    """Alpha-blend a softly shaded flat color into ``img`` (both already cropped to the same region)."""
+    """Alpha-blend a softly shaded flat color into ``img`` (both already cropped to the same
+    region)."""
     h, w = alpha.shape
     gy, gx = rng.uniform(-40, 40, size=2) / max(h, w, 1)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -324,7 +326,8 @@ def render_detection_image(
 
 
 def render_classification_image(rng: RngLike, class_id: int, size: int = 64) -> np.ndarray:
-    """A ``size`` x ``size`` BGR image showing one shape of ``class_id`` on a textured background."""
+    """A ``size`` x ``size`` BGR image showing one shape of ``class_id`` on a textured
+    background."""
     if not 0 <= class_id < len(SHAPES_CLASSES):
         raise ValueError(f"class_id must be in [0, {len(SHAPES_CLASSES)}), got {class_id}")
     if size < 16:
@@ -377,7 +380,8 @@ def _voc_xml(file_id: str, height: int, width: int, instances: List[ShapeInstanc
         "<annotation>\n  <folder>VOC</folder>\n"
         f"  <filename>{file_id}.jpg</filename>\n"
         "  <source>\n    <database>resnet-backbones synthetic shapes</database>\n  </source>\n"
-        f"  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n  </size>\n"
+        f"  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n"
+        "    <depth>3</depth>\n  </size>\n"
         "  <segmented>0</segmented>\n" + "".join(objs) + "</annotation>\n"
     )
 
@@ -491,16 +495,18 @@ def _write_classification_split(
 
 
 def _prepare_output(root: Path, force: bool) -> None:
-    """Delete the generator's own entries; refuse if foreign entries exist and ``force`` is False."""
+    """Delete the generator's own entries; refuse if foreign entries exist and ``force`` is
+    False."""
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"output {root} exists and is not a directory")
     if root.exists():
         foreign = sorted(p.name for p in root.iterdir() if p.name not in MANAGED_ENTRIES)
         if foreign and not force:
             raise FileExistsError(
-                f"output directory {root} is not empty and holds entries this generator does not own "
-                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); choose an empty or new "
-                "directory, or pass force=True (--force) to regenerate (only the generator's own entries are deleted)"
+                f"output directory {root} is not empty and holds entries this generator does not "
+                f"own ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); choose an "
+                "empty or new directory, or pass force=True (--force) to regenerate (only the "
+                "generator's own entries are deleted)"
             )
         for name in MANAGED_ENTRIES:
             path = root / name
@@ -684,8 +690,10 @@ def format_shapes_summary(summary: Dict[str, Any], output: Union[str, Path]) -> 
     for split, s in summary["detection"].items():
         per_class = ", ".join(f"{c} {s['instances_per_class'][c]}" for c in SHAPES_CLASSES)
         lines.append(
-            f"  detection {split:5s}: {s['images']} images, {s['instances']} instances ({per_class}); "
-            f"image h {s['image_height'][0]}-{s['image_height'][1]}, w {s['image_width'][0]}-{s['image_width'][1]}; "
+            f"  detection {split:5s}: {s['images']} images, {s['instances']} instances "
+            f"({per_class}); "
+            f"image h {s['image_height'][0]}-{s['image_height'][1]}, "
+            f"w {s['image_width'][0]}-{s['image_width'][1]}; "
             f"box min side {s['box_min_side'][0]:.0f}-{s['box_min_side'][1]:.0f}; "
             "small/medium/large {}/{}/{}".format(*s["small_medium_large"])
         )

@@ -14,14 +14,16 @@ from torch.nn import functional as F
 
 __all__ = ["FrozenBatchNorm2d", "NormSpec", "convert_frozen_batchnorm", "get_norm"]
 
-# A norm name ("BN", "SyncBN", "FrozenBN", "GN", "" for none) or a ``channels -> nn.Module`` factory.
+# A norm name ("BN", "SyncBN", "FrozenBN", "GN", "" for none) or a ``channels -> nn.Module``
+# factory.
 NormSpec = Union[str, Callable[[int], nn.Module], None]
 
 GN_NUM_GROUPS = 32
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters: ``y = (x - mean) / sqrt(var + eps) * w + b``.
+    """BatchNorm2d with fixed statistics and affine parameters:
+    ``y = (x - mean) / sqrt(var + eps) * w + b``.
 
     ``weight``, ``bias``, ``running_mean`` and ``running_var`` are buffers, not parameters, so an
     optimizer never sees them and ``model.train()`` never updates them. Freshly built, the layer is
@@ -74,13 +76,15 @@ class FrozenBatchNorm2d(nn.Module):
     ) -> None:
         version = local_metadata.get("version", None)
         if version is None or version < 2:
-            # Caffe2/MSRA checkpoints fold the statistics into weight and bias: keep ours an identity.
+            # Caffe2/MSRA checkpoints fold the statistics into weight and bias: keep ours an
+            # identity.
             state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
             state_dict.setdefault(
                 prefix + "running_var", torch.ones_like(self.running_var) - self.eps
             )
         if self.num_batches_tracked is None:
-            # A BatchNorm checkpoint (torchvision) carries a step counter that a frozen layer ignores.
+            # A BatchNorm checkpoint (torchvision) carries a step counter that a frozen layer
+            # ignores.
             state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -143,8 +147,8 @@ def get_norm(norm: NormSpec, out_channels: int) -> Optional[nn.Module]:
     if norm == "GN":
         if out_channels % GN_NUM_GROUPS != 0:
             raise ValueError(
-                f"norm 'GN' uses {GN_NUM_GROUPS} groups, but {out_channels} channels are not divisible "
-                f"by {GN_NUM_GROUPS}"
+                f"norm 'GN' uses {GN_NUM_GROUPS} groups, but {out_channels} channels are not "
+                f"divisible by {GN_NUM_GROUPS}"
             )
         return nn.GroupNorm(GN_NUM_GROUPS, out_channels)
     raise ValueError(

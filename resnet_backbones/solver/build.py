@@ -119,7 +119,8 @@ def get_default_optimizer_params(
 
 
 def reduce_param_groups(groups: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Merge groups whose hyper-parameters are equal (order: first appearance; params keep order)."""
+    """Merge groups whose hyper-parameters are equal (order: first appearance; params keep
+    order)."""
     merged: Dict[tuple, List[torch.nn.Parameter]] = defaultdict(list)
     for group in groups:
         hyper = tuple(sorted((k, v) for k, v in group.items() if k != "params"))
@@ -155,7 +156,8 @@ def _clip_fn(cfg_clip: Any) -> Callable[[Iterable[torch.Tensor]], None]:
 def maybe_add_gradient_clipping(
     cfg: Any, optimizer: Type[torch.optim.Optimizer]
 ) -> Type[torch.optim.Optimizer]:
-    """``optimizer`` (a class) or, with ``SOLVER.CLIP_GRADIENTS.ENABLED``, a subclass clipping in ``step``."""
+    """``optimizer`` (a class) or, with ``SOLVER.CLIP_GRADIENTS.ENABLED``, a subclass clipping in
+    ``step``."""
     clip_cfg = cfg.SOLVER.CLIP_GRADIENTS
     if not clip_cfg.ENABLED:
         return optimizer
@@ -230,7 +232,8 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultipli
         end_value = s.BASE_LR_END / s.BASE_LR if s.BASE_LR else 0.0
         if not 0.0 <= end_value <= 1.0:
             raise ValueError(
-                f"SOLVER.BASE_LR_END must be in [0, BASE_LR], got {s.BASE_LR_END} (BASE_LR {s.BASE_LR})"
+                f"SOLVER.BASE_LR_END must be in [0, BASE_LR], got {s.BASE_LR_END} "
+                f"(BASE_LR {s.BASE_LR})"
             )
         sched = CosineParamScheduler(1.0, end_value)
     elif name == "WarmupStepWithFixedGammaLR":
@@ -239,8 +242,8 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultipli
         )
     else:
         raise ValueError(
-            f"unknown SOLVER.LR_SCHEDULER_NAME {name!r}; expected 'WarmupMultiStepLR', 'WarmupCosineLR' "
-            f"or 'WarmupStepWithFixedGammaLR'"
+            f"unknown SOLVER.LR_SCHEDULER_NAME {name!r}; expected 'WarmupMultiStepLR', "
+            f"'WarmupCosineLR' or 'WarmupStepWithFixedGammaLR'"
         )
     sched = WarmupParamScheduler(
         sched,
@@ -272,8 +275,8 @@ def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
     bs = cfg.SOLVER.IMS_PER_BATCH = int(round(cfg.SOLVER.IMS_PER_BATCH * ratio))
     if bs % num_workers != 0:
         raise ValueError(
-            f"SOLVER.IMS_PER_BATCH scaled to {bs} for {num_workers} workers (REFERENCE_WORLD_SIZE {old}) "
-            f"does not split evenly over the workers"
+            f"SOLVER.IMS_PER_BATCH scaled to {bs} for {num_workers} workers "
+            f"(REFERENCE_WORLD_SIZE {old}) does not split evenly over the workers"
         )
     lr = cfg.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * ratio
     max_iter = cfg.SOLVER.MAX_ITER = int(round(cfg.SOLVER.MAX_ITER / ratio))
@@ -283,8 +286,8 @@ def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
     cfg.SOLVER.CHECKPOINT_PERIOD = int(round(cfg.SOLVER.CHECKPOINT_PERIOD / ratio))
     cfg.SOLVER.REFERENCE_WORLD_SIZE = num_workers
     logger.info(
-        "Auto-scaling the config to %d workers (reference %d): IMS_PER_BATCH=%d, BASE_LR=%g, MAX_ITER=%d, "
-        "WARMUP_ITERS=%d, STEPS=%s",
+        "Auto-scaling the config to %d workers (reference %d): IMS_PER_BATCH=%d, BASE_LR=%g, "
+        "MAX_ITER=%d, WARMUP_ITERS=%d, STEPS=%s",
         num_workers,
         old,
         bs,

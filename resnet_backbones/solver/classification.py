@@ -81,7 +81,8 @@ class Schedule:
 
 
 def compute_schedule(cfg: Any, train_size: int, world_size: int) -> Schedule:
-    """Iterations per epoch (``len(train) // BATCH_SIZE``, at least 1), length, LR steps, periods."""
+    """Iterations per epoch (``len(train) // BATCH_SIZE``, at least 1), length, LR steps,
+    periods."""
     s = cfg.SOLVER
     batch = int(s.BATCH_SIZE)
     if batch <= 0 or batch % world_size:

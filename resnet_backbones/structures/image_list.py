@@ -33,13 +33,15 @@ class ImageList:
     def from_tensors(
         tensors: Sequence[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0
     ) -> "ImageList":
-        """Pad ``(C, H, W)`` tensors bottom-right to a common size, a multiple of ``size_divisibility``."""
+        """Pad ``(C, H, W)`` tensors bottom-right to a common size, a multiple of
+        ``size_divisibility``."""
         if len(tensors) == 0:
             raise ValueError("ImageList.from_tensors needs at least one image")
         for t in tensors:
             if t.dim() != 3 or t.shape[0] != tensors[0].shape[0]:
                 raise ValueError(
-                    f"images must be (C, H, W) with equal C; got shapes {[tuple(x.shape) for x in tensors]}"
+                    "images must be (C, H, W) with equal C; "
+                    f"got shapes {[tuple(x.shape) for x in tensors]}"
                 )
         image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         max_h = max(s[0] for s in image_sizes)

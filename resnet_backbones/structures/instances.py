@@ -1,4 +1,5 @@
-"""``Instances``: per-image detections or annotations as named, equally long fields (detectron2's)."""
+"""``Instances``: per-image detections or annotations as named, equally long fields
+(detectron2's)."""
 
 from __future__ import annotations
 
@@ -111,4 +112,7 @@ class Instances:
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}: {v}" for k, v in self._fields.items())
-        return f"Instances(num_instances={len(self)}, image_height={self._image_size[0]}, image_width={self._image_size[1]}, fields=[{fields}])"
+        return (
+            f"Instances(num_instances={len(self)}, image_height={self._image_size[0]}, "
+            f"image_width={self._image_size[1]}, fields=[{fields}])"
+        )

@@ -18,7 +18,8 @@ import torch.distributed as dist
 _LOCAL_PROCESS_GROUP: Optional[Any] = None
 _MISSING_LOCAL_PG = (
     "the local (per-machine) process group was not created; call "
-    "comm.create_local_process_group(num_workers_per_machine) after torch.distributed.init_process_group()"
+    "comm.create_local_process_group(num_workers_per_machine) after "
+    "torch.distributed.init_process_group()"
 )
 
 
@@ -50,7 +51,8 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
     world = get_world_size()
     if num_workers_per_machine <= 0 or world % num_workers_per_machine != 0:
         raise ValueError(
-            f"world size {world} is not a multiple of num_workers_per_machine={num_workers_per_machine}"
+            f"world size {world} is not a multiple of "
+            f"num_workers_per_machine={num_workers_per_machine}"
         )
     machine_rank = get_rank() // num_workers_per_machine
     for machine in range(world // num_workers_per_machine):
@@ -144,7 +146,8 @@ def shared_random_seed() -> int:
 def reduce_dict(
     input_dict: Dict[str, torch.Tensor], average: bool = True
 ) -> Dict[str, torch.Tensor]:
-    """Reduce scalar tensors of the same keys from all ranks onto rank 0 (sum, or mean if ``average``).
+    """Reduce scalar tensors of the same keys from all ranks onto rank 0 (sum, or mean if
+    ``average``).
 
     Only rank 0 receives the reduced values; other ranks get their input back unchanged in shape.
     """

@@ -119,7 +119,8 @@ def set_rng_states(states: Dict[str, Any]) -> None:
         n = min(len(cuda_states), torch.cuda.device_count())
         if len(cuda_states) != torch.cuda.device_count():
             logger.warning(
-                "checkpoint holds %d CUDA RNG states, this machine has %d devices; restoring the first %d",
+                "checkpoint holds %d CUDA RNG states, this machine has %d devices; "
+                "restoring the first %d",
                 len(cuda_states),
                 torch.cuda.device_count(),
                 n,

@@ -43,7 +43,8 @@ _CURRENT_STORAGE_STACK: List["EventStorage"] = []
 
 
 def get_event_storage() -> "EventStorage":
-    """The innermost :class:`EventStorage` in use (raises if called outside ``with EventStorage()``)."""
+    """The innermost :class:`EventStorage` in use (raises if called outside
+    ``with EventStorage()``)."""
     if not _CURRENT_STORAGE_STACK:
         raise RuntimeError(
             "get_event_storage() has to be called inside a 'with EventStorage(...)' context "
@@ -94,7 +95,8 @@ class EventStorage:
     def put_scalars(
         self, *, smoothing_hint: bool = True, cur_iter: Optional[int] = None, **kwargs: Any
     ) -> None:
-        """``put_scalar`` for every keyword (``storage.put_scalars(loss_cls=0.3, loss_box_reg=0.1)``)."""
+        """``put_scalar`` for every keyword
+        (``storage.put_scalars(loss_cls=0.3, loss_box_reg=0.1)``)."""
         for name, value in kwargs.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, cur_iter=cur_iter)
 
@@ -125,7 +127,8 @@ class EventStorage:
         return result
 
     def count_samples(self, name: str, window_size: int = 20) -> int:
-        """How many of the last values of ``name`` were put within the last ``window_size`` iterations."""
+        """How many of the last values of ``name`` were put within the last ``window_size``
+        iterations."""
         values = self._history[name].values()
         if not values:
             return 0

@@ -122,7 +122,8 @@ def count_params(model: nn.Module) -> int:
 def count_flops(
     model: nn.Module, input_size: InputSize = 224, *, batch_size: int = 1, in_channels: int = 3
 ) -> int:
-    """Total fvcore flops (fused multiply-adds) of one eval-mode forward pass on zeros of that size."""
+    """Total fvcore flops (fused multiply-adds) of one eval-mode forward pass on zeros of that
+    size."""
     return analyze_model(
         model, input_size, batch_size=batch_size, in_channels=in_channels, tasks=("flops",)
     ).total_flops
@@ -237,14 +238,16 @@ def format_stats(
         )
         lines += [
             "",
-            f"input {'x'.join(map(str, stats.input_shape))}; fvcore FlopCountAnalysis: 1 flop = 1 fused "
-            f"multiply-add (GFLOPs = 10^9 multiply-adds, the paper's unit); ReLU, max pool, additions count 0.",
+            f"input {'x'.join(map(str, stats.input_shape))}; fvcore FlopCountAnalysis: "
+            f"1 flop = 1 fused multiply-add (GFLOPs = 10^9 multiply-adds, the paper's unit); "
+            f"ReLU, max pool, additions count 0.",
             f"GFLOPs by operator: {ops}",
         ]
         if paper_gflops is not None:
             diff = 100.0 * (stats.total_flops / 1e9 - paper_gflops) / paper_gflops
             lines.append(
-                f"paper ({paper_note}): {paper_gflops} GFLOPs; ours {stats.total_flops / 1e9:.3f} ({diff:+.1f}%)"
+                f"paper ({paper_note}): {paper_gflops} GFLOPs; "
+                f"ours {stats.total_flops / 1e9:.3f} ({diff:+.1f}%)"
             )
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Dataset loaders (COCO json, PASCAL VOC xml) and the builtin registrations (detectron2's names)."""
+"""Dataset loaders (COCO json, PASCAL VOC xml) and the builtin registrations (detectron2's
+names)."""
 
 from . import builtin as _builtin
 from .annotation_checks import BadAnnotationError, bad_annotation_policy

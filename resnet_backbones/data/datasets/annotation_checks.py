@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 POLICIES = ("skip", "error")
 # How far (pixels) a box may reach past the image border before it counts as "outside the image".
-# Real COCO/VOC boxes touch the border with float round-off; they are clipped later, as in detectron2.
+# Real COCO/VOC boxes touch the border with float round-off; they are clipped later, as in
+# detectron2.
 OUTSIDE_TOLERANCE = 1.0
 
 _policy: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -52,7 +53,8 @@ def resolve_policy(policy: Optional[str] = None) -> str:
 def box_problem(
     x0: float, y0: float, x1: float, y1: float, width: float, height: float
 ) -> Optional[str]:
-    """The kind of problem of an XYXY box in a ``width`` x ``height`` image, or None if it is fine."""
+    """The kind of problem of an XYXY box in a ``width`` x ``height`` image, or None if it is
+    fine."""
     if not (x1 > x0 and y1 > y0):  # also catches NaN
         return "empty box"
     t = OUTSIDE_TOLERANCE

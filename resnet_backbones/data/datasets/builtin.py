@@ -62,7 +62,8 @@ def register_all_pascal_voc(root: str) -> None:
 
 
 def register_all_shapes(root: str) -> None:
-    """shapes_{train,val} (COCO json, COCO evaluator) and shapes_voc_{train,val} (same images, VOC xml)."""
+    """shapes_{train,val} (COCO json, COCO evaluator) and shapes_voc_{train,val} (same images,
+    VOC xml)."""
     from ..shapes import SHAPES_CLASSES
 
     base = os.path.join(root, "shapes")

@@ -1,5 +1,5 @@
-"""Class lists of the builtin datasets: COCO's 80 thing classes with their (non-contiguous) json ids,
-and PASCAL VOC's 20 classes. Kept as plain data so registration needs no file access."""
+"""Class lists of the builtin datasets: COCO's 80 thing classes with their (non-contiguous) json
+ids, and PASCAL VOC's 20 classes. Kept as plain data so registration needs no file access."""
 
 from __future__ import annotations
 

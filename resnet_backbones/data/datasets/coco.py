@@ -3,7 +3,8 @@
 Each dict has file_name, height, width, image_id and annotations (bbox in XYWH_ABS, bbox_mode,
 category_id, iscrowd). With a ``dataset_name`` the json category ids are mapped to contiguous
 0-based ids and the mapping is stored in the metadata, as detectron2 does. Segmentations and
-keypoints are not loaded (this project trains boxes only); ask for them with ``extra_annotation_keys``.
+keypoints are not loaded (this project trains boxes only); ask for them with
+``extra_annotation_keys``.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _read_coco_api(json_file: str):
-    """``COCO(json_file)`` with its prints silenced and its failures turned into errors naming the file."""
+    """``COCO(json_file)`` with its prints silenced and its failures turned into errors naming the
+    file."""
     from pycocotools.coco import COCO
 
     if not os.path.isfile(json_file):
         raise FileNotFoundError(
-            f"COCO annotation file not found: {json_file} (see datasets/README.md for where to get it, "
+            f"COCO annotation file not found: {json_file} "
+            "(see datasets/README.md for where to get it, "
             "and run `python datasets/check_layout.py NAME` to check a dataset's layout)"
         )
     try:
@@ -106,7 +109,8 @@ def load_coco_json(
     ``dataset_name`` maps category ids to 0-based contiguous ids and sets thing_classes and
     thing_dataset_id_to_contiguous_id in its metadata. Bad annotations (empty box, box outside the
     image, category id not in 'categories', malformed bbox) are skipped and counted or raise,
-    per ``on_bad_annotation`` ("skip"/"error"; default: DATALOADER.ON_BAD_ANNOTATION via the caller).
+    per ``on_bad_annotation`` ("skip"/"error"; default: DATALOADER.ON_BAD_ANNOTATION via the
+    caller).
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     # Parsing and converting allocate millions of containers and no reference cycles; the cyclic GC
@@ -141,7 +145,8 @@ def _convert(
     problems: ProblemCounter,
     keys: Sequence[str],
 ) -> Tuple[List[Dict[str, Any]], int]:
-    """All images (sorted by id) with their converted annotations; also the number of annotations seen."""
+    """All images (sorted by id) with their converted annotations; also the number of annotations
+    seen."""
     img_to_anns = coco_api.imgToAnns
     xywh = BoxMode.XYWH_ABS
     dataset_dicts: List[Dict[str, Any]] = []
@@ -210,7 +215,8 @@ def _convert_annotation(
 
 
 def _check_annotation_ids(coco_api, json_file: str, num_matched: int) -> None:
-    """Warn about annotations of unknown images; refuse duplicate annotation ids (detectron2 does)."""
+    """Warn about annotations of unknown images; refuse duplicate annotation ids (detectron2
+    does)."""
     anns = coco_api.dataset.get("annotations", [])
     if num_matched < len(anns):
         logger.warning(
@@ -241,7 +247,8 @@ def register_coco_instances(
         raise TypeError(f"register_coco_instances: name must be a str, got {name!r}")
     if not isinstance(metadata, dict):
         raise TypeError(
-            f"register_coco_instances('{name}', ...): metadata must be a dict, got {type(metadata).__name__}"
+            f"register_coco_instances('{name}', ...): metadata must be a dict, "
+            f"got {type(metadata).__name__}"
         )
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))

@@ -98,7 +98,8 @@ def load_voc_instances(
     """Load ``dirname`` (holding Annotations/, ImageSets/Main/, JPEGImages/) split ``split``.
 
     Bad objects (unknown class, empty box, box outside the image, malformed bndbox) are skipped and
-    counted, or raise, per ``on_bad_annotation``; a malformed XML file always raises, naming the file.
+    counted, or raise, per ``on_bad_annotation``; a malformed XML file always raises, naming the
+    file.
     """
     dirname = os.fspath(dirname)
     class_names = list(class_names)
@@ -128,7 +129,8 @@ def load_voc_instances(
 def register_pascal_voc(
     name: str, dirname: PathLike, split: str, year: int, class_names: Sequence[str] = VOC_CLASSES
 ) -> None:
-    """Register a VOC-layout dataset as ``name`` (lazily), with the metadata the VOC evaluator needs."""
+    """Register a VOC-layout dataset as ``name`` (lazily), with the metadata the VOC evaluator
+    needs."""
     dirname = os.fspath(dirname)
     class_names = list(class_names)
     DatasetCatalog.register(name, lambda: load_voc_instances(dirname, split, class_names))

@@ -49,7 +49,8 @@ class ResizeShortestEdge(Augmentation):
         lengths = tuple(int(v) for v in short_edge_length)
         if sample_style not in ("range", "choice"):
             raise ValueError(
-                f"ResizeShortestEdge: sample_style must be 'range' or 'choice', got {sample_style!r}"
+                "ResizeShortestEdge: sample_style must be 'range' or 'choice', "
+                f"got {sample_style!r}"
             )
         if not lengths:
             raise ValueError("ResizeShortestEdge: short_edge_length is empty")
@@ -60,7 +61,8 @@ class ResizeShortestEdge(Augmentation):
             )
         if any(v < 0 for v in lengths) or max_size <= 0:
             raise ValueError(
-                f"ResizeShortestEdge: sizes must be >= 0 and max_size > 0, got {lengths}, {max_size}"
+                "ResizeShortestEdge: sizes must be >= 0 and max_size > 0, "
+                f"got {lengths}, {max_size}"
             )
         self.short_edge_length, self.max_size, self.sample_style = (
             lengths,

@@ -23,7 +23,8 @@ __all__ = [
 
 
 class Transform:
-    """Base class: subclasses define ``apply_image`` and ``apply_coords``; boxes follow the corners."""
+    """Base class: subclasses define ``apply_image`` and ``apply_coords``; boxes follow the
+    corners."""
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -53,8 +54,9 @@ class NoOpTransform(Transform):
 
 
 class ResizeTransform(Transform):
-    """Resize an ``h`` x ``w`` image to ``new_h`` x ``new_w`` (bilinear, through PIL for uint8 images
-    as detectron2 does, so that pixels match models trained with it); coordinates scale exactly."""
+    """Resize an ``h`` x ``w`` image to ``new_h`` x ``new_w`` (bilinear, through PIL for uint8
+    images as detectron2 does, so that pixels match models trained with it); coordinates scale
+    exactly."""
 
     def __init__(self, h: int, w: int, new_h: int, new_w: int) -> None:
         self.h, self.w, self.new_h, self.new_w = int(h), int(w), int(new_h), int(new_w)
@@ -62,7 +64,8 @@ class ResizeTransform(Transform):
     def apply_image(self, img: np.ndarray) -> np.ndarray:
         if img.shape[:2] != (self.h, self.w):
             raise ValueError(
-                f"ResizeTransform expects a {self.h}x{self.w} image, got {img.shape[0]}x{img.shape[1]}"
+                f"ResizeTransform expects a {self.h}x{self.w} image, "
+                f"got {img.shape[0]}x{img.shape[1]}"
             )
         if (self.new_h, self.new_w) == (self.h, self.w):
             return img
