@@ -33,8 +33,9 @@ def _entry(name: str) -> Callable[..., Any]:
     def entry(pretrained: bool = False, weights: Any = None, **kwargs: Any) -> Any:
         if pretrained:
             raise ValueError(
-                f"{name}: no weights are hosted for torch.hub; pass weights=PATH (a checkpoint in any "
-                f"format our converters read: ours, torchvision/timm .pth, MSRA or detectron2 .pkl)"
+                f"{name}: no weights are hosted for torch.hub; pass weights=PATH "
+                f"(a checkpoint in any format our converters read: "
+                f"ours, torchvision/timm .pth, MSRA or detectron2 .pkl)"
             )
         model = _create_model(name, **kwargs)
         if weights is not None:

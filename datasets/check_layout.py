@@ -110,7 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [n for n in args.names if n not in DatasetCatalog]
     if unknown:
         print(
-            f"unknown dataset name(s): {', '.join(unknown)}\nregistered: {', '.join(sorted(DatasetCatalog.list()))}"
+            f"unknown dataset name(s): {', '.join(unknown)}\n"
+            f"registered: {', '.join(sorted(DatasetCatalog.list()))}"
         )
         return 2
     status = 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Write the synthetic "shapes" dataset (COCO + VOC detection, ImageFolder classification).
 
-    python datasets/prepare_shapes.py --output datasets/shapes --num-train 400 --num-val 100 --seed 0
+    python datasets/prepare_shapes.py --output datasets/shapes \\
+        --num-train 400 --num-val 100 --seed 0
 
 The layout and the overwrite rules are described in ``resnet_backbones/data/shapes.py``. A directory
 holding anything the generator does not own is refused unless ``--force`` is given.

@@ -114,7 +114,8 @@ def write_voc(
 ) -> Union[str, Path]:
     """A minimal VOC folder: ``Annotations/<id>.xml`` for each image (``size``: width, height; every
     object with the pose/truncated/difficult tags detectron2's evaluator reads), an empty
-    ``JPEGImages/``, and ``ImageSets/Main/<split>.txt`` listing the ids in order. Returns ``root``."""
+    ``JPEGImages/``, and ``ImageSets/Main/<split>.txt`` listing the ids in order. Returns
+    ``root``."""
     for sub in ("Annotations", os.path.join("ImageSets", "Main"), "JPEGImages"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     width, height = size
@@ -142,7 +143,8 @@ TRAINER_LOGGERS = ("resnet_backbones", "fvcore", "__main__", "train_net")
 
 
 def logging_state(names: Iterable[str] = TRAINER_LOGGERS) -> Dict[str, Tuple[int, bool, list]]:
-    """Level, propagate flag and handlers of each named logger (for :func:`restore_logging_state`)."""
+    """Level, propagate flag and handlers of each named logger (for
+    :func:`restore_logging_state`)."""
     return {
         n: (
             logging.getLogger(n).level,

@@ -236,7 +236,8 @@ def test_stride_in_1x1_or_3x3():
     "name, size", [("resnet18", 64), ("resnet20_cifar", 32), ("preact_resnet18", 64)]
 )
 def test_channels_last_gives_equal_outputs(name, size):
-    # Shallow nets: at random init their eval-mode logits are O(1), so 1e-5 is a fair absolute bound.
+    # Shallow nets: at random init their eval-mode logits are O(1), so 1e-5 is a fair absolute
+    # bound.
     reference = rb.create_model(name).eval()
     fast = rb.create_model(name, channels_last=True).eval()
     fast.load_state_dict(reference.state_dict())

@@ -23,7 +23,8 @@ TOLERANCE = 1e-4
 
 
 def _configs(depth: int, out_features: list, res5_dilation: int):
-    """detectron2's config and ours, at detectron2's C4 defaults (FrozenBN, STRIDE_IN_1X1, FREEZE_AT 2)."""
+    """detectron2's config and ours, at detectron2's C4 defaults (FrozenBN,
+    STRIDE_IN_1X1, FREEZE_AT 2)."""
     d2_cfg, cfg = d2_get_cfg(), get_cfg()
     for c in (d2_cfg, cfg):
         c.MODEL.RESNETS.DEPTH = depth
@@ -37,7 +38,8 @@ def _configs(depth: int, out_features: list, res5_dilation: int):
 
 @torch.no_grad()
 def _give_sane_frozen_statistics(model: torch.nn.Module, images: torch.Tensor) -> None:
-    """Random affine values, and running statistics measured on ``images``, so activations stay O(1)."""
+    """Random affine values, and running statistics measured on ``images``, so activations
+    stay O(1)."""
     hooks = []
 
     def calibrate(module, inputs):

@@ -1,5 +1,5 @@
-"""COCO evaluation: the fast backend equals pycocotools exactly; COCOEvaluator's API, files and errors;
-inference_on_dataset; distributed gathering."""
+"""COCO evaluation: the fast backend equals pycocotools exactly; COCOEvaluator's API, files and
+errors; inference_on_dataset; distributed gathering."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ STAT_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", 
 def make_coco(seed, num_images=120, num_cats=8, gt_per=5, dets_per=30, crowd=0.1, empty=0.1):
     """Random GT and results with crowd boxes, empty images, categories without GT (the last two),
     duplicated GT boxes (IoU ties), rounded scores (score ties), exact copies of GT boxes, GT areas
-    on the small/medium/large boundaries and images with more than 100 detections of one category."""
+    on the small/medium/large boundaries and images with more than 100 detections of one
+    category."""
     rng = np.random.default_rng(seed)
     cat_ids = sorted(rng.choice(np.arange(1, 4 * num_cats), num_cats, replace=False).tolist())
     gt_cats = cat_ids[:-2]
@@ -196,7 +197,8 @@ def dataset(tmp_path, request):
 
 
 def _outputs(gt, dets, mapping):
-    """Per-image (input, output) pairs, detections given as XYXY Instances with contiguous classes."""
+    """Per-image (input, output) pairs, detections given as XYXY Instances with contiguous
+    classes."""
     per_image = {img["id"]: [] for img in gt["images"]}
     for d in dets:
         per_image[d["image_id"]].append(d)

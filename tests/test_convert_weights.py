@@ -1,4 +1,5 @@
-"""Weight conversion (torchvision/timm, MSRA .pkl, detectron2 <-> ours), file reading and load reports."""
+"""Weight conversion (torchvision/timm, MSRA .pkl, detectron2 <-> ours), file reading and load
+reports."""
 
 import os
 import pickle
@@ -107,7 +108,8 @@ def _msra_model(depth=50, seed=0, identity_stats=True):
 
 
 def _write_caffe2_pkl(path, model, *, wrap_blobs, momentum=True):
-    """The inverse mapping, written like Detectron's R-50.pkl: numpy blobs (+ SGD momentum blobs)."""
+    """The inverse mapping, written like Detectron's R-50.pkl: numpy blobs (+ SGD momentum
+    blobs)."""
     blobs = {k: v.numpy() for k, v in ours_to_msra(model.state_dict()).state_dict.items()}
     if momentum:
         blobs["conv1_w_momentum"] = np.zeros_like(blobs["conv1_w"])
@@ -563,7 +565,8 @@ def test_convert_checkpoint_file_api(tmp_path):
 
 
 def _as_detectron2_tool_writes(tv_state_dict):
-    """Names as detectron2's tools/convert-torchvision-to-d2.py produces them (stem.fc for the head)."""
+    """Names as detectron2's tools/convert-torchvision-to-d2.py produces them (stem.fc for the
+    head)."""
     out = {}
     for key, value in tv_state_dict.items():
         new = key if "layer" in key else "stem." + key

@@ -1,4 +1,5 @@
-"""datasets/check_layout.py lists exactly what is missing and exits 1, else prints OK and exits 0."""
+"""datasets/check_layout.py lists exactly what is missing and exits 1, else prints OK
+and exits 0."""
 
 import importlib.util
 import json

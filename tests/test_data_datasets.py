@@ -191,7 +191,8 @@ def test_builtin_names_and_metadata():
     )
 
 
-_WATCHED = []  # (root, touched list) while a test watches file access; the audit hook cannot be removed
+# (root, touched list) while a test watches file access; the audit hook cannot be removed
+_WATCHED = []
 
 
 def _audit(event, args):
@@ -205,7 +206,8 @@ sys.addaudithook(_audit)
 
 
 def test_builtin_registration_reads_no_file_and_honours_rb_datasets(tmp_path, monkeypatch):
-    """What ``import resnet_backbones.data`` runs, on empty catalogs: no file under the root is touched."""
+    """What ``import resnet_backbones.data`` runs, on empty catalogs: no file under the root is
+    touched."""
     from resnet_backbones.data.datasets import builtin
 
     root = str(tmp_path / "root")

@@ -187,7 +187,8 @@ def test_truncated_and_empty_checkpoints_name_the_file(tmp_path):
     with pytest.raises(CheckpointFormatError) as info:
         DetectionCheckpointer(tiny_detector()).load(str(tmp_path / "cut.pkl"))
     assert str(info.value) == (
-        f"{tmp_path / 'cut.pkl'}: not a readable pickle (UnpicklingError: pickle data was truncated); "
+        f"{tmp_path / 'cut.pkl'}: not a readable pickle "
+        "(UnpicklingError: pickle data was truncated); "
         "expected a detectron2 or Caffe2 .pkl weights file (truncated or corrupted?)"
     )
 

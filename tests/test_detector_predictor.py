@@ -1,4 +1,5 @@
-"""``DefaultPredictor``: resizing, channel order, and detections mapped back to the original image."""
+"""``DefaultPredictor``: resizing, channel order, and detections mapped back to the original
+image."""
 
 import numpy as np
 import pytest

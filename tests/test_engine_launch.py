@@ -1,4 +1,5 @@
-"""launch(): gloo worker processes, torchrun, failure propagation without hangs, signal forwarding, teardown."""
+"""launch(): gloo worker processes, torchrun, failure propagation without hangs, signal forwarding,
+teardown."""
 
 import json
 import os

@@ -68,7 +68,8 @@ class ToyModel(nn.Module):
 
 
 class ToyLoader:
-    """Endless batches: a deterministic function of (seed, position) plus np.random 'augmentation'."""
+    """Endless batches: a deterministic function of (seed, position) plus
+    np.random 'augmentation'."""
 
     def __init__(self, batch_size, seed):
         self.batch_size, self.seed = batch_size, seed
@@ -194,16 +195,16 @@ def test_complete_run_outputs(reference):
     assert {"optimizer", "rng_states"} <= set(tr["_trainer"]) | set(tr)
     assert tr["hooks"]["LRScheduler"]["last_epoch"] == 10 and len(tr["rng_states"]) == 1
     lines = read_metrics(out)
-    iters = [l["iteration"] for l in lines]
+    iters = [entry["iteration"] for entry in lines]
     assert iters == sorted(set(iters))  # one line per logged iteration
-    last_train = [l for l in lines if "total_loss" in l][-1]
+    last_train = [entry for entry in lines if "total_loss" in entry][-1]
     assert last_train["iteration"] == 9
     assert {"loss_mse", "loss_l1", "lr", "data_time", "time"} <= set(last_train)
     assert last_train["total_loss"] == pytest.approx(
         last_train["loss_mse"] + last_train["loss_l1"], rel=0.5
     )
-    evals = [l for l in lines if "toy/AP" in l]
-    assert [l["iteration"] for l in evals] == [
+    evals = [entry for entry in lines if "toy/AP" in entry]
+    assert [entry["iteration"] for entry in evals] == [
         4,
         10,
     ]  # TEST.EVAL_PERIOD 5 (after iteration 4) and at the end
@@ -221,7 +222,7 @@ def test_console_line(tmp_path):
     cfg.TEST.EVAL_PERIOD = 0
     run(cfg)
     with open(tmp_path / "log.txt") as f:  # the console handler's twin
-        line = [l for l in f.read().splitlines() if "iter: 5" in l][-1]
+        line = [text for text in f.read().splitlines() if "iter: 5" in text][-1]
     for field in (
         "eta:",
         "total_loss:",
@@ -246,7 +247,7 @@ def test_crash_then_resume_equals_uninterrupted(reference, tmp_path):
     assert trainer.start_iter == 4
     assert_same_state(state(trainer), ref_state)
     assert results == ref_results
-    iters = [l["iteration"] for l in read_metrics(tmp_path)]
+    iters = [entry["iteration"] for entry in read_metrics(tmp_path)]
     assert iters == sorted(
         set(iters)
     )  # lines of the recomputed iterations were replaced, not duplicated
@@ -259,7 +260,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(reference, tmp_path):
     with pytest.raises(hooks.TrainingInterrupted) as info:
         run(cfg, extra_hooks=[Crash(5, how="sigterm")])
     assert signal.getsignal(signal.SIGTERM) == previous  # handlers restored
-    # the signal arrived after iteration 5's check (the hook runs last): iteration 6 is finished, then saved
+    # the signal arrived after iteration 5's check (the hook runs last): iteration 6 is finished,
+    # then saved
     assert info.value.exit_code == 128 + signal.SIGTERM and info.value.iteration == 6
     assert info.value.checkpoint.endswith("model_0000006.pth")
     with open(tmp_path / "last_checkpoint") as f:
@@ -352,8 +354,8 @@ def test_event_storage_and_json_writer(tmp_path):
         with pytest.raises(ValueError):
             s.put_scalar("lr", 1.0)  # the hint of a name cannot change
     w.close()
-    lines = [json.loads(l) for l in path.read_text().splitlines()]
-    assert [l["iteration"] for l in lines] == [2, 4]
+    lines = [json.loads(text) for text in path.read_text().splitlines()]
+    assert [entry["iteration"] for entry in lines] == [2, 4]
     assert lines[0] == {"iteration": 2, "loss": 1.0, "lr": pytest.approx(0.2), "bbox/AP": 50.0}
 
 
@@ -477,7 +479,7 @@ def test_default_setup_writes_config_and_env(tmp_path):
     assert torch.equal(torch.rand(1), a)  # seeded with SEED + rank
 
 
-# ----------------------------------------------------------------------------- bad runs lose nothing
+# ---------------------------------------------------------------------------- bad runs lose nothing
 class Snapshot(hooks.HookBase):
     """The model's state after each iteration, kept in ``states[iteration]``."""
 

@@ -94,8 +94,10 @@ from resnet_backbones.data.datasets import register_coco_instances
 for split in ("train", "val"):
     name = "rbtest_shapes_" + split
     if name not in DatasetCatalog:
-        register_coco_instances(name, {meta!r}, os.path.join({root!r}, "annotations", "instances_%s.json" % split),
-                                os.path.join({root!r}, split))
+        register_coco_instances(
+            name, {meta!r}, os.path.join({root!r}, "annotations", "instances_%s.json" % split),
+            os.path.join({root!r}, split),
+        )
 import train_net
 from resnet_backbones.engine.hooks import CallbackHook
 
@@ -161,7 +163,8 @@ def env(tmp_path_factory):
 
 
 def _calibrated_init(cfg_file, path):
-    """Random weights plus (damped) BatchNorm statistics of a few training batches, as a checkpoint."""
+    """Random weights plus (damped) BatchNorm statistics of a few training batches, as a
+    checkpoint."""
     from resnet_backbones.config import get_cfg
     from resnet_backbones.data import build_detection_train_loader
     from resnet_backbones.modeling import build_model
@@ -259,8 +262,9 @@ def test_two_gloo_processes_match_one_process(env, tmp_path):
         # the parameters agree within 1e-5 (relative) ...
         rel = ((one[k] - two[k]).norm() / one[k].norm().clamp_min(1e-12)).item()
         assert rel <= 1e-5, (k, rel)
-        # ... and so do the updates themselves (up to 10% of the weights here), within 2%: a wrong data
-        # order, summed instead of averaged gradients or a missed step would be off by tens of percent
+        # ... and so do the updates themselves (up to 10% of the weights here), within 2%: a wrong
+        # data order, summed instead of averaged gradients or a missed step would be off by tens of
+        # percent
         d1, d2 = one[k] - init[k], two[k] - init[k]
         if d1.norm() > 0:
             updated += 1
@@ -316,18 +320,18 @@ def test_sigkill_resume_and_eval_only_are_exact(env, tmp_path):
         "model_final.pth",
     } <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
-    lines = [json.loads(l) for l in (full / "metrics.json").read_text().splitlines()]
-    train_line = [l for l in lines if "total_loss" in l][-1]
+    lines = [json.loads(text) for text in (full / "metrics.json").read_text().splitlines()]
+    train_line = [entry for entry in lines if "total_loss" in entry][-1]
     assert train_line["iteration"] == 5
     assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "lr", "data_time"} <= set(
         train_line
     )
-    eval_line = [l for l in lines if any(k.startswith("bbox/") for k in l)][-1]
+    eval_line = [entry for entry in lines if any(k.startswith("bbox/") for k in entry)][-1]
     for k, v in final_results["bbox"].items():
         if not math.isnan(v):
             assert eval_line[f"bbox/{k}"] == v
     log = (full / "log.txt").read_text()
-    line = [l for l in log.splitlines() if "iter: 5" in l][-1]
+    line = [text for text in log.splitlines() if "iter: 5" in text][-1]
     for field in (
         "eta:",
         "loss_cls:",

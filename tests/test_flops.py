@@ -1,4 +1,5 @@
-"""FLOPs / parameter counts (resnet_backbones.utils.flops, tools/analyze_model.py) against the papers."""
+"""FLOPs / parameter counts (resnet_backbones.utils.flops, tools/analyze_model.py) against the
+papers."""
 
 from __future__ import annotations
 

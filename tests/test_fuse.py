@@ -89,7 +89,8 @@ def test_bottleneck_fold():
 
 
 def test_res5_head_and_conv_with_bias():
-    """Any module tree with our Conv2d + norm: a res5-style stage; convs that already have a bias."""
+    """Any module tree with our Conv2d + norm: a res5-style stage; convs that already have a
+    bias."""
     head = nn.Sequential(
         *ResNet.make_stage(
             BottleneckBlock,
@@ -123,7 +124,8 @@ def test_res5_head_and_conv_with_bias():
 
 
 def test_preact_and_unfoldable_norms():
-    # pre-activation: norm2 follows conv1 and is folded; norm1 (on the block input) and post_norm stay
+    # pre-activation: norm2 follows conv1 and is folded; norm1 (on the block input) and post_norm
+    # stay
     model = randomize_norms(create_model("preact_resnet18", num_classes=10))
     n_blocks = 8
     check_fold(model, torch.randn(2, 3, 32, 32), expect_left=n_blocks + 1)

@@ -26,11 +26,11 @@ from helpers import randomize_norms  # noqa: E402
 
 from resnet_backbones import build_model, create_model, get_cfg  # noqa: E402
 from resnet_backbones.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from resnet_backbones.data.shapes import (
+from resnet_backbones.data.shapes import (  # noqa: E402
     SHAPES_CLASSES,
     generate_shapes_dataset,
     render_detection_image,
-)  # noqa: E402
+)
 from resnet_backbones.integrations.detectron2 import (  # noqa: E402
     RB_RESNETS_KEYS,
     D2ResNet,

@@ -29,7 +29,8 @@ NARROW = {"stem_out_channels": 16, "res2_out_channels": 16}  # resnet18 at 1/4 w
 
 
 def shapes_batch(num_images: int = 2, size: int = 128, seed: int = 0):
-    """torchvision inputs: RGB float images in [0, 1] and targets with labels 1..K (0 = background)."""
+    """torchvision inputs: RGB float images in [0, 1] and targets with labels 1..K
+    (0 = background)."""
     rng = np.random.default_rng(seed)
     images, targets = [], []
     for _ in range(num_images):

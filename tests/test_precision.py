@@ -223,7 +223,8 @@ def test_bf16_inference_matches_fp32_within_tolerance(tiny_model):
     assert bf16.pred_boxes.tensor.dtype == torch.float32 and bf16.scores.dtype == torch.float32
     frac, score_diff = _match_fraction(fp32, bf16)
     print(
-        f"bf16 vs fp32: {100 * frac:.0f}% of confident fp32 detections matched, max |dscore| {score_diff:.3f}"
+        f"bf16 vs fp32: {100 * frac:.0f}% of confident fp32 detections matched, "
+        f"max |dscore| {score_diff:.3f}"
     )
     assert frac >= 0.8
     assert score_diff <= 0.1
@@ -279,7 +280,8 @@ def test_default_predictor_test_amp(tiny_model, tmp_path, cpu_bf16):
 
 def test_amp_trainer_bfloat16_step_on_cpu(tiny_model):
     """SOLVER.AMP.ENABLED with SOLVER.AMP.DTYPE bfloat16 trains on the CPU through AMPTrainer
-    (what DefaultTrainer / tools/train_net.py use): float32 losses, no loss scaling, weights move."""
+    (what DefaultTrainer / tools/train_net.py use): float32 losses, no loss scaling, weights
+    move."""
     import copy
 
     from resnet_backbones.engine.train_loop import AMPTrainer
@@ -299,7 +301,8 @@ def test_amp_trainer_bfloat16_step_on_cpu(tiny_model):
 
 
 def _proposals_of(model, inputs, amp):
-    """The RPN proposals of one inference (through GeneralizedRCNN.inference), fp32 or bf16 autocast."""
+    """The RPN proposals of one inference (through GeneralizedRCNN.inference), fp32 or bf16
+    autocast."""
     seen = []
     handle = model.proposal_generator.register_forward_hook(
         lambda m, i, out: seen.append(out[0][0])

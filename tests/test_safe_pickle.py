@@ -1,4 +1,5 @@
-"""The restricted unpickler: plain data and numpy arrays load, anything that could run code does not."""
+"""The restricted unpickler: plain data and numpy arrays load, anything that could run code does
+not."""
 
 import os
 import pickle

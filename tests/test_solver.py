@@ -1,4 +1,5 @@
-"""Optimizer parameter groups, gradient clipping, LR schedules and world-size scaling (detectron2 semantics)."""
+"""Optimizer parameter groups, gradient clipping, LR schedules and world-size scaling (detectron2
+semantics)."""
 
 import logging
 import math

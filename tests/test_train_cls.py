@@ -198,8 +198,8 @@ def test_resume_equals_uninterrupted(folder, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert res == full_res
-    fa = [json.loads(l) for l in open(tmp_path / "full" / "metrics.json")]
-    fb = [json.loads(l) for l in open(tmp_path / "cut" / "metrics.json")]
+    fa = [json.loads(text) for text in open(tmp_path / "full" / "metrics.json")]
+    fb = [json.loads(text) for text in open(tmp_path / "cut" / "metrics.json")]
     assert [e["iteration"] for e in fa] == [e["iteration"] for e in fb]
     for ea, eb in zip(fa, fb):  # (losses are medians over a window, which restarts on resume)
         assert ea.get("val/top1") == eb.get("val/top1") and ea.get("val/loss") == eb.get("val/loss")
@@ -207,7 +207,8 @@ def test_resume_equals_uninterrupted(folder, tmp_path):
 
 
 # (classifier overrides, detector overrides on tiny_cfg): a bottleneck R50 whose res5 is
-# detectron2's C4 head, and a ResNet-18 whose own basic-block res5 is the head (RES5_HEAD_BLOCK basic).
+# detectron2's C4 head, and a ResNet-18 whose own basic-block res5 is the head (RES5_HEAD_BLOCK
+# basic).
 CLASSIFIER_DETECTOR_PAIRS = {
     "R50-bottleneck-head": (
         [
@@ -430,7 +431,7 @@ def test_cli_trains_evaluates_and_writes_the_engine_outputs(folder, tmp_path, ca
         "last_checkpoint",
     ):
         assert (out / name).is_file(), name
-    lines = [json.loads(l) for l in open(out / "metrics.json")]
+    lines = [json.loads(text) for text in open(out / "metrics.json")]
     assert (
         {"total_loss", "lr"} <= set(lines[0])
         and "val/top1" in lines[-1]

@@ -58,8 +58,8 @@ def random_voc(
 
 
 def make_predictions(images, seed: int):
-    """Per image (boxes xyxy 0-based float32, scores float32, classes): jittered ground truth, random
-    boxes, tied scores, one image without predictions, never the class 'boat'."""
+    """Per image (boxes xyxy 0-based float32, scores float32, classes): jittered ground truth,
+    random boxes, tied scores, one image without predictions, never the class 'boat'."""
     rng = np.random.default_rng(seed + 100)
     preds = {}
     for k, (name, objs) in enumerate(images.items()):
@@ -137,7 +137,8 @@ def test_voc_evaluator_equals_detectron2(voc, year, seed):
     preds = make_predictions(images, seed)
     ours, theirs = run_both(PascalVOCDetectionEvaluator(name), D2VOCEvaluator(name), preds)
     print(
-        f"\nVOC{year} seed {seed}: ours {dict((k, ours['bbox'][k]) for k in ('AP', 'AP50', 'AP75'))}, "
+        f"\nVOC{year} seed {seed}: "
+        f"ours {dict((k, ours['bbox'][k]) for k in ('AP', 'AP50', 'AP75'))}, "
         f"detectron2 {dict(theirs['bbox'])}"
     )
     for key in ("AP", "AP50", "AP75"):
@@ -148,7 +149,8 @@ def test_voc_evaluator_equals_detectron2(voc, year, seed):
 @pytest.mark.parametrize("year", [2007, 2012])
 def test_voc_perfect_detections_are_100_in_both(voc, year):
     root, _, register = voc
-    # without duplicated boxes: of two identical ground truths the devkit can only ever match the first
+    # without duplicated boxes: of two identical ground truths the devkit can only ever match the
+    # first
     images = random_voc(str(root / "nodup"), seed=5, duplicates=False)
     name = f"_parity_voc_perfect_{year}"
     register(name, year, str(root / "nodup"))

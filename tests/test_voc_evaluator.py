@@ -1,5 +1,5 @@
-"""Pascal VOC evaluation: a hand-computed case, perfect detections, a plain loop implementation of the
-devkit algorithm as an independent reference on random data, and clear errors."""
+"""Pascal VOC evaluation: a hand-computed case, perfect detections, a plain loop implementation of
+the devkit algorithm as an independent reference on random data, and clear errors."""
 
 from __future__ import annotations
 
@@ -57,9 +57,11 @@ def test_hand_computed_ap(tmp_path, year):
     name = f"_voc_hand_{year}"
     register(name, str(tmp_path), year, ["cat", "dog"])
     preds = {
-        # cat: p1 exact A (0.9) TP; p2 exact difficult B (0.8) ignored; p3 A again (0.7) FP; p4 exact D (0.6) TP
-        # dog: q2 on img2 without dogs (0.95) FP; q1 20x16 inside the 20x20 dog C (0.5): IoU 320/400 = 0.8,
-        #      a TP for thresholds 0.50..0.75 and a FP from 0.80 on (the test is IoU > threshold)
+        # cat: p1 exact A (0.9) TP; p2 exact difficult B (0.8) ignored; p3 A again (0.7) FP;
+        #      p4 exact D (0.6) TP
+        # dog: q2 on img2 without dogs (0.95) FP; q1 20x16 inside the 20x20 dog C (0.5):
+        #      IoU 320/400 = 0.8, a TP for thresholds 0.50..0.75 and a FP from 0.80 on
+        #      (the test is IoU > threshold)
         "img1": instances(
             [
                 pred_box(1, 1, 10, 10),
@@ -78,10 +80,12 @@ def test_hand_computed_ap(tmp_path, year):
     # cat (npos = 2: the difficult B is not counted), in score order: TP, -, FP, TP
     #   recall 0.5, 0.5, 0.5, 1.0; precision 1, 1, 1/2, 2/3 at every threshold (IoU 1)
     #   area metric: 0.5 * 1 + 0.5 * 2/3 = 5/6
-    #   11-point: recall >= 0, .1, ..., .5 -> max precision 1 (6 points); >= .6 ... 1 -> 2/3 (5 points)
+    #   11-point: recall >= 0, .1, ..., .5 -> max precision 1 (6 points);
+    #             >= .6 ... 1 -> 2/3 (5 points)
     #             (6 + 5 * 2/3) / 11 = 28/33
     # dog (npos = 1), in score order: FP, TP  -> recall 0, 1; precision 0, 1/2
-    #   thresholds <= 0.75: area 1 * 1/2 = 1/2; 11-point: 11 * (1/2) / 11 = 1/2.  Thresholds >= 0.80: 0
+    #   thresholds <= 0.75: area 1 * 1/2 = 1/2; 11-point: 11 * (1/2) / 11 = 1/2.
+    #   Thresholds >= 0.80: 0
     cat = 28 / 33 if year == 2007 else 5 / 6
     ap50 = (cat + 0.5) / 2 * 100
     ap80 = cat / 2 * 100
@@ -110,7 +114,7 @@ def test_perfect_detections_score_100(tmp_path, year):
         assert res[key] == pytest.approx(100.0, abs=1e-9)
 
 
-# ----------------------------------------------------------------------------- independent reference
+# ---------------------------------------------------------------------------- independent reference
 def reference_voc(
     root: str, classes: List[str], preds: Dict[str, Instances], use_07: bool
 ) -> Dict[str, float]:
@@ -196,8 +200,9 @@ def reference_voc(
 
 
 def random_voc(root: str, seed: int, classes: List[str], num_images: int = 25):
-    """Random VOC ground truth of all classes but the last (some difficult, some duplicated boxes) and
-    jittered/random predictions with scores rounded to 2 decimals (ties); one image without predictions."""
+    """Random VOC ground truth of all classes but the last (some difficult, some duplicated boxes)
+    and jittered/random predictions with scores rounded to 2 decimals (ties); one image without
+    predictions."""
     rng = np.random.default_rng(seed)
     images, preds = {}, {}
     for i in range(num_images):

@@ -2,7 +2,7 @@
 """Parameters and FLOPs of a registered model (or a detection config's backbone), per stage.
 
     python tools/analyze_model.py --model resnet50 --tasks flops params
-    python tools/analyze_model.py --model resnet50 --stride-in-1x1        # the paper's Table 1 count
+    python tools/analyze_model.py --model resnet50 --stride-in-1x1  # the paper's Table 1 count
     python tools/analyze_model.py --model resnet20_cifar --input-size 32
     python tools/analyze_model.py --config-file cfg.yaml --input-size 800 1333 [KEY VALUE ...]
 
@@ -154,9 +154,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("note: the paper's number is for one 224x224 image")
         elif bottleneck and not stride_in_1x1:
             print(
-                "note: the paper's count is for the stride in the 1x1 conv; run with --stride-in-1x1 "
-                "to reproduce it (this layout runs the 3x3 conv of res3..res5's first block on 4x "
-                "the pixels, before its stride)"
+                "note: the paper's count is for the stride in the 1x1 conv; run with "
+                "--stride-in-1x1 to reproduce it (this layout runs the 3x3 conv of res3..res5's "
+                "first block on 4x the pixels, before its stride)"
             )
     return 0
 

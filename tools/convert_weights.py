@@ -3,7 +3,8 @@
 
     python tools/convert_weights.py --from torchvision --to ours resnet50-0676ba61.pth r50_ours.pth
     python tools/convert_weights.py --from msra-pkl --to ours R-50.pkl R-50_ours.pth
-    python tools/convert_weights.py --from detectron2 --to ours --backbone-only model_final.pkl r50.pth
+    python tools/convert_weights.py --from detectron2 --to ours --backbone-only \\
+        model_final.pkl r50.pth
     python tools/convert_weights.py --from auto --to detectron2 r50_ours.pth r50_d2.pkl
 
 Formats: ours (= detectron2's ResNet names without "backbone."), detectron2, torchvision, timm

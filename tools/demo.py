@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run a detector on images and draw its detections (boxes, class names, scores) with OpenCV.
 
-    python tools/demo.py --config-file configs/shapes/demo_C4.yaml --input a.jpg dir/ --output out/ \\
-        --opts MODEL.WEIGHTS demo_output/pretrained/model_final.pth
+    python tools/demo.py --config-file configs/shapes/demo_C4.yaml --input a.jpg dir/ \\
+        --output out/ --opts MODEL.WEIGHTS demo_output/pretrained/model_final.pth
 
 ``--input`` takes image files, folders (their images, sorted; ``--recursive`` for sub-folders) and
 glob patterns. ``--output`` is a folder (one ``<name>.png`` per input image; names that repeat get
@@ -326,7 +326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = len(paths) - failed
     where = f" into {args.output}" if args.output else ""
     print(
-        f"{done} image(s) processed{where}; {sum(len(r['detections']) for r in records)} detections "
+        f"{done} image(s) processed{where}; "
+        f"{sum(len(r['detections']) for r in records)} detections "
         f"with score >= {cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST}",
         flush=True,
     )

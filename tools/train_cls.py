@@ -1,29 +1,33 @@
 #!/usr/bin/env python
-"""Train or evaluate a ResNet classifier (ImageFolder or CIFAR-10) with train_net's launcher and flags.
+"""\
+Train or evaluate a ResNet classifier (ImageFolder or CIFAR-10) with train_net's launcher and flags.
 
 ImageNet-style data (``PATH/train/<class>/*.jpg``, ``PATH/val/<class>/*.jpg``), the standard recipe
 (SGD momentum 0.9, LR 0.1 x batch/256, weight decay 1e-4, 90 epochs, LR / 10 at 30, 60, 80;
 RandomResizedCrop 224 + flip; validation resize 256, center crop 224)::
 
     python tools/train_cls.py --model resnet50 --data /path/to/imagenet --num-gpus 8
-    python tools/train_cls.py --model resnet50 --data PATH --cosine --label-smoothing 0.1 --amp --channels-last
+    python tools/train_cls.py --model resnet50 --data PATH --cosine --label-smoothing 0.1 --amp \\
+        --channels-last
 
 Small images: ``--input-size 64`` trains on 64x64 crops (validation: resize 73, crop 64)::
 
-    python tools/train_cls.py --model resnet18 --data demo_output/shapes/classification --input-size 64 \\
-        --epochs 30 --batch-size 64 --output-dir output/shapes_cls
+    python tools/train_cls.py --model resnet18 --data demo_output/shapes/classification \\
+        --input-size 64 --epochs 30 --batch-size 64 --output-dir output/shapes_cls
 
 CIFAR-10 (python batches: data_batch_1..5, test_batch), the paper's recipe (batch 128, LR 0.1,
 64k iterations, LR / 10 at 32k and 48k, 4-pixel padding + 32x32 crop + flip)::
 
-    python tools/train_cls.py --dataset cifar10 --model resnet56_cifar --data /path/to/cifar-10-batches-py
+    python tools/train_cls.py --dataset cifar10 --model resnet56_cifar \\
+        --data /path/to/cifar-10-batches-py
 
 Resume exactly (same data order and random streams), evaluate a checkpoint, change any config key
 (``KEY VALUE`` pairs at the end; see ``resnet_backbones/classification/config.py``)::
 
     python tools/train_cls.py --model resnet50 --data PATH --output-dir OUT --resume
     python tools/train_cls.py --model resnet50 --data PATH --eval-only --weights OUT/model_final.pth
-    python tools/train_cls.py --model resnet50 --data PATH SOLVER.WARMUP_EPOCHS 5 MODEL.ZERO_INIT_RESIDUAL True
+    python tools/train_cls.py --model resnet50 --data PATH \\
+        SOLVER.WARMUP_EPOCHS 5 MODEL.ZERO_INIT_RESIDUAL True
 
 Outputs in ``--output-dir``: config.yaml, env.txt, log.txt, metrics.json (``total_loss``, ``lr``,
 ``val/top1``, ``val/top5``, ``val/loss``), TensorBoard events, model_{iter:07d}.pth,
@@ -66,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", help="registered model name (MODEL.NAME), e.g. resnet50, resnet56_cifar")
     add(
         "--data",
-        help="dataset folder (DATA.PATH): ImageFolder root with train/ and val/, or the CIFAR-10 batches",
+        help=(
+            "dataset folder (DATA.PATH): ImageFolder root with train/ and val/, "
+            "or the CIFAR-10 batches"
+        ),
     )
     add(
         "--dataset",
@@ -118,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args: Any):
-    """Recipe defaults (``--dataset``), ``--config-file``, the flags, then trailing ``KEY VALUE`` pairs."""
+    """Recipe defaults (``--dataset``), ``--config-file``, the flags, then trailing
+    ``KEY VALUE`` pairs."""
     recipe = args.dataset or "imagenet"
     cfg = get_cls_cfg(recipe)
     if args.config_file:
@@ -188,7 +196,8 @@ def _check_inputs(cfg: Any, args: Any) -> None:
             folder = os.path.join(os.path.expanduser(cfg.DATA.PATH), split)
             if not os.path.isdir(folder):
                 raise FileNotFoundError(
-                    f"'{folder}' does not exist: --data must hold {cfg.DATA.TRAIN_SPLIT}/ and {cfg.DATA.VAL_SPLIT}/, "
+                    f"'{folder}' does not exist: --data must hold "
+                    f"{cfg.DATA.TRAIN_SPLIT}/ and {cfg.DATA.VAL_SPLIT}/, "
                     f"each with one sub-folder of images per class (torchvision ImageFolder layout)"
                 )
     if cfg.MODEL.WEIGHTS and not os.path.isfile(os.path.expanduser(cfg.MODEL.WEIGHTS)):
@@ -196,7 +205,8 @@ def _check_inputs(cfg: Any, args: Any) -> None:
 
 
 def eval_only(cfg: Any, args: Any) -> Any:
-    """Evaluate MODEL.WEIGHTS (or, with --resume, OUTPUT_DIR's last checkpoint) on the validation set."""
+    """Evaluate MODEL.WEIGHTS (or, with --resume, OUTPUT_DIR's last checkpoint) on the
+    validation set."""
     device = resolve_device(cfg.MODEL.DEVICE)
     val_set = build_dataset(cfg, is_train=False)
     num_classes = int(cfg.MODEL.NUM_CLASSES) or len(val_set.classes)

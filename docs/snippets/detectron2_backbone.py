@@ -3,12 +3,13 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from resnet_backbones import create_model
+from resnet_backbones.checkpoint import load_checkpoint
 from resnet_backbones.integrations.detectron2 import add_rb_config  # registers our builders
 
 cfg = get_cfg()
-add_rb_config(
-    cfg
-)  # MODEL.RESNETS.{SHORTCUT, PREACT, CHANNELS_LAST, ZERO_INIT_RESIDUAL, RES5_HEAD_BLOCK}
+# MODEL.RESNETS.{SHORTCUT, PREACT, CHANNELS_LAST, ZERO_INIT_RESIDUAL, RES5_HEAD_BLOCK}
+add_rb_config(cfg)
 cfg.MODEL.DEVICE = "cpu"
 cfg.MODEL.BACKBONE.NAME = "build_rb_resnet_backbone"
 cfg.MODEL.ROI_HEADS.NAME = "RBRes5ROIHeads"  # res5 head built with our blocks
@@ -18,9 +19,6 @@ cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
 model = build_model(cfg)
 
 # Any checkpoint our converters read loads into it, e.g. an ImageNet pre-activation ResNet-50:
-from resnet_backbones import create_model
-from resnet_backbones.checkpoint import load_checkpoint
-
 imagenet = create_model("preact_resnet50", stride_in_1x1=True).state_dict()
 report = load_checkpoint(model, imagenet, strict=False, drop_classifier=True)
 print(

@@ -14,9 +14,8 @@ from resnet_backbones.integrations.detectron2 import add_rb_config, register_sha
 root = os.path.expanduser(os.getenv("RB_DATASETS", "datasets"))
 if not os.path.isfile(os.path.join(root, "shapes", "annotations", "instances_val.json")):
     generate_shapes_dataset(os.path.join(root, "shapes"))
-register_shapes(
-    root
-)  # shapes_train, shapes_val in detectron2's DatasetCatalog (register_coco_instances)
+# shapes_train, shapes_val in detectron2's DatasetCatalog (register_coco_instances)
+register_shapes(root)
 
 cfg = get_cfg()
 add_rb_config(cfg)

@@ -10,13 +10,15 @@ model = fasterrcnn_resnet_c4(
     "resnet18",  # any registered ImageNet model: resnet50, preact_resnet50, ...
     num_classes=len(SHAPES_CLASSES) + 1,  # + background
     weights=None,  # or a checkpoint path / state dict (torchvision, MSRA, detectron2, ours)
+    # FasterRCNN arguments go to the detector ...
     min_size=160,
-    max_size=256,  # FasterRCNN arguments go to the detector ...
+    max_size=256,
     rpn_post_nms_top_n_train=256,
     rpn_post_nms_top_n_test=100,
     box_batch_size_per_image=64,
+    # ... ResNet arguments to the backbone (from scratch: BN, nothing frozen)
     norm="BN",
-    freeze_at=0,  # ... ResNet arguments to the backbone (from scratch: BN, nothing frozen)
+    freeze_at=0,
 )
 
 # One training step on a synthetic image (RGB floats in [0, 1], as torchvision expects).
@@ -30,9 +32,8 @@ optimizer = torch.optim.SGD(
     [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
 )
 model.train()
-losses = model(
-    [image], [target]
-)  # loss_classifier, loss_box_reg, loss_objectness, loss_rpn_box_reg
+# loss_classifier, loss_box_reg, loss_objectness, loss_rpn_box_reg
+losses = model([image], [target])
 optimizer.zero_grad()
 sum(losses.values()).backward()
 optimizer.step()
