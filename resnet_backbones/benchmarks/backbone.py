@@ -207,7 +207,8 @@ def benchmark_case(
     clock: str = "wall",
     log: Callable[[str], None] = print,
 ) -> List[Result]:
-    """Time torchvision and each of ``variants`` on one input shape, interleaved; see the module doc."""
+    """Time torchvision and each of ``variants`` on one input shape, interleaved; see the module
+    doc."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     names = ["torchvision", *variants]
     fns, setup = {}, {}
@@ -217,7 +218,7 @@ def benchmark_case(
             start = time.perf_counter()
             fns[variant] = make_variant(variant, tv, ours, x)
             for _ in range(max(warmup, 1)):
-                out = fns[variant](x)
+                fns[variant](x)
             setup[variant] = time.perf_counter() - start
         diffs = {}
         scale = reference.abs().max().item()
@@ -253,14 +254,16 @@ def benchmark_case(
         )
         log(
             f"  {name} {results[-1].input} {variant:12s} {results[-1].images_per_s:8.2f} img/s "
-            f"ratio {results[-1].ratio:.3f} max diff {diffs[variant][0]:.2e} (rel {diffs[variant][1]:.1e})"
+            f"ratio {results[-1].ratio:.3f} max diff {diffs[variant][0]:.2e} "
+            f"(rel {diffs[variant][1]:.1e})"
         )
     return results
 
 
 def format_table(results: Sequence[Result]) -> str:
     header = (
-        "| model | input (NxCxHxW) | variant | ours img/s | torchvision img/s | ratio | max abs diff (rel.) |\n"
+        "| model | input (NxCxHxW) | variant | ours img/s | torchvision img/s | ratio "
+        "| max abs diff (rel.) |\n"
         "|---|---|---|---:|---:|---:|---:|"
     )
     lines = [header]
@@ -269,7 +272,8 @@ def format_table(results: Sequence[Result]) -> str:
             continue
         diff = f"{r.max_abs_diff:.1e} ({r.rel_diff:.0e})" + ("" if r.ok else " **FAIL**")
         lines.append(
-            f"| {r.model} | {r.input} | {r.variant} | {r.images_per_s:.2f} | {r.torchvision_images_per_s:.2f} "
+            f"| {r.model} | {r.input} | {r.variant} | {r.images_per_s:.2f} "
+            f"| {r.torchvision_images_per_s:.2f} "
             f"| {r.ratio:.2f}x | {diff} |"
         )
     return "\n".join(lines)
@@ -284,7 +288,8 @@ def environment() -> str:
     return (
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, CPU: {cpu} "
         f"({cpu_flags_summary()}), "
-        f"{torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
+        f"{torch.get_num_threads()} threads, "
+        f"oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
     )
 
 
@@ -359,7 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     env = environment()
     print(f"# backbone benchmark: {env}")
     print(
-        f"# repeats {args.repeats}, warm-up {args.warmup}, >= {args.min_time}s per variant per round, "
+        f"# repeats {args.repeats}, warm-up {args.warmup}, "
+        f">= {args.min_time}s per variant per round, "
         f"{args.clock} clock\n"
     )
     results: List[Result] = []
@@ -402,7 +408,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
     if failed:
         print(
-            f"\nFAILED: {len(failed)} outputs differ from torchvision's by more than {REL_TOLERANCE} relative"
+            f"\nFAILED: {len(failed)} outputs differ from torchvision's "
+            f"by more than {REL_TOLERANCE} relative"
         )
         return 1
     print(f"\nall outputs equal torchvision's within {REL_TOLERANCE} x max|output|")

@@ -43,7 +43,8 @@ def write_synthetic_coco(
     path: Union[str, os.PathLike], num_images: int, num_anns: int, seed: int = 0
 ) -> Union[str, os.PathLike]:
     """A COCO-like instances json: ``num_images`` 640x480 images, ``num_anns`` valid boxes (COCO's
-    80 category ids) with a 12-point polygon each, and COCO's extra image fields. Returns ``path``."""
+    80 category ids) with a 12-point polygon each, and COCO's extra image fields. Returns
+    ``path``."""
     from ..data.datasets import COCO_CATEGORIES
 
     rng = np.random.default_rng(seed)

@@ -8,13 +8,13 @@
 detectron2 is timed when it is importable: run the command with that environment's Python
 (``/path/to/d2env/bin/python tools/benchmark.py detector``); elsewhere only our variants run.
 
-Setup, per depth (R50-C4, R101-C4): detectron2's default config values (``configs/Base-RCNN-C4.yaml``
-read by each library's own config code: 6000/1000 test proposals before/after NMS, 12000/2000 in
-training, 512 sampled RoIs per image, full-width ResNet with FrozenBN and the stride in the 1x1
-convs, 80 classes, CPU). One set of random weights with sane statistics (every FrozenBN calibrated on
-a test image, random affine values, larger predictor weights, as the parity tests do) is loaded
-into every model (detectron2's with ``strict=True``). Images: synthetic 600x800 "shapes" scenes,
-their shapes as ground truth.
+Setup, per depth (R50-C4, R101-C4): detectron2's default config values
+(``configs/Base-RCNN-C4.yaml`` read by each library's own config code: 6000/1000 test proposals
+before/after NMS, 12000/2000 in training, 512 sampled RoIs per image, full-width ResNet with
+FrozenBN and the stride in the 1x1 convs, 80 classes, CPU). One set of random weights with sane
+statistics (every FrozenBN calibrated on a test image, random affine values, larger predictor
+weights, as the parity tests do) is loaded into every model (detectron2's with ``strict=True``).
+Images: synthetic 600x800 "shapes" scenes, their shapes as ground truth.
 
 * inference: seconds per image (batch of 1, ``model.eval()``, ``torch.no_grad()``);
 * training step: forward + backward + ``SGD(momentum=0.9, weight_decay=1e-4).step()`` on a batch of
@@ -112,7 +112,8 @@ def d2_config(depth: int):
 def make_images(
     image_size: Tuple[int, int], count: int = 2, seed: int = 100
 ) -> List[Dict[str, Any]]:
-    """``count`` synthetic scenes: ``{"image": (3, H, W) float BGR, "boxes": (G, 4), "classes": (G,)}``."""
+    """``count`` synthetic scenes:
+    ``{"image": (3, H, W) float BGR, "boxes": (G, 4), "classes": (G,)}``."""
     from ..utils.testing import random_scene
 
     return [random_scene(seed + i, image_size[0], image_size[1]) for i in range(count)]
@@ -135,7 +136,8 @@ def sane_random_weights(
 ) -> Dict[str, torch.Tensor]:
     """Our R{depth}-C4 state dict with calibrated FrozenBN statistics
     (:func:`~resnet_backbones.utils.testing.calibrate_random_detector_` on the first image; small
-    residual-branch gains, as trained ResNets have, so that fp32-vs-bf16 comparisons mean something)."""
+    residual-branch gains, as trained ResNets have, so that fp32-vs-bf16 comparisons mean
+    something)."""
     from ..modeling import build_model
     from ..utils.testing import calibrate_random_detector_
 
@@ -182,7 +184,8 @@ def _event_storage(variant: str):
 def make_step(
     variant: str, mode: str, model, images: Sequence[Dict[str, Any]]
 ) -> Callable[[], Any]:
-    """A no-argument callable doing one inference (first image) or one training step (all images)."""
+    """A no-argument callable doing one inference (first image) or one training step (all
+    images)."""
     d2 = variant == "d2"
     if mode == "inference":
         inputs = batch_inputs(images[:1], with_gt=False, d2=d2)
@@ -320,8 +323,8 @@ def _match_detections(ref, other, iou_thresh: float = 0.9) -> Tuple[float, float
 
 
 def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: int) -> float:
-    """COCO AP@[.5:.95] (pycocotools) of ``detections`` with ``reference`` detections as ground truth
-    (every reference detection is a ground-truth box; per-image ``Instances`` lists)."""
+    """COCO AP@[.5:.95] (pycocotools) of ``detections`` with ``reference`` detections as ground
+    truth (every reference detection is a ground-truth box; per-image ``Instances`` lists)."""
     import io
     from contextlib import redirect_stdout
 
@@ -453,7 +456,8 @@ def time_variants(
         torch.manual_seed(0)
         outputs[variant] = steps[variant]()  # warm-up; seeded so that training samples alike
         log(
-            f"  R{depth}-C4 {mode:9s} {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s"
+            f"  R{depth}-C4 {mode:9s} {variant:15s} built + warm-up "
+            f"{time.perf_counter() - start:6.1f}s"
         )
     ref_name = "d2" if "d2" in variants else variants[0]
     for variant in variants:
@@ -503,7 +507,8 @@ def time_variants(
 
 def format_table(rows: Sequence[Row]) -> str:
     lines = [
-        "| model | mode | variant | median s | min s | vs detectron2 | peak mem. delta (MiB) | agreement |",
+        "| model | mode | variant | median s | min s | vs detectron2 | peak mem. delta (MiB) "
+        "| agreement |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -516,7 +521,8 @@ def format_table(rows: Sequence[Row]) -> str:
         else:
             mem = "not measured"
         lines.append(
-            f"| R{r.depth}-C4 | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} | {r.min_s:.2f} | "
+            f"| R{r.depth}-C4 | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} "
+            f"| {r.min_s:.2f} | "
             f"{ratio} | {mem} | {r.agreement} |"
         )
     return "\n".join(lines)
@@ -658,8 +664,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not have_d2 and "d2" in variants:
         variants = [v for v in variants if v != "d2"]
         print(
-            "# detectron2 is not importable here: timing our variants only (no ratios). Run with a Python "
-            "in which detectron2 is installed to compare."
+            "# detectron2 is not importable here: timing our variants only (no ratios). "
+            "Run with a Python in which detectron2 is installed to compare."
         )
     if not variants:
         parser.error("no variant left to time")
@@ -747,7 +753,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for depth, acc in accuracy.items():
         scores = ", ".join(f"{k}: {v:.4f}" for k, v in acc.items() if isinstance(v, float))
         print(
-            f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections on {acc['images']} images "
+            f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections "
+            f"on {acc['images']} images "
             f"of {acc['image_size'][0]}x{acc['image_size'][1]}: {scores}"
         )
     print(f"\n# load average at the end: {load_average()}")

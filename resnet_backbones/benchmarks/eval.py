@@ -1,4 +1,5 @@
-"""Benchmark: COCO box evaluation with our fast backend vs pycocotools, on the same synthetic predictions.
+"""Benchmark: COCO box evaluation with our fast backend vs pycocotools, on the same synthetic
+predictions.
 
     python tools/benchmark.py eval [--num-images 5000] [--dets-per-image 100] [--gt-per-image 7]
 
@@ -137,7 +138,9 @@ def _same(a: float, b: float) -> bool:
 
 
 def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py eval", description=__doc__.split("\n")[0])
+    # the description is the first paragraph of the module doc, as one line
+    description = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="benchmark.py eval", description=description)
     parser.add_argument("--num-images", type=int, default=5000)
     parser.add_argument("--dets-per-image", type=int, default=100)
     parser.add_argument("--gt-per-image", type=float, default=7.0)
@@ -150,7 +153,8 @@ def main(argv: List[str]) -> int:
         args.num_images, args.gt_per_image, args.dets_per_image, args.seed
     )
     print(
-        f"synthetic data: {args.num_images} images, {len(coco_dict['annotations'])} ground-truth boxes, "
+        f"synthetic data: {args.num_images} images, "
+        f"{len(coco_dict['annotations'])} ground-truth boxes, "
         f"{sum(len(o['instances']) for o in outputs)} detections, 80 categories "
         f"({time.perf_counter() - t0:.1f} s to generate)"
     )
@@ -169,7 +173,8 @@ def main(argv: List[str]) -> int:
     mismatched = [k for k in ref if not _same(ref[k], fast[k])]
     per_cat = sum(1 for k in ref if k.startswith("AP-"))
     print(
-        f"\nper-category AP identical: {per_cat - sum(k.startswith('AP-') for k in mismatched)}/{per_cat}"
+        "\nper-category AP identical: "
+        f"{per_cat - sum(k.startswith('AP-') for k in mismatched)}/{per_cat}"
     )
     print(
         "\n"

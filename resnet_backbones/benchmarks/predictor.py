@@ -134,7 +134,8 @@ def time_predictors(
         predictors[variant] = build_predictor(variant, depth, weights_path, test_sizes)
         outputs[variant] = [predictors[variant](img) for _, img in images[:1]]  # warm-up
         log(
-            f"  R{depth}-C4 predictor {variant:15s} built + warm-up {time.perf_counter() - start:6.1f}s"
+            f"  R{depth}-C4 predictor {variant:15s} built + warm-up "
+            f"{time.perf_counter() - start:6.1f}s"
         )
     times: Dict[str, List[List[float]]] = {v: [] for v in variants}  # [round][image]
     for r in range(repeats):

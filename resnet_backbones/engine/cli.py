@@ -1,4 +1,5 @@
-"""The command line of detectron2's training scripts: flags, logging and run setup, pre-flight checks.
+"""The command line of detectron2's training scripts: flags, logging and run setup, pre-flight
+checks.
 
 * :func:`default_argument_parser`: ``--config-file`` (alias ``--config``), ``--resume``,
   ``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, and
@@ -45,12 +46,15 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
             "Train on CPU with 2 processes (gloo):\n"
             "    $ %(prog)s --num-gpus 2 --config-file cfg.yaml MODEL.DEVICE cpu\n\n"
             "Change some config options:\n"
-            "    $ %(prog)s --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth SOLVER.BASE_LR 0.001\n\n"
+            "    $ %(prog)s --config-file cfg.yaml MODEL.WEIGHTS /path/to/weight.pth "
+            "SOLVER.BASE_LR 0.001\n\n"
             "Run under torchrun:\n"
             "    $ torchrun --nproc-per-node 8 %(prog)s --config-file cfg.yaml\n\n"
             "Run on multiple machines:\n"
-            "    (machine0)$ %(prog)s --machine-rank 0 --num-machines 2 --dist-url <URL> [--other-flags]\n"
-            "    (machine1)$ %(prog)s --machine-rank 1 --num-machines 2 --dist-url <URL> [--other-flags]\n"
+            "    (machine0)$ %(prog)s --machine-rank 0 --num-machines 2 --dist-url <URL> "
+            "[--other-flags]\n"
+            "    (machine1)$ %(prog)s --machine-rank 1 --num-machines 2 --dist-url <URL> "
+            "[--other-flags]\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,14 +89,15 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "--dist-url",
         default="auto",
-        help="initialization URL for the process group, e.g. tcp://10.0.0.1:29500 (machine 0's address); "
-        "'auto' picks a free local port (one machine only)",
+        help="initialization URL for the process group, e.g. tcp://10.0.0.1:29500 "
+        "(machine 0's address); 'auto' picks a free local port (one machine only)",
     )
     parser.add_argument(
         "opts",
         default=None,
         nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs at the end of the command, e.g. SOLVER.BASE_LR 0.01",
+        help="config overrides as KEY VALUE pairs at the end of the command, "
+        "e.g. SOLVER.BASE_LR 0.01",
     )
     return parser
 
@@ -223,13 +228,15 @@ def check_inputs_exist(cfg: CfgNode, *, eval_only: bool = False, resume: bool = 
         weights = str(cfg.MODEL.WEIGHTS)
         if weights and not _is_remote(weights) and not os.path.isfile(os.path.expanduser(weights)):
             raise FileNotFoundError(
-                f"MODEL.WEIGHTS: weights file '{weights}' not found (set MODEL.WEIGHTS to an existing file, "
-                f"or '' to start from random weights; the C4 configs start from MSRA's ImageNet models, e.g. "
-                f"MODEL.WEIGHTS detectron2://ImageNetPretrained/MSRA/R-101.pkl downloads R-101.pkl)"
+                f"MODEL.WEIGHTS: weights file '{weights}' not found "
+                "(set MODEL.WEIGHTS to an existing file, or '' to start from random weights; "
+                "the C4 configs start from MSRA's ImageNet models, e.g. "
+                "MODEL.WEIGHTS detectron2://ImageNetPretrained/MSRA/R-101.pkl downloads R-101.pkl)"
             )
         if eval_only and not weights:
             logger.warning(
-                "--eval-only without MODEL.WEIGHTS (and no checkpoint to resume): evaluating random weights"
+                "--eval-only without MODEL.WEIGHTS (and no checkpoint to resume): "
+                "evaluating random weights"
             )
 
     names = ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
@@ -246,5 +253,6 @@ def check_inputs_exist(cfg: CfgNode, *, eval_only: bool = False, resume: bool = 
                     hint = f" Generate it with: python datasets/prepare_shapes.py --output {root}"
                 raise FileNotFoundError(
                     f"dataset '{name}': {key} '{path}' does not exist (dataset root: $RB_DATASETS="
-                    f"{os.environ.get('RB_DATASETS', 'datasets')}; layouts: datasets/README.md).{hint}"
+                    f"{os.environ.get('RB_DATASETS', 'datasets')}; "
+                    f"layouts: datasets/README.md).{hint}"
                 )

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.SyncBatchNorm`` by an ``nn.BatchNorm2d`` holding the same state (in place)."""
+    """Replace every ``nn.SyncBatchNorm`` by an ``nn.BatchNorm2d`` holding the same state (in
+    place)."""
     if isinstance(module, nn.SyncBatchNorm):
         bn = nn.BatchNorm2d(
             module.num_features,
@@ -43,7 +44,8 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def adapt_sync_bn(model: nn.Module, device: str) -> nn.Module:
-    """SyncBN needs CUDA: on CPU with several processes, fall back to per-process BatchNorm (warned)."""
+    """SyncBN needs CUDA: on CPU with several processes, fall back to per-process BatchNorm
+    (warned)."""
     if not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
         return model
     if torch.device(device).type == "cuda" or not torch.distributed.is_initialized():
@@ -51,8 +53,9 @@ def adapt_sync_bn(model: nn.Module, device: str) -> nn.Module:
     # PyTorch's SyncBatchNorm raises on CPU tensors as soon as a process group exists
     if comm.get_world_size() > 1:
         logger.warning(
-            "SyncBN (nn.SyncBatchNorm) is only implemented for CUDA in PyTorch; with MODEL.DEVICE %s and %d "
-            "processes it falls back to BatchNorm with per-process batch statistics (not synchronized)",
+            "SyncBN (nn.SyncBatchNorm) is only implemented for CUDA in PyTorch; "
+            "with MODEL.DEVICE %s and %d processes it falls back to BatchNorm "
+            "with per-process batch statistics (not synchronized)",
             device,
             comm.get_world_size(),
         )
@@ -62,7 +65,8 @@ def adapt_sync_bn(model: nn.Module, device: str) -> nn.Module:
 def create_ddp_model(
     model: nn.Module, *, fp16_compression: bool = False, **kwargs: Any
 ) -> nn.Module:
-    """Wrap ``model`` in ``DistributedDataParallel`` when there are several processes (else return it)."""
+    """Wrap ``model`` in ``DistributedDataParallel`` when there are several processes (else
+    return it)."""
     if comm.get_world_size() == 1:
         return model
     p = next(iter(model.parameters()), None)

@@ -5,8 +5,8 @@
 * :class:`DelegatingTrainer`: what ``DefaultTrainer`` and the classification trainer share.
 
 The command line of the training scripts (``default_argument_parser``, ``default_setup``,
-``setup_logger``, ``check_inputs_exist``) lives in :mod:`resnet_backbones.engine.cli`, DDP and SyncBN
-in :mod:`resnet_backbones.engine.ddp`; both stay importable from here.
+``setup_logger``, ``check_inputs_exist``) lives in :mod:`resnet_backbones.engine.cli`, DDP and
+SyncBN in :mod:`resnet_backbones.engine.ddp`; both stay importable from here.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:
-    """Console printer, ``OUTPUT_DIR/metrics.json`` and TensorBoard event files in ``OUTPUT_DIR``."""
+    """Console printer, ``OUTPUT_DIR/metrics.json`` and TensorBoard event files in
+    ``OUTPUT_DIR``."""
     os.makedirs(output_dir, exist_ok=True)
     return [
         CommonMetricPrinter(max_iter),
@@ -214,7 +215,8 @@ class DefaultTrainer(DelegatingTrainer):
     # ------------------------------------------------------------------------------ resume
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a ``last_checkpoint`` in ``OUTPUT_DIR``: load it with everything and
-        continue after its iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) and start at 0."""
+        continue after its iteration. Otherwise load ``MODEL.WEIGHTS`` (model only) and start
+        at 0."""
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
@@ -256,7 +258,8 @@ class DefaultTrainer(DelegatingTrainer):
 
     # ------------------------------------------------------------------------------ loop
     def build_hooks(self) -> List[hooks.HookBase]:
-        """IterationTimer, LRScheduler, PeriodicCheckpointer, StopOnSignal, EvalHook, PeriodicWriter (rank 0)."""
+        """IterationTimer, LRScheduler, PeriodicCheckpointer, StopOnSignal, EvalHook,
+        PeriodicWriter (rank 0)."""
         cfg = self.cfg
         ret: List[Optional[hooks.HookBase]] = [
             hooks.IterationTimer(),
@@ -360,8 +363,8 @@ class DefaultTrainer(DelegatingTrainer):
     def test(
         cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[Sequence[Any]] = None
     ) -> "OrderedDict[str, Any]":
-        """Evaluate ``model`` on every ``DATASETS.TEST`` (one result dict, or one per dataset), under
-        ``TEST.AMP`` autocast when it is enabled."""
+        """Evaluate ``model`` on every ``DATASETS.TEST`` (one result dict, or one per dataset),
+        under ``TEST.AMP`` autocast when it is enabled."""
         from ..evaluation import inference_on_dataset, print_csv_format
 
         names = list(cfg.DATASETS.TEST)
@@ -394,5 +397,6 @@ class DefaultTrainer(DelegatingTrainer):
 
     @staticmethod
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
-        """``SOLVER.REFERENCE_WORLD_SIZE`` scaling (see :func:`resnet_backbones.solver.auto_scale_workers`)."""
+        """``SOLVER.REFERENCE_WORLD_SIZE`` scaling (see
+        :func:`resnet_backbones.solver.auto_scale_workers`)."""
         return _auto_scale_workers(cfg, num_workers)

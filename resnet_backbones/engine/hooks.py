@@ -76,7 +76,8 @@ class CallbackHook(HookBase):
 
 
 class IterationTimer(HookBase):
-    """Put the seconds of every iteration into the storage as ``time``; log the overall speed at the end.
+    """Put the seconds of every iteration into the storage as ``time``; log the overall speed at
+    the end.
 
     The first ``warmup_iter`` iterations of a ``train`` call are not counted (they include
     one-time setup costs). Register it first so that the other hooks' time is excluded as far as
@@ -196,7 +197,8 @@ class PeriodicCheckpointer(_FvPeriodicCheckpointer, HookBase):
 
 
 class LRScheduler(HookBase):
-    """Put the learning rate into the storage as ``lr`` and step the scheduler after every iteration.
+    """Put the learning rate into the storage as ``lr`` and step the scheduler after every
+    iteration.
 
     ``lr`` is that of the parameter group with the most parameters (the "main" group when biases or
     norms have their own). The scheduler's state is saved with the trainer.
@@ -270,7 +272,8 @@ class EvalHook(HookBase):
         if results:
             if not isinstance(results, Mapping):
                 raise TypeError(
-                    f"eval_function should return a dict of results, got {type(results).__name__}: {results!r}"
+                    "eval_function should return a dict of results, "
+                    f"got {type(results).__name__}: {results!r}"
                 )
             flat = flatten_results_dict(results)
             for k, v in flat.items():
@@ -278,7 +281,8 @@ class EvalHook(HookBase):
                     float(v)
                 except (TypeError, ValueError) as e:
                     raise ValueError(
-                        f"[EvalHook] eval_function should return a nested dict of numbers; '{k}' is {v!r}"
+                        "[EvalHook] eval_function should return a nested dict of numbers; "
+                        f"'{k}' is {v!r}"
                     ) from e
             numbers = {k: float(v) for k, v in flat.items() if not math.isnan(float(v))}
             self.trainer.storage.put_scalars(**numbers, smoothing_hint=False)
@@ -312,7 +316,8 @@ class TrainingInterrupted(KeyboardInterrupt):
         name = signal.Signals(signum).name
         where = f"; checkpoint {checkpoint}" if checkpoint else ""
         super().__init__(
-            f"training stopped by {name} after iteration {iteration}{where}; run again with --resume to continue"
+            f"training stopped by {name} after iteration {iteration}{where}; "
+            "run again with --resume to continue"
         )
         self.signum = signum
         self.iteration = iteration
@@ -360,8 +365,10 @@ class StopOnSignal(HookBase):
         try:
             os.write(
                 2,
-                f"[rank {comm.get_rank()}] received {signal.Signals(signum).name}: saving a checkpoint "
-                f"after the current iteration, then stopping\n".encode(),
+                (
+                    f"[rank {comm.get_rank()}] received {signal.Signals(signum).name}: "
+                    "saving a checkpoint after the current iteration, then stopping\n"
+                ).encode(),
             )
         except OSError:
             pass

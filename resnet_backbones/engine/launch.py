@@ -71,7 +71,8 @@ class LaunchInterrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         super().__init__(
-            f"interrupted by {signal.Signals(signum).name}; the workers saved a checkpoint and stopped"
+            f"interrupted by {signal.Signals(signum).name}; "
+            "the workers saved a checkpoint and stopped"
         )
         self.signum = signum
         self.exit_code = 128 + signum
@@ -84,7 +85,8 @@ def _find_free_port() -> int:
 
 
 def launched_by_torchrun() -> bool:
-    """Whether this process was started by torchrun / torch.distributed.elastic (env:// variables set)."""
+    """Whether this process was started by torchrun / torch.distributed.elastic (env:// variables
+    set)."""
     return (
         all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         and not dist.is_initialized()
@@ -128,14 +130,17 @@ def launch(
     """Run ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (or this one).
 
     Args:
-        num_gpus_per_machine: processes per machine (GPUs; or CPU processes with ``backend="gloo"``).
-        dist_url: ``tcp://host:port`` of machine 0 (``"auto"``: a free local port, one machine only),
-            or ``file:///shared/path``.
+        num_gpus_per_machine: processes per machine (GPUs; or CPU processes with
+            ``backend="gloo"``).
+        dist_url: ``tcp://host:port`` of machine 0 (``"auto"``: a free local port, one machine
+            only), or ``file:///shared/path``.
         timeout: the process-group timeout (collectives that wait longer fail).
         backend: ``"nccl"`` or ``"gloo"``; default NCCL when CUDA is available, else gloo.
-        failure_grace_period: seconds the other workers get to exit after one fails before they are killed.
+        failure_grace_period: seconds the other workers get to exit after one fails before they
+            are killed.
 
-    Returns ``main_func``'s result when it runs in this process (world size 1 or torchrun), else None.
+    Returns ``main_func``'s result when it runs in this process (world size 1 or torchrun), else
+    None.
     """
     backend = (backend or _default_backend()).lower()
     if backend not in ("nccl", "gloo"):
@@ -148,7 +153,8 @@ def launch(
     world_size = num_machines * num_gpus_per_machine
     if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
         raise ValueError(
-            f"need num_gpus_per_machine >= 1, num_machines >= 1 and 0 <= machine_rank < num_machines; got "
+            "need num_gpus_per_machine >= 1, num_machines >= 1 "
+            "and 0 <= machine_rank < num_machines; got "
             f"{num_gpus_per_machine}, {num_machines}, {machine_rank}"
         )
     if world_size == 1:
@@ -158,13 +164,15 @@ def launch(
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if available < num_gpus_per_machine:
             raise RuntimeError(
-                f"--num-gpus {num_gpus_per_machine} needs as many CUDA devices, this machine has {available}; "
+                f"--num-gpus {num_gpus_per_machine} needs as many CUDA devices, "
+                f"this machine has {available}; "
                 f"for CPU processes set MODEL.DEVICE cpu (gloo backend)"
             )
     if dist_url is None or dist_url == "auto":
         if num_machines > 1:
             raise ValueError(
-                "dist_url='auto' works on one machine only; pass --dist-url tcp://<machine 0>:<port>"
+                "dist_url='auto' works on one machine only; "
+                "pass --dist-url tcp://<machine 0>:<port>"
             )
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):

@@ -9,7 +9,8 @@
 * :class:`SimpleTrainer`: one SGD step per iteration: next batch, ``loss_dict = model(batch)``,
   losses summed, metrics gathered from every rank (all ranks raise the same
   ``FloatingPointError`` if any loss term is NaN/inf), backward, ``optimizer.step()``.
-* :class:`AMPTrainer`: the same under ``torch.autocast`` with a ``GradScaler`` (float16) or bfloat16.
+* :class:`AMPTrainer`: the same under ``torch.autocast`` with a ``GradScaler`` (float16) or
+  bfloat16.
 
 Random streams: the trainer state holds the RNG states of every rank (python, numpy, torch CPU and
 CUDA), captured collectively right before a checkpoint is written (:meth:`capture_rng_states`);
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 class HookBase:
-    """Called by :class:`TrainerBase` around every iteration; ``self.trainer`` is set on registration.
+    """Called by :class:`TrainerBase` around every iteration; ``self.trainer`` is set on
+    registration.
 
     Hooks are run in registration order. ``state_dict`` (optional) is stored in checkpoints under
     the hook's class name and given back to ``load_state_dict`` on resume.
@@ -144,7 +146,8 @@ class TrainerBase:
                         logger.info("Stopping after iteration %d: %s", self.iter, self._stop_reason)
                         break
                 else:
-                    # every iteration ran: iter == max_iter tells after_train hooks training completed
+                    # every iteration ran: iter == max_iter tells after_train hooks training
+                    # completed
                     self.iter = max_iter
             except Exception:
                 logger.exception("Exception during training:")
@@ -211,8 +214,9 @@ class TrainerBase:
             ret["rng_states"] = [get_rng_states()]
         else:
             logger.warning(
-                "checkpoint at iteration %d is saved without RNG states (call capture_rng_states() on all "
-                "ranks before saving); a run resumed from it will not draw the same random numbers",
+                "checkpoint at iteration %d is saved without RNG states "
+                "(call capture_rng_states() on all ranks before saving); "
+                "a run resumed from it will not draw the same random numbers",
                 self.iter,
             )
         return ret
@@ -237,7 +241,8 @@ class TrainerBase:
             )
         elif len(states) != world:
             logger.warning(
-                "checkpoint holds RNG states of %d processes, this run has %d; RNG states not restored",
+                "checkpoint holds RNG states of %d processes, this run has %d; "
+                "RNG states not restored",
                 len(states),
                 world,
             )
@@ -286,7 +291,8 @@ class SimpleTrainer(TrainerBase):
     def reset_data_loader(
         self, data_loader: Optional[Iterable] = None, skip_batches: int = 0
     ) -> None:
-        """Use ``data_loader`` (default: the current one) from its start, minus ``skip_batches`` batches.
+        """Use ``data_loader`` (default: the current one) from its start, minus ``skip_batches``
+        batches.
 
         Skipping consumes batches; a loader offering ``skip_batches(n)`` or ``start_iter`` handling
         of its own should be rebuilt positioned instead.
@@ -300,7 +306,8 @@ class SimpleTrainer(TrainerBase):
                 next(it)
 
     def prepare_data_iter(self) -> None:
-        """Create the data iterator now (before RNG states are restored), not lazily in the first step."""
+        """Create the data iterator now (before RNG states are restored), not lazily in the first
+        step."""
         _ = self._data_loader_iter
 
     def before_train(self) -> None:
@@ -314,7 +321,8 @@ class SimpleTrainer(TrainerBase):
             return {"total_loss": loss_dict}
         if not isinstance(loss_dict, Mapping) or not loss_dict:
             raise TypeError(
-                f"in training mode the model must return a non-empty dict of losses, got {type(loss_dict).__name__}"
+                "in training mode the model must return a non-empty dict of losses, "
+                f"got {type(loss_dict).__name__}"
             )
         return dict(loss_dict)
 
@@ -323,7 +331,8 @@ class SimpleTrainer(TrainerBase):
         terms, backward (:meth:`_backward`), optimizer step (:meth:`_optimizer_step`)."""
         if not self.model.training:
             raise RuntimeError(
-                f"[{type(self).__name__}] the model is in eval mode; call model.train() before training"
+                f"[{type(self).__name__}] the model is in eval mode; "
+                "call model.train() before training"
             )
         start = time.perf_counter()
         data = next(self._data_loader_iter)
@@ -385,8 +394,9 @@ class SimpleTrainer(TrainerBase):
             terms = ", ".join(f"{k}={v:.6g}" for k, v in all_metrics[0].items() if k != "data_time")
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration={self.iter}: {', '.join(bad)}. "
-                f"Loss terms (rank {ranks[0]}): {terms}. Training stopped before the weights were updated "
-                f"(lower SOLVER.BASE_LR, check the data, or enable SOLVER.CLIP_GRADIENTS)."
+                f"Loss terms (rank {ranks[0]}): {terms}. "
+                "Training stopped before the weights were updated "
+                "(lower SOLVER.BASE_LR, check the data, or enable SOLVER.CLIP_GRADIENTS)."
             )
 
     # ------------------------------------------------------------------------------ state

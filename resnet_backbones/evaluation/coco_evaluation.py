@@ -1,4 +1,5 @@
-"""COCO-style box AP, with detectron2's ``COCOEvaluator`` interface and two interchangeable backends.
+"""COCO-style box AP, with detectron2's ``COCOEvaluator`` interface and two interchangeable
+backends.
 
 * ``"fast"`` (default): :class:`~.fast_coco_eval.FastCOCOeval`, a vectorized re-implementation that
   gives the same numbers as pycocotools, bit for bit, many times faster;
@@ -67,7 +68,8 @@ def evaluate_predictions_on_coco(
     img_ids: Optional[Sequence[Any]] = None,
     max_dets_per_image: Optional[Sequence[int]] = None,
 ) -> Union[COCOeval, FastCOCOeval]:
-    """Run evaluate/accumulate/summarize with ``backend``; returns the eval object (``.stats``, ``.eval``).
+    """Run evaluate/accumulate/summarize with ``backend``; returns the eval object (``.stats``,
+    ``.eval``).
 
     ``coco_results``: COCO result dicts or :class:`DetectionColumns` (dataset category ids).
 
@@ -124,8 +126,8 @@ def _check_registered(dataset_name: str) -> None:
         return
     if meta is not None:
         raise KeyError(
-            f"dataset '{dataset_name}' has metadata but neither metadata.json_file nor a DatasetCatalog loader "
-            "to convert to COCO format"
+            f"dataset '{dataset_name}' has metadata but neither metadata.json_file "
+            "nor a DatasetCatalog loader to convert to COCO format"
         )
     known = set(DatasetCatalog.list()) | set(MetadataCatalog.list())
     raise not_registered("dataset", dataset_name, known)
@@ -135,8 +137,8 @@ class COCOEvaluator(DatasetEvaluator):
     """COCO box AP of a registered dataset, as detectron2's ``COCOEvaluator``.
 
     ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
-    "AR100", "ARs", "ARm", "ARl", "AP-<class>", ...}}`` (0-100) on the main process, ``{}`` elsewhere,
-    and logs a summary and a per-category table. With ``output_dir`` it writes
+    "AR100", "ARs", "ARm", "ARl", "AP-<class>", ...}}`` (0-100) on the main process, ``{}``
+    elsewhere, and logs a summary and a per-category table. With ``output_dir`` it writes
     ``instances_predictions.pth`` and ``coco_instances_results.json`` there.
     """
 
@@ -184,7 +186,8 @@ class COCOEvaluator(DatasetEvaluator):
             not isinstance(max_dets_per_image, int) or max_dets_per_image < 10
         ):
             raise ValueError(
-                f"max_dets_per_image must be an int >= 10 (COCO uses [1, 10, max]), got {max_dets_per_image!r}"
+                "max_dets_per_image must be an int >= 10 (COCO uses [1, 10, max]), "
+                f"got {max_dets_per_image!r}"
             )
         self._max_dets = [1, 10, 100 if max_dets_per_image is None else max_dets_per_image]
 
@@ -193,8 +196,8 @@ class COCOEvaluator(DatasetEvaluator):
         if not self._metadata.get("json_file"):
             if output_dir is None:
                 raise ValueError(
-                    f"dataset '{dataset_name}' has no metadata.json_file: pass output_dir so that COCOEvaluator "
-                    "can convert it to COCO format there"
+                    f"dataset '{dataset_name}' has no metadata.json_file: "
+                    "pass output_dir so that COCOEvaluator can convert it to COCO format there"
                 )
             cache_path = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
             self._logger.info(f"Converting '{dataset_name}' to COCO format at {cache_path}")
@@ -218,7 +221,8 @@ class COCOEvaluator(DatasetEvaluator):
         contiguous = sorted(mapping.values())
         if contiguous != list(range(len(contiguous))):
             raise ValueError(
-                f"thing_dataset_id_to_contiguous_id of '{self._dataset_name}' must map to 0..{len(contiguous) - 1}, "
+                f"thing_dataset_id_to_contiguous_id of '{self._dataset_name}' "
+                f"must map to 0..{len(contiguous) - 1}, "
                 f"got values {contiguous}"
             )
         return {v: k for k, v in mapping.items()}
@@ -290,7 +294,8 @@ class COCOEvaluator(DatasetEvaluator):
         return copy.deepcopy(results_by_task)
 
     def _save(self, predictions: List[Dict[str, Any]], coco_results: Any) -> None:
-        """``instances_predictions.pth`` (as processed) and ``coco_instances_results.json`` (dataset ids)."""
+        """``instances_predictions.pth`` (as processed) and ``coco_instances_results.json``
+        (dataset ids)."""
         os.makedirs(self._output_dir, exist_ok=True)
         torch.save(predictions, os.path.join(self._output_dir, "instances_predictions.pth"))
         path = os.path.join(self._output_dir, "coco_instances_results.json")
@@ -308,7 +313,8 @@ class COCOEvaluator(DatasetEvaluator):
         bad = (contiguous < 0) | (contiguous >= num)
         if bad.any():
             raise ValueError(
-                f"a prediction has class {int(contiguous[bad][0])}, but dataset '{self._dataset_name}' has {num} "
+                f"a prediction has class {int(contiguous[bad][0])}, "
+                f"but dataset '{self._dataset_name}' has {num} "
                 f"classes (ids 0..{num - 1})"
             )
         table = np.asarray([self._contiguous_to_dataset[i] for i in range(num)])

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def _to_xywh(bbox: Any, mode: Any) -> List[float]:
-    """XYWH box; an XYXY box is converted in float32 (detectron2 converts a list via a float32 tensor)."""
+    """XYWH box; an XYXY box is converted in float32 (detectron2 converts a list via a float32
+    tensor)."""
     values = np.asarray(bbox).reshape(-1).tolist()
     if len(values) != 4:
         raise ValueError(f"a box must have 4 numbers, got {bbox!r}")
@@ -72,7 +73,8 @@ def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
     classes = meta.get("thing_classes")
     if classes is None:
         raise ValueError(
-            f"dataset '{dataset_name}' has no metadata.thing_classes; cannot convert it to COCO format"
+            f"dataset '{dataset_name}' has no metadata.thing_classes; "
+            "cannot convert it to COCO format"
         )
     mapping = meta.get("thing_dataset_id_to_contiguous_id")
     to_dataset_id: Callable[[int], int]
@@ -106,7 +108,8 @@ def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
                 coco_ann["segmentation"] = ann["segmentation"]
             annotations.append(coco_ann)
     logger.info(
-        f"Converted '{dataset_name}' to COCO format: {len(images)} images, {len(annotations)} annotations"
+        f"Converted '{dataset_name}' to COCO format: {len(images)} images, "
+        f"{len(annotations)} annotations"
     )
     info = {
         "date_created": str(datetime.datetime.now()),
@@ -122,7 +125,8 @@ def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
 
 
 def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool = True) -> None:
-    """Write :func:`convert_to_coco_dict` to ``output_file`` (kept as is if it exists and ``allow_cached``)."""
+    """Write :func:`convert_to_coco_dict` to ``output_file`` (kept as is if it exists and
+    ``allow_cached``)."""
     if allow_cached and os.path.exists(output_file):
         logger.info(
             f"Using the cached COCO-format annotations of '{dataset_name}' at {output_file}"

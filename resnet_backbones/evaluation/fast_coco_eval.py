@@ -1,4 +1,5 @@
-"""A vectorized re-implementation of pycocotools' ``COCOeval`` for boxes that gives identical numbers.
+"""A vectorized re-implementation of pycocotools' ``COCOeval`` for boxes that gives identical
+numbers.
 
 ``FastCOCOeval`` has COCOeval's interface (``params``, ``evaluate()``, ``accumulate()``,
 ``summarize()``, ``stats``, ``eval``) and reproduces its every rule, bit for bit:
@@ -71,7 +72,8 @@ class _Boxes:
 
 @dataclass
 class DetectionColumns:
-    """Detections as columns, an alternative to a list of COCO result dicts (no per-detection dicts).
+    """Detections as columns, an alternative to a list of COCO result dicts (no per-detection
+    dicts).
 
     ``image_id`` and ``category_id`` are dataset ids, ``bbox`` is (N, 4) xywh, ``score`` (N,).
     """
@@ -88,7 +90,8 @@ class DetectionColumns:
         n = len(self.image_id)
         if not (len(self.category_id) == len(self.bbox) == len(self.score) == n):
             raise ValueError(
-                f"DetectionColumns: lengths differ (image_id {n}, category_id {len(self.category_id)}, "
+                f"DetectionColumns: lengths differ (image_id {n}, "
+                f"category_id {len(self.category_id)}, "
                 f"bbox {len(self.bbox)}, score {len(self.score)})"
             )
 
@@ -205,7 +208,8 @@ def _group_bounds(sorted_keys: np.ndarray, num_keys: int) -> np.ndarray:
 
 
 class FastCOCOeval:
-    """``pycocotools.cocoeval.COCOeval`` for ``iouType="bbox"``, vectorized; same numbers, much faster."""
+    """``pycocotools.cocoeval.COCOeval`` for ``iouType="bbox"``, vectorized; same numbers, much
+    faster."""
 
     def __init__(
         self,
@@ -226,7 +230,8 @@ class FastCOCOeval:
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> None:
-        """Match detections to ground truth for every image, category, area range and IoU threshold."""
+        """Match detections to ground truth for every image, category, area range and IoU
+        threshold."""
         p = self.params
         if not p.useCats:
             raise NotImplementedError("FastCOCOeval supports useCats=1 only")
@@ -278,7 +283,8 @@ class FastCOCOeval:
         dtm, dt_ignore = self._match(dt, dt_group, rank, gt, gt_bounds, gt_ignore)
         dt_ignore |= ~dtm & dt_out[None, :, :]  # unmatched detections outside the area range
 
-        # order of accumulate(): per category by score, stable over (image, rank) as pycocotools concatenates
+        # order of accumulate(): per category by score, stable over (image, rank) as pycocotools
+        # concatenates
         order = np.lexsort((rank, dt.img, -dt.score, dt.cat))
         self._state = dict(
             dt_cat=dt.cat[order],
@@ -300,7 +306,8 @@ class FastCOCOeval:
         gt_bounds: np.ndarray,
         gt_ignore: np.ndarray,
     ) -> "tuple[np.ndarray, np.ndarray]":
-        """Greedy matching, one detection rank at a time for all groups, thresholds and areas at once.
+        """Greedy matching, one detection rank at a time for all groups, thresholds and areas at
+        once.
 
         Returns (T, A, D) boolean arrays: ``dtm``, matched (to a gt whose id is not 0: pycocotools
         records the gt id, so id 0 reads as "unmatched" afterwards), and ``ignored``, matched to an
@@ -411,7 +418,8 @@ class FastCOCOeval:
                         valid = inds < nd
                         q = np.zeros(R)
                         ss = np.zeros(R)
-                        # pycocotools fills thresholds in order and stops at the first one out of range
+                        # pycocotools fills thresholds in order and stops at the first one out
+                        # of range
                         n_ok = R if valid.all() else int(np.argmin(valid))
                         q[:n_ok] = pr[t, inds[:n_ok]]
                         ss[:n_ok] = score_sorted[inds[:n_ok]]

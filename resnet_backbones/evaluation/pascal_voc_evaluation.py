@@ -37,7 +37,8 @@ _THRESHOLDS = tuple(range(50, 100, 5))  # IoU thresholds in percent
 
 
 def parse_voc_xml(path: str) -> List[Dict[str, Any]]:
-    """Objects of a VOC annotation file: ``name``, ``difficult`` (bool) and ``bbox`` (1-based x0 y0 x1 y1)."""
+    """Objects of a VOC annotation file: ``name``, ``difficult`` (bool) and ``bbox`` (1-based
+    x0 y0 x1 y1)."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
@@ -59,7 +60,8 @@ def parse_voc_xml(path: str) -> List[Dict[str, Any]]:
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> float:
-    """AP from a recall/precision curve: the 11-point VOC2007 metric or the exact area (VOC2010+)."""
+    """AP from a recall/precision curve: the 11-point VOC2007 metric or the exact area
+    (VOC2010+)."""
     if use_07_metric:
         ap = 0.0
         for t in np.arange(0.0, 1.1, 0.1):
@@ -74,7 +76,8 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> fl
 
 
 def _round_text(values: np.ndarray, digits: int) -> np.ndarray:
-    """Round as printing with ``f"{v:.<digits>f}"`` and parsing back does (exact, unlike ``np.round``)."""
+    """Round as printing with ``f"{v:.<digits>f}"`` and parsing back does (exact, unlike
+    ``np.round``)."""
     flat = np.asarray(values, dtype=np.float64)
     return np.array(
         [float(f"{v:.{digits}f}") for v in flat.ravel().tolist()], dtype=np.float64
@@ -96,10 +99,11 @@ def _voc_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 class PascalVOCDetectionEvaluator(DatasetEvaluator):
-    """VOC AP / AP50 / AP75 of a dataset registered with ``dirname``, ``split``, ``year``, ``thing_classes``.
+    """VOC AP / AP50 / AP75 of a dataset registered with ``dirname``, ``split``, ``year``,
+    ``thing_classes``.
 
-    ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "AP-<class>", "AP50-<class>", ...}}`` on the
-    main process and ``{}`` on the others; results are gathered from all processes.
+    ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "AP-<class>", "AP50-<class>", ...}}``
+    on the main process and ``{}`` on the others; results are gathered from all processes.
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True) -> None:
@@ -121,7 +125,8 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        # per batch item: (image id as text, classes, scores, boxes), already rounded as detectron2 does
+        # per batch item: (image id as text, classes, scores, boxes), already rounded as detectron2
+        # does
         self._predictions: List[Tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
@@ -158,7 +163,8 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         unknown = sorted({p[0] for p in predictions} - set(index))
         if unknown:
             raise ValueError(
-                f"{len(unknown)} predicted images are not in {self._image_set_path} (e.g. {unknown[0]!r})"
+                f"{len(unknown)} predicted images are not in {self._image_set_path} "
+                f"(e.g. {unknown[0]!r})"
             )
         if predictions:
             img = np.concatenate([np.full(len(p[1]), index[p[0]]) for p in predictions])
@@ -265,7 +271,8 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
     def _best_overlaps(
         img: np.ndarray, box: np.ndarray, gt_img: np.ndarray, gt_box: np.ndarray, num_images: int
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """Per detection: the highest IoU with a ground truth of its image (-inf if none) and its index."""
+        """Per detection: the highest IoU with a ground truth of its image (-inf if none) and its
+        index."""
         nd = len(img)
         ovmax = np.full(nd, -np.inf)
         jmax = np.full(nd, -1, dtype=np.int64)

@@ -27,7 +27,8 @@ def markdown_table(
 
 
 def create_small_table(metrics: Mapping[str, float], digits: int = 3) -> str:
-    """One header row of metric names and one row of values (detectron2's ``create_small_table``)."""
+    """One header row of metric names and one row of values (detectron2's
+    ``create_small_table``)."""
     return markdown_table(list(metrics.keys()), [list(metrics.values())], digits)
 
 

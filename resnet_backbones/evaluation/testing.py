@@ -31,7 +31,8 @@ def print_csv_format(results: Mapping) -> None:
 
 
 def verify_results(cfg: Any, results: Mapping) -> bool:
-    """Check ``results`` against ``cfg.TEST.EXPECTED_RESULTS`` = [[task, metric, expected, tolerance], ...].
+    """Check ``results`` against
+    ``cfg.TEST.EXPECTED_RESULTS`` = [[task, metric, expected, tolerance], ...].
 
     Returns True when all match (or nothing is expected); raises ``AssertionError`` listing the
     mismatches otherwise (detectron2 exits the process instead).

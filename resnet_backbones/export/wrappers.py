@@ -81,11 +81,13 @@ class DetectorExportWrapper(nn.Module):
         heads = getattr(model, "roi_heads", None)
         if rpn is None:
             raise ValueError(
-                "DetectorExportWrapper needs a model with an RPN (MODEL.PROPOSAL_GENERATOR.NAME RPN)"
+                "DetectorExportWrapper needs a model with an RPN "
+                "(MODEL.PROPOSAL_GENERATOR.NAME RPN)"
             )
         if not (hasattr(heads, "res5") and hasattr(heads, "pooler")):
             raise ValueError(
-                f"DetectorExportWrapper supports the C4 head (Res5ROIHeads), got {type(heads).__name__}"
+                "DetectorExportWrapper supports the C4 head (Res5ROIHeads), "
+                f"got {type(heads).__name__}"
             )
         if len(heads.pooler.level_poolers) != 1:
             raise ValueError("DetectorExportWrapper supports RoI pooling from one feature map (C4)")

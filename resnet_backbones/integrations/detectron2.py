@@ -101,7 +101,8 @@ def _check_rb_config(cfg: Any, what: str) -> None:
     if missing:
         raise KeyError(
             f"{what} reads MODEL.RESNETS.{{{', '.join(missing)}}}, which this config lacks; call "
-            f"resnet_backbones.integrations.detectron2.add_rb_config(cfg) before merging the config file"
+            "resnet_backbones.integrations.detectron2.add_rb_config(cfg) "
+            "before merging the config file"
         )
 
 
@@ -183,7 +184,8 @@ def as_detectron2_backbone(model: Backbone) -> D2Backbone:
 
 @D2_BACKBONE_REGISTRY.register()
 def build_rb_resnet_backbone(cfg: D2CfgNode, input_shape: D2ShapeSpec) -> D2ResNet:
-    """Our ResNet from ``cfg.MODEL.RESNETS`` / ``MODEL.BACKBONE`` (same keys and meaning as ours)."""
+    """Our ResNet from ``cfg.MODEL.RESNETS`` / ``MODEL.BACKBONE`` (same keys and meaning as
+    ours)."""
     _check_rb_config(cfg, "build_rb_resnet_backbone")
     return as_detectron2_backbone(build_resnet(**resnet_args_from_config(cfg, input_shape)))
 

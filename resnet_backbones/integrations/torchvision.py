@@ -92,7 +92,8 @@ def load_backbone_weights(model: nn.Module, weights: Weights, *, strict: bool = 
 def _full_resnet(
     name: str, weights: Weights, backbone_kwargs: Dict[str, Any], out_features: Sequence[str]
 ) -> ResNet:
-    """``create_backbone(name, out_features=...)`` with ``weights`` loaded (stride-in-1x1 from them)."""
+    """``create_backbone(name, out_features=...)`` with ``weights`` loaded (stride-in-1x1 from
+    them)."""
     kwargs = dict(backbone_kwargs)
     state_dict: Optional[Dict[str, torch.Tensor]] = None
     if weights is not None:
@@ -107,7 +108,8 @@ def _full_resnet(
     except ValueError as e:
         if "unknown out_feature" in str(e):
             raise ValueError(
-                f"{name!r} has no stage {out_features[-1]!r} ({e}); the CIFAR ResNets stop at res4, "
+                f"{name!r} has no stage {out_features[-1]!r} ({e}); "
+                "the CIFAR ResNets stop at res4, "
                 f"use an ImageNet model (resnet18 ... resnet152, preact_resnet*)"
             ) from None
         raise

@@ -74,7 +74,8 @@ def _per_level(values: Any, num_levels: int, name: str) -> List[List[float]]:
 
 
 def generate_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
-    """``(len(sizes) * len(aspect_ratios), 4)`` XYXY anchors centred on (0, 0); sizes vary slowest."""
+    """``(len(sizes) * len(aspect_ratios), 4)`` XYXY anchors centred on (0, 0); sizes vary
+    slowest."""
     anchors = []
     for size in sizes:
         area = float(size) ** 2

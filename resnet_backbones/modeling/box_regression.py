@@ -102,7 +102,8 @@ class Box2BoxTransform:
 def smooth_l1_loss(
     input: torch.Tensor, target: torch.Tensor, beta: float, reduction: str = "none"
 ) -> torch.Tensor:
-    """Huber-style smooth L1 (Fast R-CNN); ``beta < 1e-5`` is exactly L1 (detectron2's default 0)."""
+    """Huber-style smooth L1 (Fast R-CNN); ``beta < 1e-5`` is exactly L1
+    (detectron2's default 0)."""
     diff = torch.abs(input - target)
     if beta < 1e-5:
         loss = diff
@@ -152,7 +153,8 @@ def dense_box_regression_loss(
     }
     if box_reg_loss_type not in iou_losses:
         raise ValueError(
-            f"unknown box regression loss type '{box_reg_loss_type}'; expected one of {BOX_REG_LOSS_TYPES}"
+            f"unknown box regression loss type '{box_reg_loss_type}'; "
+            f"expected one of {BOX_REG_LOSS_TYPES}"
         )
     pred_boxes = torch.stack([box2box_transform.apply_deltas(d, anchors_t) for d in pred])
     return iou_losses[box_reg_loss_type](

@@ -16,8 +16,9 @@ What is folded (everything else is left untouched, so any module tree can be pas
 * in pre-activation blocks, the ``norm2`` (and ``norm3``) that directly follows ``conv1``
   (and ``conv2``) is folded into that conv and replaced by ``nn.Identity``. ``norm1`` normalizes the
   block input (a residual sum, not a conv output) and stays, as do the stem-less ``post_norm``;
-* inside an ``nn.Sequential``, a conv without norm/activation of its own immediately followed by a ``BatchNorm2d`` /
-  ``FrozenBatchNorm2d`` (e.g. torchvision's ``downsample``): the norm becomes ``nn.Identity``.
+* inside an ``nn.Sequential``, a conv without norm/activation of its own immediately followed by a
+  ``BatchNorm2d`` / ``FrozenBatchNorm2d`` (e.g. torchvision's ``downsample``): the norm becomes
+  ``nn.Identity``.
 
 Not folded: GroupNorm (its statistics depend on the input), BatchNorm without running statistics
 (``track_running_stats=False`` normalizes with batch statistics even in eval mode), norms whose
@@ -53,7 +54,8 @@ __all__ = [
 #: Norm layers that are a per-channel affine map in eval mode (when they have running statistics).
 FOLDABLE_NORMS: Tuple[Type[nn.Module], ...] = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 
-#: ``(conv, norm)`` attribute pairs of pre-activation blocks where ``norm`` reads only ``conv``'s output.
+#: ``(conv, norm)`` attribute pairs of pre-activation blocks where ``norm`` reads only ``conv``'s
+#: output.
 PREACT_FOLDS: Dict[Type[nn.Module], List[Tuple[str, str]]] = {
     PreActBasicBlock: [("conv1", "norm2")],
     PreActBottleneckBlock: [("conv1", "norm2"), ("conv2", "norm3")],
@@ -101,7 +103,8 @@ def fuse_conv_bn_weights(
 
 
 def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> bool:
-    """Fold ``norm`` into ``conv``'s weight and bias; ``False`` (nothing changed) if not foldable."""
+    """Fold ``norm`` into ``conv``'s weight and bias; ``False`` (nothing changed) if not
+    foldable."""
     if conv.out_channels != getattr(norm, "num_features", None):
         return False
     affine = norm_scale_shift(norm)
@@ -200,7 +203,8 @@ def freeze_for_inference(
     *,
     channels_last: bool = True,
 ) -> torch.jit.ScriptModule:
-    """:func:`optimize_for_inference`, then traced, frozen and ``torch.jit.optimize_for_inference``-d.
+    """:func:`optimize_for_inference`, then traced, frozen and
+    ``torch.jit.optimize_for_inference``-d.
 
     On CPU, TorchScript's inference passes run the convolutions in oneDNN's blocked layout with
     weights reordered once (eager mode reorders them on every call) and fuse conv+ReLU and

@@ -30,12 +30,12 @@ class Matcher:
         allow_low_quality_matches: bool = False,
     ) -> None:
         thresholds = [float(t) for t in thresholds]
-        labels = [int(l) for l in labels]
+        labels = [int(label) for label in labels]
         if not thresholds or thresholds[0] <= 0:
             raise ValueError(f"IoU thresholds must be positive, got {thresholds}")
         if any(a > b for a, b in zip(thresholds[:-1], thresholds[1:])):
             raise ValueError(f"IoU thresholds must be sorted, got {thresholds}")
-        if any(l not in (-1, 0, 1) for l in labels):
+        if any(label not in (-1, 0, 1) for label in labels):
             raise ValueError(
                 f"IoU labels must be -1 (ignore), 0 (negative) or 1 (positive), got {labels}"
             )
@@ -61,7 +61,8 @@ class Matcher:
         """
         if match_quality_matrix.dim() != 2:
             raise ValueError(
-                f"match_quality_matrix must be (num_gt, num_pred), got {tuple(match_quality_matrix.shape)}"
+                "match_quality_matrix must be (num_gt, num_pred), "
+                f"got {tuple(match_quality_matrix.shape)}"
             )
         num_pred = match_quality_matrix.shape[1]
         device = match_quality_matrix.device

@@ -105,7 +105,8 @@ class ROIPooler(nn.Module):
             raise ValueError(f"output_size must be an int or (h, w), got {output_size}")
         if pooler_type not in POOLER_TYPES:
             raise ValueError(
-                f"MODEL.ROI_BOX_HEAD.POOLER_TYPE: unknown pooler '{pooler_type}'; expected one of {POOLER_TYPES}"
+                f"MODEL.ROI_BOX_HEAD.POOLER_TYPE: unknown pooler '{pooler_type}'; "
+                f"expected one of {POOLER_TYPES}"
             )
         if not scales:
             raise ValueError("ROIPooler needs at least one feature-map scale")

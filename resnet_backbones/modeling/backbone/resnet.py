@@ -68,7 +68,8 @@ SHORTCUTS = {
 
 # --------------------------------------------------------------------------------------- blocks
 class ResNetBlockBase(nn.Module):
-    """A block with known ``in_channels``, ``out_channels`` and ``stride`` (detectron2's CNNBlockBase)."""
+    """A block with known ``in_channels``, ``out_channels`` and ``stride`` (detectron2's
+    CNNBlockBase)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -77,14 +78,16 @@ class ResNetBlockBase(nn.Module):
         self.stride = stride
 
     def freeze(self) -> "ResNetBlockBase":
-        """Stop training this block: ``requires_grad=False`` and every BatchNorm becomes FrozenBN."""
+        """Stop training this block: ``requires_grad=False`` and every BatchNorm becomes
+        FrozenBN."""
         for p in self.parameters():
             p.requires_grad = False
         convert_frozen_batchnorm(self)
         return self
 
     def _init_convs(self) -> None:
-        """He (MSRA) initialization of every conv, fan-out mode, as torchvision and detectron2 do."""
+        """He (MSRA) initialization of every conv, fan-out mode, as torchvision and detectron2
+        do."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -151,7 +154,8 @@ def _norm_or_identity(norm: NormSpec, channels: int) -> nn.Module:
 
 
 class BasicBlock(ResNetBlockBase):
-    """Two 3x3 convs (ResNet-18/34, CIFAR nets): ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``."""
+    """Two 3x3 convs (ResNet-18/34, CIFAR nets):
+    ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``."""
 
     def __init__(
         self,
@@ -261,7 +265,8 @@ class BottleneckBlock(ResNetBlockBase):
 
 
 class PreActBasicBlock(ResNetBlockBase):
-    """Pre-activation basic block (He et al., ECCV 2016): ``x + conv2(relu(norm2(conv1(relu(norm1(x))))))``.
+    """Pre-activation basic block (He et al., ECCV 2016):
+    ``x + conv2(relu(norm2(conv1(relu(norm1(x))))))``.
 
     The identity path is clean: nothing is applied to ``x`` after the addition. A projection
     shortcut has no norm (the next block's ``norm1`` normalizes the sum). With
@@ -292,7 +297,8 @@ class PreActBasicBlock(ResNetBlockBase):
 
     @property
     def last_norm(self) -> nn.Module:
-        """The norm before the last conv (zeroed by ``zero_init_residual``: the branch outputs 0)."""
+        """The norm before the last conv (zeroed by ``zero_init_residual``:
+        the branch outputs 0)."""
         return self.norm2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,7 +354,8 @@ class PreActBottleneckBlock(ResNetBlockBase):
 
     @property
     def last_norm(self) -> nn.Module:
-        """The norm before the last conv (zeroed by ``zero_init_residual``: the branch outputs 0)."""
+        """The norm before the last conv (zeroed by ``zero_init_residual``:
+        the branch outputs 0)."""
         return self.norm3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -547,7 +554,8 @@ class ResNet(Backbone):
         return x if self.linear is None else self.linear(x)
 
     def freeze(self, freeze_at: int = 0) -> "ResNet":
-        """Freeze the stem (``freeze_at >= 1``) and stages res2 .. res{freeze_at} (detectron2's semantics).
+        """Freeze the stem (``freeze_at >= 1``) and stages res2 .. res{freeze_at} (detectron2's
+        semantics).
 
         Frozen modules get ``requires_grad=False`` and their BatchNorms become FrozenBN.
         """
@@ -634,7 +642,8 @@ def imagenet_uses_bottleneck(depth: int) -> bool:
 
 
 def _cifar_blocks_per_stage(depth: int, bottleneck: bool) -> Tuple[int, int, int]:
-    """CIFAR nets have 3 stages of n blocks: depth 6n+2 (basic, CVPR 2016 Sec. 4.2) or 9n+2 (bottleneck)."""
+    """CIFAR nets have 3 stages of n blocks: depth 6n+2 (basic, CVPR 2016 Sec. 4.2) or 9n+2
+    (bottleneck)."""
     layers_per_block = 3 if bottleneck else 2
     n, rest = divmod(depth - 2, 3 * layers_per_block)
     if depth < 2 or rest or n < 1:
@@ -807,7 +816,8 @@ def build_resnet(
         num_classes: classifier outputs; 0 or ``None`` for a headless network.
         shortcut: paper option "A", "B" or "C" (see ``SHORTCUTS``).
         norm: "BN", "SyncBN", "FrozenBN", "GN", "" or a callable (see ``get_norm``).
-        stride_in_1x1: bottlenecks stride in the first 1x1 (MSRA, detectron2) or the 3x3 (torchvision).
+        stride_in_1x1: bottlenecks stride in the first 1x1 (MSRA, detectron2) or the 3x3
+            (torchvision).
         num_groups, width_per_group: res2 bottleneck width is ``num_groups * width_per_group``
             (default 64 ImageNet, 16 CIFAR); it doubles in each stage.
         stem_out_channels, res2_out_channels: defaults 64 and 64 (basic) / 256 (bottleneck), or
@@ -906,7 +916,8 @@ def create_backbone(
     """The registered model ``name`` as a headless feature extractor returning ``{name: tensor}``.
 
     Defaults are detectron2's for a C4 detector (res4 features, FrozenBN, stride in the 1x1
-    convs, stem and res2 frozen); ``kwargs`` go to the model builder (``shortcut``, ``preact``, ...).
+    convs, stem and res2 frozen); ``kwargs`` go to the model builder (``shortcut``, ``preact``,
+    ...).
     """
     return create_model(
         name,

@@ -51,14 +51,15 @@ def check_device(device: Any) -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError(
                 f"MODEL.DEVICE is {device!r} but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). Run on the CPU by "
-                f"setting MODEL.DEVICE cpu, e.g. append 'MODEL.DEVICE cpu' to the command line "
-                f"options, or cfg.MODEL.DEVICE = 'cpu' in Python."
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). "
+                "Run on the CPU by setting MODEL.DEVICE cpu, "
+                "e.g. append 'MODEL.DEVICE cpu' to the command line "
+                "options, or cfg.MODEL.DEVICE = 'cpu' in Python."
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise RuntimeError(
-                f"MODEL.DEVICE is {device!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
-                f"use 'cuda' / 'cuda:0', or MODEL.DEVICE cpu"
+                f"MODEL.DEVICE is {device!r} but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist; use 'cuda' / 'cuda:0', or MODEL.DEVICE cpu"
             )
     elif dev.type == "mps" and not (
         hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
@@ -120,7 +121,8 @@ class GeneralizedRCNN(nn.Module):
         self.inference_amp_scope = inference_amp_scope
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(
-                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} differ in length"
+                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+                "differ in length"
             )
         if any(s <= 0 for s in pixel_std):
             raise ValueError(f"MODEL.PIXEL_STD must be positive, got {list(pixel_std)}")

@@ -259,8 +259,8 @@ class RPN(nn.Module):
         anchors = self.anchor_generator(feats)
         logits, deltas = self.rpn_head(feats)
         # (N, A, H, W) -> (N, H*W*A), matching the anchors' (row, column, anchor) order. Float32
-        # from here on (a no-op in fp32/fp64): under autocast the head runs in low precision, but box
-        # decoding, top-k, NMS and the losses must not.
+        # from here on (a no-op in fp32/fp64): under autocast the head runs in low precision, but
+        # box decoding, top-k, NMS and the losses must not.
         logits = [fp32_if_reduced(x.permute(0, 2, 3, 1).flatten(1)) for x in logits]
         box_dim = self.anchor_generator.box_dim
         # (N, A*4, H, W) -> (N, H*W*A, 4)
@@ -322,7 +322,8 @@ class RPN(nn.Module):
 
 
 def build_proposal_generator(cfg: Any, input_shape: Dict[str, ShapeSpec]) -> Optional[nn.Module]:
-    """The proposal generator named by ``cfg.MODEL.PROPOSAL_GENERATOR.NAME`` ("PrecomputedProposals": None)."""
+    """The proposal generator named by ``cfg.MODEL.PROPOSAL_GENERATOR.NAME``
+    ("PrecomputedProposals": None)."""
     name = cfg.MODEL.PROPOSAL_GENERATOR.NAME
     if name == "PrecomputedProposals":
         return None

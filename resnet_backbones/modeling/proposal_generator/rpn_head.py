@@ -83,14 +83,15 @@ class StandardRPNHead(nn.Module):
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
             raise ValueError(
-                f"StandardRPNHead needs equal channels on all input features, got {sorted(channels)}"
+                "StandardRPNHead needs equal channels on all input features, "
+                f"got {sorted(channels)}"
             )
         anchor_generator = build_anchor_generator(cfg, input_shape)
         num_anchors = set(anchor_generator.num_anchors)
         if len(num_anchors) != 1:
             raise ValueError(
-                f"StandardRPNHead needs the same number of anchors per position on every feature map, "
-                f"got {anchor_generator.num_anchors}"
+                "StandardRPNHead needs the same number of anchors per position "
+                f"on every feature map, got {anchor_generator.num_anchors}"
             )
         return {
             "in_channels": channels.pop(),

@@ -145,7 +145,8 @@ class FastRCNNOutputLayers(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: ShapeSpec) -> Dict[str, Any]:
-        """Every key of ``cfg.MODEL.ROI_BOX_HEAD`` / ``ROI_HEADS`` the predictor uses, read here only."""
+        """Every key of ``cfg.MODEL.ROI_BOX_HEAD`` / ``ROI_HEADS`` the predictor uses, read here
+        only."""
         h = cfg.MODEL.ROI_BOX_HEAD
         if h.USE_FED_LOSS:
             raise ValueError(

@@ -191,7 +191,8 @@ def make_res5_head_blocks(resnets_cfg: Any, preact: bool = False) -> Tuple[List[
 
 @ROI_HEADS_REGISTRY.register()
 class Res5ROIHeads(ROIHeads):
-    """The C4 box head: RoIAlign on one feature map, then res5, average pooling and the predictor."""
+    """The C4 box head: RoIAlign on one feature map, then res5, average pooling and the
+    predictor."""
 
     def __init__(
         self,
@@ -223,11 +224,13 @@ class Res5ROIHeads(ROIHeads):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         if len(in_features) != 1:
             raise ValueError(
-                f"Res5ROIHeads pools from one feature map, MODEL.ROI_HEADS.IN_FEATURES={in_features}"
+                "Res5ROIHeads pools from one feature map, "
+                f"MODEL.ROI_HEADS.IN_FEATURES={in_features}"
             )
         if in_features[0] not in input_shape:
             raise ValueError(
-                f"MODEL.ROI_HEADS.IN_FEATURES {in_features} is not a backbone output {sorted(input_shape)}"
+                f"MODEL.ROI_HEADS.IN_FEATURES {in_features} "
+                f"is not a backbone output {sorted(input_shape)}"
             )
         if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
             raise ValueError("MODEL.MASK_ON / KEYPOINT_ON: only box detection is supported")
