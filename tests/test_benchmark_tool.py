@@ -13,41 +13,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_detector_benchmark_runs_and_reports(tmp_path):
-    pytest.importorskip("pycocotools")
-    out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "tools" / "benchmark.py"),
-        "detector",
-        "--amp",
-        "--variants",
-        "ours-fast",
-        "ours-fast-bf16",
-        "--image-size",
-        "96",
-        "128",
-        "--modes",
-        "inference",
-        "--repeats",
-        "1",
-        "--no-memory",
-        "--amp-accuracy",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-        str(out),
-    ]
+def run_benchmark(*args: str, json_out: Path):
+    """``tools/benchmark.py ARGS --json JSON_OUT`` in a subprocess, which must succeed; returns
+    its stdout and the JSON it wrote."""
+    cmd = [sys.executable, str(REPO / "tools" / "benchmark.py"), *args, "--json", str(json_out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    return proc.stdout, json.loads(json_out.read_text())
+
+
+def test_detector_benchmark_runs_and_reports(tmp_path):
+    pytest.importorskip("pycocotools")
+    stdout, result = run_benchmark(
+        *("detector", "--amp", "--variants", "ours-fast", "ours-fast-bf16"),
+        *("--image-size", "96", "128", "--modes", "inference", "--repeats", "1", "--no-memory"),
+        *("--amp-accuracy", "1", "--threads", "1"),
+        json_out=tmp_path / "bench.json",
+    )
     rows = {(r["depth"], r["mode"], r["variant"]): r for r in result["rows"]}
     assert set(rows) == {(50, "inference", v) for v in ("ours-fast", "ours-fast-bf16")}
     assert all(r["median_s"] > 0 and r["ratio_to_d2"] is None for r in rows.values())
     acc = result["amp_accuracy"]["50"]
     assert acc["images"] == 1 and 0.0 <= acc["ours-fast bf16"] <= 1.0
-    assert "| R50-C4 | inference (s/img) | ours-fast-bf16 |" in proc.stdout
+    assert "| R50-C4 | inference (s/img) | ours-fast-bf16 |" in stdout
 
 
 def test_detector_benchmark_predictor_mode_times_given_photos(tmp_path):
@@ -62,40 +50,21 @@ def test_detector_benchmark_predictor_mode_times_given_photos(tmp_path):
     for name, (h, w) in {"a.jpg": (60, 80), "b.png": (72, 48)}.items():
         cv2.imwrite(str(images / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     (images / "notes.txt").write_text("not an image")
-    out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "tools" / "benchmark.py"),
-        "detector",
-        "--modes",
-        "predictor",
-        "--variants",
-        "ours",
-        "ours-fast",
-        "--images",
-        str(images),
-        "--min-size-test",
-        "64",
-        "--max-size-test",
-        "96",
-        "--repeats",
-        "1",
-        "--threads",
-        "1",
-        "--json",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "a.jpg 60x80, b.png 72x48" in proc.stdout
-    assert "avx512_bf16" in proc.stdout  # the CPU's bf16 flags are stated with the results
-    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    stdout, result = run_benchmark(
+        *("detector", "--modes", "predictor", "--variants", "ours", "ours-fast"),
+        *("--images", str(images), "--min-size-test", "64", "--max-size-test", "96"),
+        *("--repeats", "1", "--threads", "1"),
+        json_out=tmp_path / "bench.json",
+    )
+    assert "a.jpg 60x80, b.png 72x48" in stdout
+    assert "avx512_bf16" in stdout  # the CPU's bf16 flags are stated with the results
+    rows = {r["variant"]: r for r in result["rows"]}
     assert set(rows) == {"ours", "ours-fast"}
     for row in rows.values():
         assert row["mode"] == "predictor" and len(row["times_s"]) == 2  # 1 round x 2 images
         assert all(t > 0 for t in row["times_s"]) and row["ratio_to_d2"] is None
     assert "of ours's matched" in rows["ours-fast"]["agreement"]
-    assert "| R50-C4 | predictor (s/img) | ours-fast |" in proc.stdout
+    assert "| R50-C4 | predictor (s/img) | ours-fast |" in stdout
 
 
 def test_predictor_benchmark_refuses_unreadable_images(tmp_path):
@@ -114,26 +83,13 @@ def test_predictor_benchmark_refuses_unreadable_images(tmp_path):
 def test_data_benchmark_runs_and_reports(tmp_path):
     """``tools/benchmark.py data``: both parts run and report (the numbers are not checked: the
     speed promises of tests that used to time these live in the benchmark now)."""
-    out = tmp_path / "data.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "tools" / "benchmark.py"),
-        "data",
-        "--num-images",
-        "30",
-        "--num-anns",
-        "200",
-        "--repeats",
-        "1",
-        "--json",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    stdout, result = run_benchmark(
+        *("data", "--num-images", "30", "--num-anns", "200", "--repeats", "1"),
+        json_out=tmp_path / "data.json",
+    )
     coco, shapes = result["coco"], result["shapes"]
     assert (coco["images"], coco["annotations"]) == (30, 200)
     assert coco["pycocotools_s"] > 0 and coco["ours_s"] > 0 and isinstance(coco["kept"], bool)
     assert coco["ratio"] > 0
     assert shapes["num_train"] == 300 and shapes["seconds"] > 0
-    assert f"load_coco_json        : {coco['ours_s']:.2f} s" in proc.stdout
+    assert f"load_coco_json        : {coco['ours_s']:.2f} s" in stdout
