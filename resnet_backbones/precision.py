@@ -105,11 +105,13 @@ def fp32_if_reduced(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ dtypes
-def parse_amp_dtype(dtype: DTypeLike, key: str = "AMP dtype") -> torch.dtype:
+def parse_amp_dtype(
+    dtype: DTypeLike, key: str = "AMP dtype", *, auto_allowed: bool = False
+) -> torch.dtype:
     """``torch.bfloat16`` or ``torch.float16`` from a name ("bfloat16"/"bf16",
     "float16"/"fp16"/"half", case-insensitive, optional "torch." prefix) or a dtype; anything else
-    raises ``ValueError`` naming ``key`` and the accepted values. ("auto" is resolved by
-    :func:`resolve_amp_dtype`, which knows the device.)"""
+    raises ``ValueError`` naming ``key`` and the accepted values (with ``auto_allowed``, "auto"
+    among them: :func:`resolve_amp_dtype` resolves it, knowing the device)."""
     if isinstance(dtype, torch.dtype):
         if dtype in (torch.bfloat16, torch.float16):
             return dtype
@@ -120,8 +122,9 @@ def parse_amp_dtype(dtype: DTypeLike, key: str = "AMP dtype") -> torch.dtype:
         )
     name = _normalized(dtype)
     if name not in AMP_DTYPES:
+        auto = "'auto', " if auto_allowed else ""
         raise ValueError(
-            f"{key}: unknown autocast dtype {dtype!r}; expected 'auto', 'bfloat16' (alias 'bf16') "
+            f"{key}: unknown autocast dtype {dtype!r}; expected {auto}'bfloat16' (alias 'bf16') "
             f"or 'float16' (aliases 'fp16', 'half')"
         )
     return AMP_DTYPES[name]
@@ -169,7 +172,7 @@ def resolve_amp_dtype(
         if device_type == "cpu":
             return torch.bfloat16 if measure_cpu_bf16_speed().bf16_faster else None
         return torch.bfloat16
-    dt = parse_amp_dtype(dtype, key)
+    dt = parse_amp_dtype(dtype, key, auto_allowed=True)
     check_amp_device(device_type, dt, key)
     if device_type == "cpu" and dt == torch.bfloat16:
         speed = measure_cpu_bf16_speed()

@@ -112,6 +112,15 @@ def test_measure_cpu_bf16_speed_is_measured_once_per_process():
     assert "GFLOP/s" in str(first)
 
 
+def test_only_config_dtypes_offer_auto():
+    """'auto' is a config value (resolved with the device); AMPTrainer's precision is a dtype."""
+    with pytest.raises(ValueError) as plain:
+        parse_amp_dtype("auto", "AMPTrainer precision")
+    assert "expected 'bfloat16' (alias 'bf16') or 'float16'" in str(plain.value)
+    with pytest.raises(ValueError, match="TEST.AMP.DTYPE: .*expected 'auto', 'bfloat16'"):
+        resolve_amp_dtype("fp32", "cpu", "TEST.AMP.DTYPE")
+
+
 def test_auto_uses_bfloat16_only_where_it_is_faster(cpu_bf16):
     assert resolve_amp_dtype("auto", "cpu") is torch.bfloat16
     cpu_bf16(290.0, 165.0)  # the Intel Xeon of issue 15: avx512_bf16, no AMX

@@ -646,6 +646,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _variants(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
+    """The variants to time: the requested ones, less ``d2`` where detectron2 is missing."""
+    variants = args.variants or (
+        ["d2", "ours-fast", "ours-fast-bf16"] if args.amp else ["d2", "ours", "ours-fast"]
+    )
+    if not detectron2_available() and "d2" in variants:
+        variants = [v for v in variants if v != "d2"]
+        print(
+            "# detectron2 is not importable here: timing our variants only (no ratios). "
+            "Run with a Python in which detectron2 is installed to compare."
+        )
+    if not variants:
+        parser.error("no variant left to time")
+    return variants
+
+
+def _time_mode(
+    args: argparse.Namespace,
+    mode: str,
+    depth: int,
+    variants: Sequence[str],
+    state: Dict[str, torch.Tensor],
+    images: Sequence[Dict[str, Any]],
+    repeats: int,
+    tmp: str,
+) -> List[Row]:
+    """Rows of one mode for one depth, with their peak memory unless ``--no-memory``."""
+    if mode == "predictor":
+        from .predictor import time_predictors
+
+        rows, _ = time_predictors(
+            depth, variants, state, args.images, repeats, tmp, _log, test_size_overrides(args)
+        )
+        return rows  # whole predictors: memory is measured for the tensor modes only
+    rows = time_variants(depth, mode, variants, state, images, repeats, _log)
+    if not args.no_memory:
+        for row in rows:
+            spec = {
+                "weights": os.path.join(tmp, f"R{depth}.pth"),
+                "images": os.path.join(tmp, "images.pt"),
+                "depth": depth,
+                "variant": row.variant,
+                "mode": mode,
+                "threads": args.threads,
+            }
+            row.memory = measure_memory(spec, args.memory_timeout)
+            _log(f"  R{depth}-C4 {mode:9s} {row.variant:15s} peak memory {row.memory}")
+    return rows
+
+
+def _print_results(rows: Sequence[Row], variants: Sequence[str], accuracy: Dict[int, Any]) -> None:
+    print()
+    print(format_table(rows))
+    print()
+    for variant in variants:
+        print(f"- {variant}: {VARIANT_DESCRIPTIONS[variant]}")
+    for depth, acc in accuracy.items():
+        scores = ", ".join(f"{k}: {v:.4f}" for k, v in acc.items() if isinstance(v, float))
+        print(
+            f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections "
+            f"on {acc['images']} images "
+            f"of {acc['image_size'][0]}x{acc['image_size'][1]}: {scores}"
+        )
+    print(f"\n# load average at the end: {load_average()}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [_WORKER_FLAG]:
@@ -657,18 +727,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     depths = args.depth or ([50] if args.amp else [50, 101])
-    variants = args.variants or (
-        ["d2", "ours-fast", "ours-fast-bf16"] if args.amp else ["d2", "ours", "ours-fast"]
-    )
-    have_d2 = detectron2_available()
-    if not have_d2 and "d2" in variants:
-        variants = [v for v in variants if v != "d2"]
-        print(
-            "# detectron2 is not importable here: timing our variants only (no ratios). "
-            "Run with a Python in which detectron2 is installed to compare."
-        )
-    if not variants:
-        parser.error("no variant left to time")
+    variants = _variants(args, parser)
     h, w = args.image_size
     train_repeats = args.train_repeats if args.train_repeats is not None else min(3, args.repeats)
     if min(args.repeats, train_repeats) < 1:
@@ -685,91 +744,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.amp_accuracy if args.amp_accuracy is not None else (4 if args.amp else 0)
     )
     with tempfile.TemporaryDirectory(prefix="detector_bench_") as tmp:
-        images_path = os.path.join(tmp, "images.pt")
-        torch.save(images, images_path)
+        torch.save(images, os.path.join(tmp, "images.pt"))
         for depth in depths:
             start = time.perf_counter()
             state = sane_random_weights(depth, images)
-            weights_path = os.path.join(tmp, f"R{depth}.pth")
-            torch.save(state, weights_path)
-            print(
-                f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s", flush=True
-            )
+            torch.save(state, os.path.join(tmp, f"R{depth}.pth"))
+            _log(f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s")
             for mode in args.modes:
                 repeats = train_repeats if mode == "train" else args.repeats
-                if mode == "predictor":
-                    from .predictor import time_predictors
-
-                    depth_rows, _ = time_predictors(
-                        depth,
-                        variants,
-                        state,
-                        args.images,
-                        repeats,
-                        tmp,
-                        lambda s: print(s, flush=True),
-                        test_size_overrides(args),
-                    )
-                else:
-                    depth_rows = time_variants(
-                        depth,
-                        mode,
-                        variants,
-                        state,
-                        images,
-                        repeats,
-                        lambda s: print(s, flush=True),
-                    )
-                if not args.no_memory and mode != "predictor":
-                    for row in depth_rows:
-                        spec = {
-                            "weights": weights_path,
-                            "images": images_path,
-                            "depth": depth,
-                            "variant": row.variant,
-                            "mode": mode,
-                            "threads": args.threads,
-                        }
-                        row.memory = measure_memory(spec, args.memory_timeout)
-                        print(
-                            f"  R{depth}-C4 {mode:9s} {row.variant:15s} peak memory {row.memory}",
-                            flush=True,
-                        )
-                rows += depth_rows
+                rows += _time_mode(args, mode, depth, variants, state, images, repeats, tmp)
             if num_accuracy_images > 0:
                 try:
-                    accuracy[depth] = amp_accuracy(
-                        depth, state, (h, w), num_accuracy_images, lambda s: print(s, flush=True)
-                    )
+                    accuracy[depth] = amp_accuracy(depth, state, (h, w), num_accuracy_images, _log)
                 except ImportError as e:
                     print(f"  bf16 accuracy not measured: {e}")
             del state
             gc.collect()
-    print()
-    print(format_table(rows))
-    print()
-    for variant in variants:
-        print(f"- {variant}: {VARIANT_DESCRIPTIONS[variant]}")
-    for depth, acc in accuracy.items():
-        scores = ", ".join(f"{k}: {v:.4f}" for k, v in acc.items() if isinstance(v, float))
-        print(
-            f"- R{depth}-C4 accuracy, COCO AP@[.5:.95] against our fp32 detections "
-            f"on {acc['images']} images "
-            f"of {acc['image_size'][0]}x{acc['image_size'][1]}: {scores}"
-        )
-    print(f"\n# load average at the end: {load_average()}")
+    _print_results(rows, variants, accuracy)
     if args.json:
+        result = {
+            "environment": environment(),
+            "argv": argv,
+            "rows": [asdict(r) for r in rows],
+            "amp_accuracy": accuracy,
+        }
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "environment": environment(),
-                    "argv": argv,
-                    "rows": [asdict(r) for r in rows],
-                    "amp_accuracy": accuracy,
-                },
-                f,
-                indent=1,
-            )
+            json.dump(result, f, indent=1)
     return 0
 
 

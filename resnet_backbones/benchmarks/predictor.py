@@ -106,6 +106,59 @@ def build_predictor(
     return DefaultPredictor(cfg)
 
 
+Times = Dict[str, List[List[float]]]  # variant -> [round][image] seconds
+
+
+def _time_rounds(
+    predictors: Dict[str, Callable[[np.ndarray], Any]],
+    images: Sequence[Tuple[str, np.ndarray]],
+    repeats: int,
+    log: Callable[[str], None],
+) -> Tuple[Times, Dict[str, List[Any]]]:
+    """Every image through every predictor per round, in an order rotated from round to round;
+    the times and each predictor's outputs of the last round."""
+    variants = list(predictors)
+    times: Times = {v: [] for v in variants}
+    outputs: Dict[str, List[Any]] = {}
+    for r in range(repeats):
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            per_image, outputs[variant] = [], []
+            for _, img in images:
+                t0 = time.perf_counter()
+                outputs[variant].append(predictors[variant](img))
+                per_image.append(time.perf_counter() - t0)
+            times[variant].append(per_image)
+        log(
+            f"  predictor round {r + 1}/{repeats}: "
+            + ", ".join(f"{v} {sum(times[v][-1]):.2f}s" for v in variants)
+        )
+    return times, outputs
+
+
+def _row(depth: int, variant: str, times: Times, outputs: Dict[str, List[Any]]) -> Any:
+    """The ``detector.Row`` of ``variant``: median seconds per image, ratio to detectron2 (median
+    over round and image), detections matched against the reference's."""
+    from .detector import Row, _match_detections
+
+    flat = [t for per_round in times[variant] for t in per_round]
+    ratio = None
+    if "d2" in times:
+        ratio = statistics.median(
+            t / t_ref
+            for run, run_ref in zip(times[variant], times["d2"])
+            for t, t_ref in zip(run, run_ref)
+        )
+    ref = "d2" if "d2" in outputs else next(iter(outputs))
+    matched = [_match_detections(a, b)[0] for a, b in zip(outputs[ref], outputs[variant])]
+    dets = sum(len(o["instances"]) for o in outputs[variant])
+    agreement = (
+        f"{dets} dets on {len(matched)} images, "
+        f"{100 * statistics.mean(matched):.0f}% of {ref}'s matched"
+    )
+    median = statistics.median(flat)
+    return Row(depth, "predictor", variant, median, min(flat), ratio, flat, agreement=agreement)
+
+
 def time_predictors(
     depth: int,
     variants: Sequence[str],
@@ -117,8 +170,6 @@ def time_predictors(
     test_sizes: Sequence[str] = (),
 ) -> Tuple[List[Any], str]:
     """Rows (``detector.Row``, mode "predictor") for every variant, and the images' description."""
-    from .detector import Row, _match_detections
-
     if test_sizes:
         log(f"  predictor config overrides: {' '.join(test_sizes)}")
     images, source = load_images(image_paths)
@@ -128,57 +179,14 @@ def time_predictors(
     )
     weights_path = os.path.join(tmp, f"R{depth}_predictor.pth")
     torch.save({"model": state}, weights_path)
-    predictors, outputs = {}, {}
+    predictors = {}
     for variant in variants:
         start = time.perf_counter()
         predictors[variant] = build_predictor(variant, depth, weights_path, test_sizes)
-        outputs[variant] = [predictors[variant](img) for _, img in images[:1]]  # warm-up
+        predictors[variant](images[0][1])  # warm-up
         log(
             f"  R{depth}-C4 predictor {variant:15s} built + warm-up "
             f"{time.perf_counter() - start:6.1f}s"
         )
-    times: Dict[str, List[List[float]]] = {v: [] for v in variants}  # [round][image]
-    for r in range(repeats):
-        order = list(variants[r % len(variants) :]) + list(variants[: r % len(variants)])
-        for variant in order:
-            per_image, outs = [], []
-            for _, img in images:
-                t0 = time.perf_counter()
-                outs.append(predictors[variant](img))
-                per_image.append(time.perf_counter() - t0)
-            times[variant].append(per_image)
-            outputs[variant] = outs
-        log(
-            f"  R{depth}-C4 predictor round {r + 1}/{repeats}: "
-            + ", ".join(f"{v} {sum(times[v][-1]):.2f}s" for v in variants)
-        )
-    ref = "d2" if "d2" in variants else variants[0]
-    rows = []
-    for variant in variants:
-        flat = [t for per_round in times[variant] for t in per_round]
-        ratio = None
-        if "d2" in times:
-            ratio = statistics.median(
-                t / t_ref
-                for run, run_ref in zip(times[variant], times["d2"])
-                for t, t_ref in zip(run, run_ref)
-            )
-        matched = [_match_detections(a, b) for a, b in zip(outputs[ref], outputs[variant])]
-        dets = sum(len(o["instances"]) for o in outputs[variant])
-        agreement = (
-            f"{dets} dets on {len(images)} images, "
-            f"{100 * statistics.mean(m[0] for m in matched):.0f}% of {ref}'s matched"
-        )
-        rows.append(
-            Row(
-                depth,
-                "predictor",
-                variant,
-                statistics.median(flat),
-                min(flat),
-                ratio,
-                flat,
-                agreement=agreement,
-            )
-        )
-    return rows, source
+    times, outputs = _time_rounds(predictors, images, repeats, log)
+    return [_row(depth, variant, times, outputs) for variant in variants], source
