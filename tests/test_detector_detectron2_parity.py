@@ -38,8 +38,6 @@ from detectron2.engine import DefaultPredictor as D2DefaultPredictor  # noqa: E4
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from helpers import NARROW as NARROW_C4  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from resnet_backbones import DefaultPredictor, get_cfg  # noqa: E402
 from resnet_backbones.data.shapes import render_detection_image  # noqa: E402
@@ -47,6 +45,7 @@ from resnet_backbones.modeling import build_model  # noqa: E402
 from resnet_backbones.structures import Boxes, pairwise_iou  # noqa: E402
 from resnet_backbones.utils.testing import (  # noqa: E402
     calibrate_random_detector_,
+    coco_ap,
     detector_inputs,
     random_scene,
 )
@@ -142,49 +141,9 @@ def test_rpn_proposals_match(models):
 
 def _coco_ap(d2_results, our_results):
     """AP@[.5:.95] of our detections with detectron2's detections as ground truth."""
-    gt = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": c + 1} for c in range(NUM_CLASSES)],
-    }
-    dets = []
-    for img_id, (d2_r, r) in enumerate(zip(d2_results, our_results), start=1):
-        d2_i, i = d2_r["instances"], r["instances"]
-        h, w = d2_i.image_size
-        gt["images"].append({"id": img_id, "height": h, "width": w})
-        for box, cls in zip(d2_i.pred_boxes.tensor.tolist(), d2_i.pred_classes.tolist()):
-            x0, y0, x1, y1 = box
-            gt["annotations"].append(
-                {
-                    "id": len(gt["annotations"]) + 1,
-                    "image_id": img_id,
-                    "category_id": cls + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
-        for box, cls, score in zip(
-            i.pred_boxes.tensor.tolist(), i.pred_classes.tolist(), i.scores.tolist()
-        ):
-            x0, y0, x1, y1 = box
-            dets.append(
-                {
-                    "image_id": img_id,
-                    "category_id": cls + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": score,
-                }
-            )
-    coco_gt = COCO()
-    coco_gt.dataset = gt
-    coco_gt.createIndex()
-    coco_dt = coco_gt.loadRes(dets)
-    ev = COCOeval(coco_gt, coco_dt, "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return ev.stats[0]
+    return coco_ap(
+        [r["instances"] for r in d2_results], [r["instances"] for r in our_results], NUM_CLASSES
+    )
 
 
 def test_detections_match(models):

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["calibrate_random_detector_", "detector_inputs", "random_scene"]
+__all__ = ["calibrate_random_detector_", "coco_ap", "detector_inputs", "random_scene"]
 
 
 def random_scene(seed: int, height: int, width: int) -> Dict[str, torch.Tensor]:
@@ -106,3 +106,59 @@ def calibrate_random_detector_(
     predictor.cls_score.weight.normal_(0.0, 0.1)
     predictor.bbox_pred.weight.normal_(0.0, 0.02)
     return model
+
+
+def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: int) -> float:
+    """COCO AP@[.5:.95] (pycocotools) of ``detections`` with ``reference`` detections as ground
+    truth (every reference detection is a ground-truth box; per-image ``Instances`` lists)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt: Dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": c + 1} for c in range(num_classes)],
+    }
+    dets = []
+    for img_id, (ref, det) in enumerate(zip(reference, detections), start=1):
+        h, w = ref.image_size
+        gt["images"].append({"id": img_id, "height": h, "width": w})
+        for (x0, y0, x1, y1), c in zip(ref.pred_boxes.tensor.tolist(), ref.pred_classes.tolist()):
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+        boxes, classes, scores = (
+            det.pred_boxes.tensor.tolist(),
+            det.pred_classes.tolist(),
+            det.scores.tolist(),
+        )
+        for (x0, y0, x1, y1), c, sc in zip(boxes, classes, scores):
+            dets.append(
+                {
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": sc,
+                }
+            )
+    with redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if not dets:
+            return 0.0
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
