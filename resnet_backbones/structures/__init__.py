@@ -3,5 +3,15 @@
 from .boxes import Boxes, BoxMode, pairwise_iou
 from .image_list import ImageList
 from .instances import Instances
+from .masks import BitMasks, PolygonMasks, polygons_to_bitmask
 
-__all__ = ["Boxes", "BoxMode", "pairwise_iou", "ImageList", "Instances"]
+__all__ = [
+    "BitMasks",
+    "Boxes",
+    "BoxMode",
+    "ImageList",
+    "Instances",
+    "PolygonMasks",
+    "pairwise_iou",
+    "polygons_to_bitmask",
+]
