@@ -28,6 +28,10 @@ def test_defaults_are_detectron2s_for_a_c4_model():
     assert cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS == (10.0, 10.0, 5.0, 5.0)
     assert cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
     assert cfg.SOLVER.WARMUP_FACTOR == pytest.approx(0.001)
+    m = cfg.MODEL.ROI_MASK_HEAD  # Mask R-CNN's head: detectron2's defaults
+    assert (m.NAME, m.NUM_CONV, m.CONV_DIM, m.NORM) == ("MaskRCNNConvUpsampleHead", 0, 256, "")
+    assert (m.POOLER_RESOLUTION, m.POOLER_TYPE, m.CLS_AGNOSTIC_MASK) == (14, "ROIAlignV2", False)
+    assert cfg.INPUT.MASK_FORMAT == "polygon" and cfg.MODEL.MASK_ON is False
     for group in ("MODEL", "INPUT", "DATASETS", "DATALOADER", "SOLVER", "TEST"):
         assert group in cfg
     for key in ("OUTPUT_DIR", "SEED", "VERSION"):

@@ -45,7 +45,7 @@ _C.INPUT.CROP = CN({"ENABLED": False})
 _C.INPUT.CROP.TYPE = "relative_range"
 _C.INPUT.CROP.SIZE = [0.9, 0.9]
 _C.INPUT.FORMAT = "BGR"  # "BGR" or "RGB"
-_C.INPUT.MASK_FORMAT = "polygon"
+_C.INPUT.MASK_FORMAT = "polygon"  # "polygon" or "bitmask"
 
 # ---------------------------------------------------------------------------- #
 # Datasets and data loading
@@ -176,6 +176,18 @@ _C.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
 _C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
 _C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
 _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
+
+# Mask head (Mask R-CNN; MODEL.MASK_ON). In the C4 model the mask head reads the res5 output of
+# each RoI (7x7), so the POOLER_* keys are not read there (detectron2 reads them only with FPN).
+_C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 0  # 3x3 convs before the 2x upsampling deconv
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_MASK_HEAD.NORM = ""  # norm of those convs: "" or a name for get_norm ("GN", ...)
+_C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False  # True: one mask channel for all classes
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
 
 # ---------------------------------------------------------------------------- #
 # Solver
