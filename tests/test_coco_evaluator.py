@@ -339,8 +339,10 @@ def test_clear_errors(dataset, tmp_path):
     name, gt, dets, mapping = dataset
     with pytest.raises(KeyError, match="not registered.*did you mean"):
         COCOEvaluator(name + "x")
-    with pytest.raises(ValueError, match="'bbox' only"):
-        COCOEvaluator(name, tasks=("segm",))
+    with pytest.raises(ValueError, match="'bbox' and 'segm', got \\('keypoints',\\)"):
+        COCOEvaluator(name, tasks=("keypoints",))
+    with pytest.raises(ValueError, match="'bbox' and 'segm'"):
+        COCOEvaluator(name, tasks=())
     with pytest.raises(ValueError, match="backend"):
         COCOEvaluator(name, backend="detectron2")
     with pytest.raises(ValueError, match="max_dets_per_image"):

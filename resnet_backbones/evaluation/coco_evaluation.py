@@ -1,9 +1,14 @@
-"""COCO-style box AP, with detectron2's ``COCOEvaluator`` interface and two interchangeable
-backends.
+"""COCO-style box and mask AP, with detectron2's ``COCOEvaluator`` interface and two
+interchangeable backends.
 
 * ``"fast"`` (default): :class:`~.fast_coco_eval.FastCOCOeval`, a vectorized re-implementation that
-  gives the same numbers as pycocotools, bit for bit, many times faster;
+  gives the same numbers as pycocotools, bit for bit, many times faster; it covers boxes only, so
+  mask AP (``"segm"``) is always computed with pycocotools (and the log says so);
 * ``"pycocotools"``: the official ``COCOeval`` (the reference).
+
+Predictions with ``pred_masks`` (bool ``(N, H, W)`` in the original image size) are stored as COCO
+RLE (``counts`` as str) in the result dicts, ``instances_predictions.pth`` and
+``coco_instances_results.json``, as in detectron2.
 
 Metrics are on detectron2's 0-100 scale; -1 from COCOeval (nothing to evaluate) becomes NaN.
 """
@@ -22,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
@@ -39,14 +45,41 @@ from .fast_coco_eval import (
 )
 from .tables import create_small_table, per_category_table
 
-__all__ = ["COCOEvaluator", "instances_to_coco_json", "evaluate_predictions_on_coco", "BACKENDS"]
+__all__ = [
+    "COCOEvaluator",
+    "instances_to_coco_json",
+    "evaluate_predictions_on_coco",
+    "encode_masks",
+    "tasks_from_predictions",
+    "BACKENDS",
+    "TASKS",
+]
 
 BACKENDS = ("fast", "pycocotools")
+TASKS = ("bbox", "segm")
 _AP_KEYS = STAT_NAMES[:6]
+SEGM_FALLBACK_MESSAGE = "segm: evaluated with pycocotools (the fast backend covers bbox)"
+
+
+def encode_masks(masks: Any) -> List[Dict[str, Any]]:
+    """Binary masks ``(N, H, W)`` (tensor or array) as COCO RLE dicts with str ``counts``."""
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"pred_masks must be (N, H, W), got shape {tuple(masks.shape)}")
+    if len(masks) == 0:
+        return []
+    # pycocotools encodes (H, W, N) Fortran-ordered uint8 arrays
+    rles = mask_util.encode(np.asfortranarray(np.transpose(masks > 0, (1, 2, 0)).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")  # json cannot hold bytes
+    return rles
 
 
 def instances_to_coco_json(instances: Instances, img_id: Any) -> List[Dict[str, Any]]:
-    """Detections of one image as COCO result dicts (xywh boxes; category ids still contiguous)."""
+    """Detections of one image as COCO result dicts (xywh boxes; category ids still contiguous);
+    with ``pred_masks``, each also has its mask as RLE in ``segmentation``."""
     if len(instances) == 0:
         return []
     boxes = BoxMode.convert(
@@ -54,10 +87,24 @@ def instances_to_coco_json(instances: Instances, img_id: Any) -> List[Dict[str, 
     ).tolist()
     scores = instances.scores.tolist()
     classes = instances.pred_classes.tolist()
-    return [
+    results = [
         {"image_id": img_id, "category_id": c, "bbox": b, "score": s}
         for b, s, c in zip(boxes, scores, classes)
     ]
+    if instances.has("pred_masks"):
+        rles = encode_masks(instances.pred_masks)
+        if len(rles) != len(results):
+            raise ValueError(f"{len(rles)} pred_masks for {len(results)} detections")
+        for r, rle in zip(results, rles):
+            r["segmentation"] = rle
+    return results
+
+
+def tasks_from_predictions(results: Sequence[Dict[str, Any]]) -> Tuple[str, ...]:
+    """``("bbox",)``, plus ``"segm"`` when the result dicts carry a ``segmentation``."""
+    if any("segmentation" in r for r in results):
+        return ("bbox", "segm")
+    return ("bbox",)
 
 
 def evaluate_predictions_on_coco(
@@ -75,13 +122,28 @@ def evaluate_predictions_on_coco(
 
     ``max_dets_per_image`` is COCOeval's ``maxDets`` (default ``[1, 10, 100]``); AP uses its third
     entry (detectron2's ``COCOevalMaxDets``). pycocotools' prints go to the log at DEBUG level.
+
+    ``iou_type="segm"`` needs result dicts with RLE ``segmentation``; it always runs pycocotools
+    (the fast backend covers boxes). As in detectron2, the results' ``bbox`` is dropped for it so
+    that the detections' areas (small/medium/large) are the mask areas.
     """
-    if iou_type != "bbox":
-        raise NotImplementedError(f"only 'bbox' evaluation is supported, got {iou_type!r}")
+    if iou_type not in TASKS:
+        raise NotImplementedError(f"iou_type must be one of {TASKS}, got {iou_type!r}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO evaluation backend {backend!r}; choose one of {BACKENDS}")
     if len(coco_results) == 0:
         raise ValueError("no detections to evaluate")
+    if iou_type == "segm":
+        if isinstance(coco_results, DetectionColumns):
+            raise ValueError("segm evaluation needs result dicts with 'segmentation', got columns")
+        missing = sum("segmentation" not in r for r in coco_results)
+        if missing:
+            raise ValueError(
+                f"segm evaluation: {missing} of {len(coco_results)} detections have no "
+                "'segmentation' (the model gave no pred_masks?)"
+            )
+        coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
+        backend = "pycocotools"
     max_dets = list(max_dets_per_image) if max_dets_per_image is not None else [1, 10, 100]
     if len(max_dets) < 3:
         raise ValueError(
@@ -134,18 +196,19 @@ def _check_registered(dataset_name: str) -> None:
 
 
 class COCOEvaluator(DatasetEvaluator):
-    """COCO box AP of a registered dataset, as detectron2's ``COCOEvaluator``.
+    """COCO box and mask AP of a registered dataset, as detectron2's ``COCOEvaluator``.
 
     ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
-    "AR100", "ARs", "ARm", "ARl", "AP-<class>", ...}}`` (0-100) on the main process, ``{}``
-    elsewhere, and logs a summary and a per-category table. With ``output_dir`` it writes
-    ``instances_predictions.pth`` and ``coco_instances_results.json`` there.
+    "AR100", "ARs", "ARm", "ARl", "AP-<class>", ...}, "segm": {...the same keys...}}`` (0-100) on
+    the main process, ``{}`` elsewhere, and logs a summary and a per-category table per task. With
+    ``output_dir`` it writes ``instances_predictions.pth`` and ``coco_instances_results.json``
+    there (with RLE masks when the predictions have ``pred_masks``).
     """
 
     def __init__(
         self,
         dataset_name: str,
-        tasks: Optional[Sequence[str]] = ("bbox",),
+        tasks: Optional[Sequence[str]] = None,
         distributed: bool = True,
         output_dir: Optional[str] = None,
         *,
@@ -158,7 +221,9 @@ class COCOEvaluator(DatasetEvaluator):
         Args:
             dataset_name: a registered dataset; its metadata gives ``json_file`` or, if absent, the
                 dataset is converted to ``<output_dir>/<dataset_name>_coco_format.json``.
-            tasks: only ``("bbox",)`` is supported (None means the same).
+            tasks: a subset of ``("bbox", "segm")``; None (default): derived from the
+                predictions, as in detectron2 (``"segm"`` too when they have ``pred_masks``).
+                ``"segm"`` is skipped, with a warning, when the ground truth has no masks.
             distributed: gather predictions from all processes and evaluate on the main one.
             output_dir: where to write predictions and results (optional).
             max_dets_per_image: detections per image for AP (COCO's 100 by default).
@@ -170,11 +235,12 @@ class COCOEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._distributed = distributed
         self._output_dir = output_dir
-        tasks = ("bbox",) if tasks is None else tuple(tasks)
-        unsupported = [t for t in tasks if t != "bbox"]
-        if unsupported or not tasks:
-            raise ValueError(f"COCOEvaluator supports the task 'bbox' only, got {tasks}")
-        self._tasks = tasks
+        if tasks is not None:
+            tasks = tuple(tasks)
+            if not tasks or any(t not in TASKS for t in tasks):
+                raise ValueError(f"COCOEvaluator supports the tasks 'bbox' and 'segm', got {tasks}")
+        self._tasks: Optional[Tuple[str, ...]] = tasks
+        self._segm_fallback_logged = False
         if backend is None:
             backend = "fast" if use_fast_impl else "pycocotools"
         if backend not in BACKENDS:
@@ -268,23 +334,40 @@ class COCOEvaluator(DatasetEvaluator):
             return {}
         results = list(itertools.chain(*[p["instances"] for p in predictions]))
         columns = self._to_columns(results)
+        tasks = self._tasks or tasks_from_predictions(results)
         # the fast backend reads the columns; result dicts with dataset ids only when needed
         coco_results: Union[List[Dict[str, Any]], DetectionColumns] = columns
-        if self._output_dir or self._backend == "pycocotools":
-            coco_results = [
+        result_dicts: Optional[List[Dict[str, Any]]] = None
+        if self._output_dir or self._backend == "pycocotools" or "segm" in tasks:
+            result_dicts = [
                 dict(r, category_id=c) for r, c in zip(results, columns.category_id.tolist())
             ]
+            if self._backend == "pycocotools":
+                coco_results = result_dicts
         if self._output_dir:
-            self._save(predictions, coco_results)
+            self._save(predictions, result_dicts)
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return {}
+        if "segm" in tasks and not self._gt_has_masks():
+            tasks = tuple(t for t in tasks if t != "segm")
+            if not tasks:
+                return {}
         results_by_task: Dict[str, Any] = OrderedDict()
-        for task in self._tasks:
-            self._logger.info(f"Evaluating predictions with the {self._backend} COCO backend ...")
+        for task in tasks:
+            backend = self._backend
+            task_results = coco_results
+            if task == "segm":
+                task_results = result_dicts
+                if backend != "pycocotools":
+                    backend = "pycocotools"
+                    if not self._segm_fallback_logged:
+                        self._logger.info(SEGM_FALLBACK_MESSAGE)
+                        self._segm_fallback_logged = True
+            self._logger.info(f"Evaluating {task} predictions with the {backend} COCO backend ...")
             coco_eval = (
                 evaluate_predictions_on_coco(
-                    self._coco_api, coco_results, task, self._backend, img_ids, self._max_dets
+                    self._coco_api, task_results, task, backend, img_ids, self._max_dets
                 )
                 if len(columns)
                 else None
@@ -292,6 +375,24 @@ class COCOEvaluator(DatasetEvaluator):
             self.coco_eval[task] = coco_eval
             results_by_task[task] = self._derive_coco_results(coco_eval, task)
         return copy.deepcopy(results_by_task)
+
+    def _gt_has_masks(self) -> bool:
+        """Whether every ground-truth annotation has a ``segmentation``: False (with a warning)
+        when none has one; a ValueError when only some have."""
+        anns = self._coco_api.dataset.get("annotations", [])
+        with_masks = sum("segmentation" in a for a in anns)
+        if anns and with_masks == 0:
+            self._logger.warning(
+                f"segm evaluation skipped: the ground truth of '{self._dataset_name}' has no "
+                "masks (no annotation has a 'segmentation')"
+            )
+            return False
+        if with_masks < len(anns):
+            raise ValueError(
+                f"segm evaluation: {len(anns) - with_masks} of {len(anns)} ground-truth "
+                f"annotations of '{self._dataset_name}' have no 'segmentation'"
+            )
+        return True
 
     def _save(self, predictions: List[Dict[str, Any]], coco_results: Any) -> None:
         """``instances_predictions.pth`` (as processed) and ``coco_instances_results.json``
