@@ -3,7 +3,8 @@
 Used by :class:`COCOEvaluator` for datasets registered without ``metadata.json_file`` (VOC, the
 synthetic shapes, ...). Boxes are converted in float32 and rounded to 3 decimals, and the area is
 the float32 box area (or the polygon / RLE area when a ``segmentation`` is given), as in
-detectron2's ``convert_to_coco_dict``.
+detectron2's ``convert_to_coco_dict``. A ``segmentation`` (polygons, or RLE as for crowd regions)
+is written as given, an RLE's bytes ``counts`` as str, so that mask AP can be evaluated.
 """
 
 from __future__ import annotations
@@ -62,8 +63,17 @@ def _area(annotation: Dict[str, Any], xywh: List[float]) -> float:
     if isinstance(seg, dict):
         from pycocotools import mask as mask_util
 
+        if isinstance(seg.get("counts"), list):  # uncompressed RLE (COCO's crowd format)
+            seg = mask_util.frPyObjects(seg, *seg["size"])
         return float(mask_util.area(seg))
     raise TypeError(f"unknown segmentation type {type(seg).__name__}")
+
+
+def _json_segmentation(seg: Any) -> Any:
+    """The segmentation as json can hold it: a compressed RLE's bytes ``counts`` become str."""
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), bytes):
+        return dict(seg, counts=seg["counts"].decode("ascii"))
+    return seg
 
 
 def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
@@ -105,7 +115,7 @@ def convert_to_coco_dict(dataset_name: str) -> Dict[str, Any]:
                 "category_id": int(to_dataset_id(ann["category_id"])),
             }
             if "segmentation" in ann:
-                coco_ann["segmentation"] = ann["segmentation"]
+                coco_ann["segmentation"] = _json_segmentation(ann["segmentation"])
             annotations.append(coco_ann)
     logger.info(
         f"Converted '{dataset_name}' to COCO format: {len(images)} images, "
