@@ -24,6 +24,8 @@ from resnet_backbones.evaluation.coco_evaluation import SEGM_FALLBACK_MESSAGE, e
 from resnet_backbones.evaluation.fast_coco_eval import quiet_coco
 from resnet_backbones.structures import Boxes, BoxMode, Instances
 
+# pycocotools' mask.decode with numpy 2 (not ours)
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 STAT_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 H, W = 150, 210  # not square, so that a transposed (C-order) encoding would show
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 9, "name": "bird"}]
@@ -95,6 +97,8 @@ def make_segm_coco(seed, num_images=10):
         gt_masks = []
         for k in range(int(rng.integers(1, 5))):
             seg = [_polygon(rng)] + ([_polygon(rng)] if rng.random() < 0.2 else [])
+            if i % 4 == 2 and k == 0:  # a large object (area > 96 ** 2)
+                seg = [[20.0, 20.0, 150.5, 20.0, 150.5, 130.5, 20.0, 130.5]]
             mask = _decode(seg)
             if not mask.any():
                 continue
