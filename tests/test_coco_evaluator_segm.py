@@ -243,6 +243,10 @@ def test_encode_masks_round_trip_fortran_order():
     assert encode_masks(torch.zeros(0, 7, 11, dtype=torch.bool)) == []
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         encode_masks(torch.zeros(7, 11, dtype=torch.bool))
+    with pytest.raises(ValueError, match="binary"):
+        encode_masks(torch.full((1, 7, 11), 0.7))
+    # 0/1 integers are the same masks as bools
+    assert encode_masks(torch.from_numpy(masks.astype(np.uint8))) == rles
     inst = Instances(
         (7, 11),
         pred_boxes=Boxes(torch.zeros(2, 4)),

@@ -1,5 +1,6 @@
 """Evaluation: detectron2's evaluator API (``DatasetEvaluator``, ``inference_on_dataset``), COCO box
-AP with a fast backend identical to pycocotools, and Pascal VOC AP identical to detectron2's."""
+AP with a fast backend identical to pycocotools, COCO mask AP (pycocotools), and Pascal VOC AP
+identical to detectron2's."""
 
 from .coco_evaluation import COCOEvaluator, evaluate_predictions_on_coco, instances_to_coco_json
 from .coco_format import convert_to_coco_dict, convert_to_coco_json

@@ -62,12 +62,18 @@ SEGM_FALLBACK_MESSAGE = "segm: evaluated with pycocotools (the fast backend cove
 
 
 def encode_masks(masks: Any) -> List[Dict[str, Any]]:
-    """Binary masks ``(N, H, W)`` (tensor or array) as COCO RLE dicts with str ``counts``."""
+    """Binary masks ``(N, H, W)`` (bool or 0/1 integers, tensor or array) as COCO RLE dicts with
+    str ``counts``."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"pred_masks must be (N, H, W), got shape {tuple(masks.shape)}")
+    if masks.dtype.kind == "f":
+        raise ValueError(
+            "pred_masks must be binary (bool) masks in the image size, got floating point "
+            "(mask probabilities: paste and threshold them first)"
+        )
     if len(masks) == 0:
         return []
     # pycocotools encodes (H, W, N) Fortran-ordered uint8 arrays
