@@ -1,6 +1,7 @@
 """Small building blocks shared by the backbone and the detector."""
 
 from .batch_norm import FrozenBatchNorm2d, NormSpec, convert_frozen_batchnorm, get_norm
+from .mask_ops import paste_masks_in_image
 from .shape_spec import ShapeSpec
 from .wrappers import Conv2d
 
@@ -11,4 +12,5 @@ __all__ = [
     "ShapeSpec",
     "convert_frozen_batchnorm",
     "get_norm",
+    "paste_masks_in_image",
 ]

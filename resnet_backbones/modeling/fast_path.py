@@ -433,12 +433,17 @@ class PooledRes5(nn.Sequential):
 
 def _pool_inside_res5(roi_heads: Optional[nn.Module], chunk_size: Optional[int] = None) -> bool:
     """Make the ``res5`` of a ``Res5ROIHeads`` a :class:`PooledRes5` (in place), with
-    ``chunk_size`` RoIs at a time at inference (None: all at once)."""
+    ``chunk_size`` RoIs at a time at inference (None: all at once).
+
+    Box-only heads only: a Mask R-CNN head (``mask_on``) feeds res5's unpooled 7x7 output to its
+    mask head, so its res5 stays an ``nn.Sequential`` (the other fast-path steps still apply)."""
     from .roi_heads.roi_heads import (
         Res5ROIHeads,
     )  # its forward reads res5 only via .mean(dim=[2, 3])
 
     res5 = getattr(roi_heads, "res5", None)
+    if getattr(roi_heads, "mask_on", False):
+        return False
     if type(roi_heads) is Res5ROIHeads and type(res5) is nn.Sequential:
         res5.__class__ = PooledRes5
     if isinstance(res5, PooledRes5):

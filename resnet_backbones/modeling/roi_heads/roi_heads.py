@@ -34,6 +34,7 @@ from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
 from .fast_rcnn import FastRCNNOutputLayers
+from .mask_head import build_mask_head
 
 __all__ = [
     "ROI_HEADS_REGISTRY",
@@ -41,6 +42,7 @@ __all__ = [
     "Res5ROIHeads",
     "add_ground_truth_to_proposals",
     "build_roi_heads",
+    "select_foreground_proposals",
 ]
 
 ROI_HEADS_REGISTRY = Registry("ROI_HEADS")
@@ -77,6 +79,20 @@ def add_ground_truth_to_proposals(
             extra.objectness_logits = logits
         out.append(Instances.cat([props, extra]))
     return out
+
+
+def select_foreground_proposals(
+    proposals: List[Instances], bg_label: int
+) -> Tuple[List[Instances], List[torch.Tensor]]:
+    """Each image's proposals of a foreground class (``0 <= gt_classes < bg_label``), and the bool
+    masks that select them."""
+    fg_proposals, fg_masks = [], []
+    for props in proposals:
+        classes = props.gt_classes
+        fg = (classes != -1) & (classes != bg_label)
+        fg_proposals.append(props[fg.nonzero().squeeze(1)])
+        fg_masks.append(fg)
+    return fg_proposals, fg_masks
 
 
 class ROIHeads(nn.Module):
@@ -192,7 +208,9 @@ def make_res5_head_blocks(resnets_cfg: Any, preact: bool = False) -> Tuple[List[
 @ROI_HEADS_REGISTRY.register()
 class Res5ROIHeads(ROIHeads):
     """The C4 box head: RoIAlign on one feature map, then res5, average pooling and the
-    predictor."""
+    predictor; with ``MODEL.MASK_ON`` also Mask R-CNN's mask head (``mask_head``), which reads the
+    unpooled res5 output (7x7) of the foreground RoIs in training and of the detections at
+    inference."""
 
     def __init__(
         self,
@@ -201,6 +219,7 @@ class Res5ROIHeads(ROIHeads):
         pooler: ROIPooler,
         res5: nn.Module,
         box_predictor: nn.Module,
+        mask_head: Optional[nn.Module] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -208,6 +227,9 @@ class Res5ROIHeads(ROIHeads):
         self.pooler = pooler
         self.res5 = res5
         self.box_predictor = box_predictor
+        self.mask_on = mask_head is not None
+        if self.mask_on:
+            self.mask_head = mask_head
 
     @classmethod
     def _build_res5_block(cls, cfg: Any) -> Tuple[nn.Sequential, int]:
@@ -232,8 +254,8 @@ class Res5ROIHeads(ROIHeads):
                 f"MODEL.ROI_HEADS.IN_FEATURES {in_features} "
                 f"is not a backbone output {sorted(input_shape)}"
             )
-        if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
-            raise ValueError("MODEL.MASK_ON / KEYPOINT_ON: only box detection is supported")
+        if cfg.MODEL.KEYPOINT_ON:
+            raise ValueError("MODEL.KEYPOINT_ON: keypoint heads are not supported")
         h = cfg.MODEL.ROI_BOX_HEAD
         pooler = ROIPooler(
             output_size=h.POOLER_RESOLUTION,
@@ -243,6 +265,11 @@ class Res5ROIHeads(ROIHeads):
         )
         res5, out_channels = cls._build_res5_block(cfg)
         predictor_shape = ShapeSpec(channels=out_channels, height=1, width=1)
+        if cfg.MODEL.MASK_ON:  # reads res5's output: out_channels at half the pooler resolution
+            size = h.POOLER_RESOLUTION // 2 if h.POOLER_RESOLUTION else None
+            ret["mask_head"] = build_mask_head(
+                cfg, ShapeSpec(channels=out_channels, height=size, width=size)
+            )
         ret.update(
             in_features=in_features,
             pooler=pooler,
@@ -267,7 +294,12 @@ class Res5ROIHeads(ROIHeads):
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
     ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
-        """Training: ``([], {"loss_cls", "loss_box_reg"})``; inference: ``(detections, {})``."""
+        """Training: ``([], {"loss_cls", "loss_box_reg"[, "loss_mask"]})``; inference:
+        ``(detections, {})``, with ``pred_masks`` ``(N, 1, M, M)`` probabilities if masks are on.
+
+        With the fast path's ``PooledRes5`` (box-only models) res5 returns its pooled
+        ``(R, C, 1, 1)`` output and the mean below is a no-op; with a mask head res5 stays a plain
+        ``nn.Sequential`` (the mask head needs the 7x7 output)."""
         if self.training:
             if targets is None:
                 raise ValueError("Res5ROIHeads needs targets in training mode")
@@ -277,16 +309,29 @@ class Res5ROIHeads(ROIHeads):
         )
         predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
         if self.training:
-            return [], self.box_predictor.losses(predictions, proposals)
+            losses = self.box_predictor.losses(predictions, proposals)
+            if self.mask_on:
+                fg_proposals, fg_masks = select_foreground_proposals(proposals, self.num_classes)
+                # the res5 output of the foreground RoIs, computed once for both heads
+                mask_features = box_features[torch.cat(fg_masks, dim=0)]
+                losses.update(self.mask_head(mask_features, fg_proposals))
+            return [], losses
         detections, _ = self.box_predictor.inference(predictions, proposals)
         return self.forward_with_given_boxes(features, detections), {}
 
     def forward_with_given_boxes(
         self, features: Dict[str, torch.Tensor], instances: List[Instances]
     ) -> List[Instances]:
-        """Box-only model: detections are final (mask/keypoint heads would run here)."""
+        """Inference on given detections (``pred_boxes``, ``pred_classes``): with a mask head, res5
+        runs again on the detection boxes and the mask head sets ``pred_masks``; box-only models
+        return ``instances`` as they are."""
         if self.training:
             raise RuntimeError("forward_with_given_boxes is for inference")
+        if self.mask_on:
+            x = self._shared_roi_transform(
+                [features[f] for f in self.in_features], [i.pred_boxes for i in instances]
+            )
+            return self.mask_head(x, instances)
         return instances
 
 
