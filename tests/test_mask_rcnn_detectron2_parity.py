@@ -1,0 +1,194 @@
+"""Our Mask R-CNN C4 against detectron2's, with the same weights on the same images.
+
+Runs only where detectron2 is installed (``/opt/d2env/bin/python -m pytest
+tests/test_mask_rcnn_detectron2_parity.py``):
+
+* state-dict names and shapes equal detectron2's for full-size R50-C4 / R101-C4 with MASK_ON
+  (our YAML files read by each library's config code);
+* our mask_rcnn_*.yaml read by detectron2 equal its model-zoo configs;
+* a narrow R50-C4 with masks (calibrated random weights, loaded into detectron2's model with
+  ``strict=True``): on matched detections (same class, box IoU >= 0.99) the pasted masks have
+  IoU >= 0.99;
+* training: with the same seed both sample the same RoIs, and ``loss_mask`` agrees within 1%.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+detectron2 = pytest.importorskip("detectron2")
+
+from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
+from detectron2.modeling import build_model as d2_build_model  # noqa: E402
+from detectron2.structures import PolygonMasks as D2PolygonMasks  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+from helpers import NARROW  # noqa: E402
+
+from resnet_backbones import get_cfg  # noqa: E402
+from resnet_backbones.modeling import build_model  # noqa: E402
+from resnet_backbones.structures import Boxes, PolygonMasks, pairwise_iou  # noqa: E402
+from resnet_backbones.utils.testing import (  # noqa: E402
+    calibrate_random_detector_,
+    detector_inputs,
+    random_scene,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+
+
+def _both_configs(config_file, overrides):
+    d2_cfg, cfg = d2_get_cfg(), get_cfg()
+    for c in (d2_cfg, cfg):
+        c.merge_from_file(os.path.join(CONFIGS, config_file))
+        c.merge_from_list([v if isinstance(v, str) else str(v) for v in overrides])
+    return d2_cfg, cfg
+
+
+@pytest.mark.parametrize("config_file", ["mask_rcnn_R50_C4.yaml", "mask_rcnn_R101_C4.yaml"])
+def test_state_dict_names_and_shapes_equal_detectron2(config_file):
+    d2_cfg, cfg = _both_configs(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    assert cfg.MODEL.MASK_ON and d2_cfg.MODEL.MASK_ON
+    d2_sd = d2_build_model(d2_cfg).state_dict()
+    sd = build_model(cfg).state_dict()
+    assert sorted(sd) == sorted(d2_sd)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        k: tuple(v.shape) for k, v in d2_sd.items()
+    }
+    assert sd["roi_heads.mask_head.deconv.weight"].shape == (2048, 256, 2, 2)
+    assert sd["roi_heads.mask_head.predictor.weight"].shape == (80, 256, 1, 1)
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + k + "."))
+        else:
+            out[prefix + k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        ("mask_rcnn_R50_C4.yaml", "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml"),
+        ("mask_rcnn_R50_C4_3x.yaml", "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_3x.yaml"),
+        ("mask_rcnn_R101_C4.yaml", "COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x.yaml"),
+    ],
+)
+def test_configs_equal_detectron2s(ours, theirs):
+    zoo = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs")
+    if not os.path.isdir(zoo):
+        zoo = os.path.join(os.path.dirname(os.path.dirname(detectron2.__file__)), "configs")
+    if not os.path.isfile(os.path.join(zoo, theirs)):
+        pytest.skip("this detectron2 installation has no model-zoo configs")
+    ref = d2_get_cfg()
+    ref.merge_from_file(os.path.join(zoo, theirs))
+    d2_view = d2_get_cfg()
+    d2_view.merge_from_file(os.path.join(CONFIGS, ours))
+    ref_flat, d2_flat = _flat(ref), _flat(d2_view)
+    assert os.path.basename(d2_flat.pop("MODEL.WEIGHTS")) == os.path.basename(
+        ref_flat.pop("MODEL.WEIGHTS")
+    )
+    assert d2_flat == ref_flat
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, ours))
+    flat = _flat(cfg)
+    differ = {k: (flat[k], v) for k, v in ref_flat.items() if k in flat and flat[k] != v}
+    assert not differ, f"keys whose value differs from detectron2's (ours, detectron2): {differ}"
+
+
+# ------------------------------------------------------------------ same weights, same images
+MASK_NARROW = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *NARROW]
+SCENES = [(11, 160, 224), (12, 192, 144)]
+
+
+def _inner_square(box):
+    x0, y0, x1, y1 = [float(v) for v in box]
+    w, h = x1 - x0, y1 - y0
+    a, b, c, d = x0 + w / 4, y0 + h / 4, x1 - w / 4, y1 - h / 4
+    return [np.array([a, b, c, b, c, d, a, d])]
+
+
+def _inputs(scenes, *, d2, with_gt=False, report_size=None):
+    batch = detector_inputs(scenes, with_gt=with_gt, d2=d2)
+    for d in batch:
+        if with_gt:  # the middle quarter of each box
+            polys = [_inner_square(b) for b in d["instances"].gt_boxes.tensor]
+            d["instances"].gt_masks = (D2PolygonMasks if d2 else PolygonMasks)(polys)
+        if report_size is not None:
+            h, w = d["image"].shape[-2:]
+            d["height"], d["width"] = int(h * report_size), int(w * report_size)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def models():
+    scenes = [random_scene(*s) for s in SCENES]
+    d2_cfg, cfg = _both_configs("mask_rcnn_R50_C4.yaml", MASK_NARROW)
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    calibrate_random_detector_(ours, _inputs(scenes, d2=False), residual_gain=(0.5, 1.5), seed=0)
+    with torch.no_grad():  # mask logits of O(1): masks that are not all ~0.5
+        g = torch.Generator().manual_seed(1)
+        w = ours.roi_heads.mask_head.predictor.weight
+        w.copy_(torch.randn(w.shape, generator=g) * 0.05)
+    d2_model = d2_build_model(d2_cfg)
+    d2_model.load_state_dict(ours.state_dict(), strict=True)
+    return d2_model.eval(), ours.eval(), scenes
+
+
+def _mask_iou(a, b):
+    union = (a | b).sum().item()
+    return (a & b).sum().item() / union if union else 1.0
+
+
+def test_masks_match(models):
+    d2_model, ours, scenes = models
+    with torch.no_grad():
+        d2_out = d2_model(_inputs(scenes, d2=True, report_size=1.5))
+        out = ours(_inputs(scenes, d2=False, report_size=1.5))
+    for d2_r, r in zip(d2_out, out):
+        d2_i, i = d2_r["instances"], r["instances"]
+        assert i.image_size == d2_i.image_size
+        assert i.pred_masks.shape == (len(i), *i.image_size)
+        assert i.pred_masks.dtype == d2_i.pred_masks.dtype == torch.bool
+        assert len(d2_i) > 10, "too few detections for a meaningful comparison"
+        iou = pairwise_iou(Boxes(d2_i.pred_boxes.tensor), i.pred_boxes)
+        same_class = d2_i.pred_classes[:, None] == i.pred_classes[None, :]
+        iou[~same_class] = 0
+        best, idx = iou.max(dim=1)
+        matched = best >= 0.99
+        pairs = [(d2_i.pred_masks[k], i.pred_masks[idx[k]]) for k in torch.where(matched)[0]]
+        ious = [_mask_iou(a, b) for a, b in pairs]
+        differing = sum(int((a != b).sum()) for a, b in pairs)
+        nonempty = int(sum(bool(m.any()) for m in i.pred_masks))
+        print(
+            f"masks: {len(d2_i)} vs {len(i)} detections, {int(matched.sum())} matched "
+            f"(box IoU >= 0.99), {nonempty} nonempty masks; mask IoU min {min(ious):.4f} "
+            f"mean {float(np.mean(ious)):.4f}; pixels differing "
+            f"{differing} of {sum(a.numel() for a, _ in pairs)}"
+        )
+        assert matched.float().mean() >= 0.9
+        assert nonempty > 0
+        assert min(ious) >= 0.99
+
+
+def test_mask_loss_matches(models):
+    d2_model, ours, scenes = models
+    results = {}
+    for name, model, d2 in (("d2", d2_model, True), ("ours", ours, False)):
+        model.train()
+        torch.manual_seed(3)
+        batch = _inputs(scenes, d2=d2, with_gt=True)
+        with EventStorage():
+            losses = model(batch)
+        model.eval()
+        results[name] = {k: float(v) for k, v in losses.items()}
+    print(f"losses: detectron2 {results['d2']}, ours {results['ours']}")
+    assert set(results["d2"]) == set(results["ours"])
+    for k, v in results["d2"].items():
+        assert results["ours"][k] == pytest.approx(v, rel=0.01), k
