@@ -199,3 +199,12 @@ def test_basic_block_res5_head_has_a_mask_head():
     with torch.no_grad():
         inst = model.eval()(scene_inputs((2, 160, 160)))[0]["instances"]
     assert inst.pred_masks.shape[1:] == (160, 160)
+
+
+def test_bfloat16_autocast_gives_float32_mask_probabilities():
+    _, model, batch = _calibrated()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = model.inference(batch, do_postprocess=False)[0]
+        inst = model(batch)[0]["instances"]
+    assert len(raw) > 0 and raw.pred_masks.dtype == torch.float32
+    assert inst.pred_masks.dtype == torch.bool and inst.pred_masks.shape[1:] == (160, 200)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import Conv2d, ShapeSpec, get_norm
+from ...precision import fp32_if_reduced
 from ...structures import Instances
 from ...utils.events import get_event_storage, has_event_storage
 from ...utils.registry import lookup
@@ -86,7 +87,9 @@ def mask_rcnn_loss(pred_mask_logits: torch.Tensor, instances: List[Instances]) -
 
 def mask_rcnn_inference(pred_mask_logits: torch.Tensor, pred_instances: List[Instances]) -> None:
     """Set ``pred_masks`` ``(N_i, 1, M, M)`` (probabilities: sigmoid of the map of each
-    detection's ``pred_classes``) on each image's detections, in place."""
+    detection's ``pred_classes``) on each image's detections, in place. Float32 under a
+    reduced-precision autocast (the masks are then resampled into the image)."""
+    pred_mask_logits = fp32_if_reduced(pred_mask_logits)
     if pred_mask_logits.size(1) == 1:
         probs = pred_mask_logits.sigmoid()
     else:
