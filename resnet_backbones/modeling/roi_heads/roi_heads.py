@@ -7,6 +7,10 @@ res4 and the res5 stage runs once per RoI: RoIAlign (14x14, stride-16 features) 
 Training samples ``BATCH_SIZE_PER_IMAGE`` proposals per image (ground-truth boxes appended to the
 proposals first), at most ``POSITIVE_FRACTION`` of them foreground (IoU >= 0.5 with a ground
 truth); the rest is background (class index K).
+
+With ``MODEL.MASK_ON`` (Mask R-CNN C4, He et al. 2017) the same res5 output, before pooling, feeds
+the mask head (:mod:`.mask_head`): in training that of the sampled foreground RoIs, at inference
+res5 runs again on the final detection boxes.
 """
 
 from __future__ import annotations
