@@ -84,13 +84,29 @@ def _check_consistency(names: Sequence[str], key: str = "thing_classes") -> None
         raise ValueError(f"datasets {list(names)} disagree on metadata '{key}': {listing}")
 
 
+def _check_has_masks(name: str, dicts: Sequence[Dict[str, Any]]) -> None:
+    for d in dicts:
+        for a in d.get("annotations", ()):
+            if a.get("iscrowd", 0) == 0 and "segmentation" not in a:
+                raise ValueError(
+                    f"dataset '{name}' has no instance masks: annotation of "
+                    f"{d.get('file_name')} has no 'segmentation'{_source_of(name)}; "
+                    "MODEL.MASK_ON needs masks (train boxes only with MODEL.MASK_ON=False, or "
+                    "regenerate a shapes dataset: it now writes polygons)"
+                )
+
+
 def get_detection_dataset_dicts(
     names: Union[str, Sequence[str]],
     filter_empty: bool = True,
     check_consistency: bool = True,
     on_bad_annotation: Optional[str] = None,
+    require_masks: bool = False,
 ) -> List[Dict[str, Any]]:
     """Load and concatenate registered datasets; refuse empty ones with an error naming them.
+
+    ``require_masks`` (MODEL.MASK_ON at training time) refuses a dataset whose (non-crowd)
+    annotations have no ``segmentation``, e.g. a shapes dataset written before masks existed.
 
     ``on_bad_annotation`` ("skip"/"error", usually DATALOADER.ON_BAD_ANNOTATION) is what the
     loaders do with a bad single annotation. ``filter_empty`` drops images without non-crowd boxes.
@@ -111,6 +127,8 @@ def get_detection_dataset_dicts(
                 )
             if not loaded:
                 raise ValueError(f"dataset '{name}' is empty{_source_of(name)}")
+            if require_masks:
+                _check_has_masks(name, loaded)
             dicts.extend(loaded)
     if check_consistency and len(names) > 1:
         _check_consistency(names)
@@ -287,6 +305,7 @@ def build_detection_train_loader(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             on_bad_annotation=cfg.DATALOADER.ON_BAD_ANNOTATION,
+            require_masks=bool(cfg.MODEL.MASK_ON),
         )
     if len(dataset) == 0:
         raise ValueError("build_detection_train_loader: the training dataset is empty")

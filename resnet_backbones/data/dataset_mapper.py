@@ -2,6 +2,8 @@
 
 Reads the image in INPUT.FORMAT, checks its size against the dict, resizes (and at training time
 flips) it, moves the boxes the same way and packs them as ``instances`` (crowd boxes dropped).
+With MODEL.MASK_ON the annotations' ``segmentation`` moves too and becomes ``gt_masks``
+(INPUT.MASK_FORMAT: ``PolygonMasks`` or ``BitMasks``); without it masks are ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class DatasetMapper:
         *,
         augmentations: Optional[Sequence[Augmentation]] = None,
         image_format: Optional[str] = None,
+        use_instance_mask: Optional[bool] = None,
+        instance_mask_format: Optional[str] = None,
     ) -> None:
         if cfg is None and (augmentations is None or image_format is None):
             raise ValueError(
@@ -48,9 +52,25 @@ class DatasetMapper:
             raise ValueError(
                 f"INPUT.FORMAT must be one of {utils.IMAGE_FORMATS}, got {self.image_format!r}"
             )
+        if use_instance_mask is None:
+            use_instance_mask = bool(cfg.MODEL.MASK_ON) if cfg is not None else False
+        if instance_mask_format is None:
+            instance_mask_format = cfg.INPUT.MASK_FORMAT if cfg is not None else "polygon"
+        if instance_mask_format not in utils.MASK_FORMATS:
+            raise ValueError(
+                f"INPUT.MASK_FORMAT must be one of {utils.MASK_FORMATS}, "
+                f"got {instance_mask_format!r}"
+            )
+        self.use_instance_mask = bool(use_instance_mask)
+        self.instance_mask_format: str = instance_mask_format
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict is reused across epochs
+        # The caller's dict is reused across epochs: copy it, except the annotations, which are
+        # only read (their segmentations can be large).
+        annotations = dataset_dict.get("annotations")
+        dataset_dict = copy.deepcopy({k: v for k, v in dataset_dict.items() if k != "annotations"})
+        if annotations is not None:
+            dataset_dict["annotations"] = annotations
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         image, transforms = apply_augmentations(self.augmentations, image)
@@ -61,12 +81,18 @@ class DatasetMapper:
             return dataset_dict
         if "annotations" in dataset_dict:
             annos = [obj for obj in dataset_dict.pop("annotations") if obj.get("iscrowd", 0) == 0]
-            instances = utils.transformed_instances(annos, transforms, image_shape)
+            mask_format = self.instance_mask_format if self.use_instance_mask else None
+            try:
+                instances = utils.transformed_instances(annos, transforms, image_shape, mask_format)
+            except ValueError as e:
+                raise ValueError(f"{dataset_dict.get('file_name')}: {e}") from None
             dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
 
     def __repr__(self) -> str:
         return (
             f"DatasetMapper(is_train={self.is_train}, image_format={self.image_format!r}, "
+            f"use_instance_mask={self.use_instance_mask}, "
+            f"instance_mask_format={self.instance_mask_format!r}, "
             f"augmentations={self.augmentations})"
         )

@@ -1,7 +1,8 @@
 """What the loaders do with one bad annotation (empty box, box outside the image, unknown class, a
-malformed record): skip it and count it ("skip", the default), or stop with an error naming the file
-and the value ("error"). The choice comes from ``DATALOADER.ON_BAD_ANNOTATION``; since detectron2's
-registered loaders take no arguments, ``get_detection_dataset_dicts`` passes it down with
+malformed record, a degenerate polygon: fewer than 3 points, zero area, or outside the image): skip
+it and count it ("skip", the default), or stop with an error naming the file and the value
+("error"). The choice comes from ``DATALOADER.ON_BAD_ANNOTATION``; since detectron2's registered
+loaders take no arguments, ``get_detection_dataset_dicts`` passes it down with
 :func:`bad_annotation_policy`, and a direct ``load_*`` call may pass it explicitly.
 """
 
@@ -11,7 +12,9 @@ import contextvars
 import logging
 from collections import Counter
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,37 @@ def box_problem(
     t = OUTSIDE_TOLERANCE
     if x0 < -t or y0 < -t or x1 > width + t or y1 > height + t:
         return "box outside the image"
+    return None
+
+
+def segmentation_problem(segm: Any, width: float, height: float) -> Optional[str]:
+    """The kind of problem of a COCO ``segmentation`` (a list of flat polygons, or an RLE dict)
+    in a ``width`` x ``height`` image, or None if it is fine. Every polygon must have 3 or more
+    points, a non-zero area and reach into the image (within :data:`OUTSIDE_TOLERANCE`)."""
+    if isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if counts is None or not isinstance(size, (list, tuple)) or len(size) != 2:
+            return "malformed segmentation"
+        if list(size) != [height, width]:
+            return "segmentation size differs from the image"
+        return None
+    if not isinstance(segm, list) or not segm:
+        return "malformed segmentation"
+    t = OUTSIDE_TOLERANCE
+    for poly in segm:
+        try:
+            p = np.asarray(poly, dtype=np.float64)
+        except (TypeError, ValueError):
+            return "malformed segmentation"
+        if p.ndim != 1 or not np.all(np.isfinite(p)):
+            return "malformed segmentation"
+        if len(p) < 6 or len(p) % 2:
+            return "polygon with fewer than 3 points"
+        x, y = p[0::2], p[1::2]
+        if 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))) <= 0:
+            return "zero-area polygon"
+        if x.max() <= -t or y.max() <= -t or x.min() >= width + t or y.min() >= height + t:
+            return "polygon outside the image"
     return None
 
 

@@ -1,10 +1,11 @@
 """COCO instances JSON -> detectron2 dataset dicts, through ``pycocotools.coco.COCO``.
 
 Each dict has file_name, height, width, image_id and annotations (bbox in XYWH_ABS, bbox_mode,
-category_id, iscrowd). With a ``dataset_name`` the json category ids are mapped to contiguous
-0-based ids and the mapping is stored in the metadata, as detectron2 does. Segmentations and
-keypoints are not loaded (this project trains boxes only); ask for them with
-``extra_annotation_keys``.
+category_id, iscrowd, and ``segmentation`` where the json has one: polygons, or RLE with the
+counts compressed, as detectron2 keeps them). With a ``dataset_name`` the json category ids are
+mapped to contiguous 0-based ids and the mapping is stored in the metadata, as detectron2 does.
+Degenerate polygons (fewer than 3 points, zero area, outside the image) are bad annotations,
+like empty boxes. Keypoints are not loaded; ask for other keys with ``extra_annotation_keys``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ...structures import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
-from .annotation_checks import ProblemCounter, box_problem
+from .annotation_checks import ProblemCounter, box_problem, segmentation_problem
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +209,30 @@ def _convert_annotation(
             return None
         cat = id_map[cat]
     obj = {"iscrowd": anno.get("iscrowd", 0), "bbox": bbox, "category_id": cat}
+    if "segmentation" in anno:
+        segm = anno["segmentation"]
+        kind = segmentation_problem(segm, width, height)
+        if kind is not None:
+            problems.add(
+                kind,
+                f"annotation id {anno.get('id')} of image {anno.get('image_id')} "
+                f"({width}x{height}): segmentation={_short(segm)}",
+            )
+            return None
+        if isinstance(segm, dict) and isinstance(segm["counts"], list):
+            from pycocotools import mask as mask_util
+
+            segm = mask_util.frPyObjects(segm, *segm["size"])  # uncompressed RLE -> compressed
+        obj["segmentation"] = segm
     for k in keys:
         if k in anno:
             obj[k] = anno[k]
     return obj
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_annotation_ids(coco_api, json_file: str, num_matched: int) -> None:

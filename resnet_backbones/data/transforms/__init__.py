@@ -3,6 +3,7 @@ and boxes (detectron2's names and semantics)."""
 
 from .augmentation import Augmentation, RandomFlip, ResizeShortestEdge, apply_augmentations
 from .transform import (
+    CropTransform,
     HFlipTransform,
     NoOpTransform,
     ResizeTransform,
@@ -16,6 +17,7 @@ __all__ = [
     "RandomFlip",
     "ResizeShortestEdge",
     "apply_augmentations",
+    "CropTransform",
     "HFlipTransform",
     "NoOpTransform",
     "ResizeTransform",
