@@ -10,6 +10,12 @@ from helpers import narrow_c4_cfg, scene_inputs, tiny_cfg
 
 from resnet_backbones.layers import paste_masks_in_image
 from resnet_backbones.modeling import build_model, prepare_model
+from resnet_backbones.modeling.fast_path import (
+    RES5_CHUNK_SIZE,
+    PooledRes5,
+    SubsampledROIPooler,
+    optimize_keeping_state_dict,
+)
 from resnet_backbones.modeling.roi_heads import MaskRCNNConvUpsampleHead, mask_rcnn_loss
 from resnet_backbones.structures import Boxes, Instances, PolygonMasks
 from resnet_backbones.utils.events import EventStorage
@@ -162,8 +168,11 @@ def test_inference_returns_bool_masks_of_the_original_image_size():
 def test_fast_path_gives_the_same_detections_and_masks(mode):
     cfg, plain, batch = _calibrated()
     fast = prepare_model(copy.deepcopy(plain), cfg, mode).eval()
-    # the mask head needs res5's unpooled output: res5 stays a plain nn.Sequential
-    assert type(fast.roi_heads.res5) is torch.nn.Sequential
+    # res5 pools and chunks where only the mean is read, and gives the mask head its 7x7 output
+    res5 = fast.roi_heads.res5
+    assert type(res5) is PooledRes5 and res5.chunk_size == RES5_CHUNK_SIZE
+    assert isinstance(fast.roi_heads.pooler, SubsampledROIPooler)
+    res5.chunk_size = 5  # several chunks for the few detections of the tiny model too
     with torch.no_grad():
         a = plain.inference(batch, do_postprocess=False)[0]
         b = fast.inference(batch, do_postprocess=False)[0]
@@ -177,6 +186,68 @@ def test_fast_path_gives_the_same_detections_and_masks(mode):
     assert torch.allclose(a.pred_masks, b.pred_masks, atol=5e-4)
     agree = (pa.pred_masks == pb.pred_masks).float().mean()
     assert float(agree) > 0.999
+    assert len(pa) > res5.chunk_size
+    inter = (pa.pred_masks & pb.pred_masks).flatten(1).sum(1).float()
+    union = (pa.pred_masks | pb.pred_masks).flatten(1).sum(1).float()
+    iou = inter[union > 0] / union[union > 0]
+    # mean IoU 0.99+; the random head's probabilities sit near the 0.5 threshold, so a boundary
+    # pixel can flip under float rounding (measured: 1 of a 96-pixel mask, IoU 0.9896)
+    assert len(iou) > 0 and float(iou.mean()) >= 0.99 and float(iou.min()) >= 0.95
+
+
+def test_pooled_res5_unpooled_output_is_chunked_and_equals_the_plain_res5():
+    _, plain, _ = _calibrated()
+    fast = prepare_model(copy.deepcopy(plain), tiny_cfg(), "train").eval()
+    res5 = fast.roi_heads.res5
+    res5.chunk_size = 4
+    x = torch.randn(11, *_res5_input_shape(fast.roi_heads))
+    x = x.contiguous(memory_format=torch.channels_last)
+    calls = []
+    hook = res5[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        full, pooled = res5(x, pool=False), res5(x)
+    hook.remove()
+    assert calls == [4, 4, 3, 4, 4, 3]
+    assert full.shape[-2:] != (1, 1) and pooled.shape[-2:] == (1, 1)
+    torch.testing.assert_close(pooled, full.mean(dim=(2, 3), keepdim=True), rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast.roi_heads._res5_mean(full), full.mean(dim=(2, 3)))
+
+
+def _res5_input_shape(heads):
+    c = heads.res5[0].conv1.in_channels
+    # the subsampled pooler: conv1 has stride 1 and reads the 7x7 bins directly
+    size = heads.pooler.output_size[0] // heads.pooler.stride
+    return c, size, size
+
+
+def test_training_fast_path_gives_the_same_losses_and_gradients_with_masks():
+    cfg = tiny_cfg(SMALL, MODEL__MASK_ON=True)
+    torch.manual_seed(0)
+    plain = build_model(cfg).train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain.roi_heads.mask_head.predictor.weight.normal_(std=0.05)
+    fast = optimize_keeping_state_dict(copy.deepcopy(plain))
+    assert type(fast.roi_heads.res5) is PooledRes5
+    assert isinstance(fast.roi_heads.pooler, SubsampledROIPooler)
+    batch = with_masks(scene_inputs((2, 160, 192), with_gt=True))
+    out, grads = {}, {}
+    for name, m in (("plain", plain), ("fast", fast)):
+        torch.manual_seed(3)  # the same proposal sampling
+        with EventStorage():
+            losses = m(batch)
+        assert torch.isfinite(losses["loss_mask"])
+        m.zero_grad()
+        sum(losses.values()).backward()
+        out[name] = {k: float(v) for k, v in losses.items()}
+        grads[name] = m.roi_heads.mask_head.deconv.weight.grad.clone()
+    assert out["plain"].keys() == out["fast"].keys() >= {"loss_mask", "loss_cls"}
+    for k in out["plain"]:
+        assert out["fast"][k] == pytest.approx(out["plain"][k], abs=1e-4), k
+    assert grads["plain"].abs().sum() > 0
+    # relative to the gradient's norm: ReLU inputs near 0 flip under ~1e-6 forward differences
+    err = (grads["fast"] - grads["plain"]).norm() / grads["plain"].norm()
+    assert float(err) < 1e-2
 
 
 def test_basic_block_res5_head_has_a_mask_head():

@@ -39,7 +39,8 @@ The transformations, each exact in real arithmetic (float results differ by roun
    vector of ones under autocast (CPU bfloat16 reductions are slow), with a gradient in
    channels_last layout in training (autograd's would be NCHW and slow down the backward ops);
    at inference res5 runs over ~128 RoIs at a time (same outputs, less memory mapped and zeroed
-   per call).
+   per call). With Mask R-CNN's mask head res5 returns its unpooled output where the mask head
+   reads it (foreground RoIs in training, detections at inference), chunked as well.
 """
 
 from __future__ import annotations
@@ -400,32 +401,43 @@ RES5_CHUNK_SIZE = 128
 
 
 class PooledRes5(nn.Sequential):
-    """res5 (an ``nn.Sequential``) followed by its global average pool: ``(R, C, 1, 1)`` outputs.
+    """res5 (an ``nn.Sequential``) followed by its global average pool: ``(R, C, 1, 1)`` outputs
+    (``forward(x, pool=False)``: the unpooled output, e.g. for a mask head).
 
-    ``Res5ROIHeads`` reads the res5 output only through ``.mean(dim=[2, 3])``, which is then a
-    no-op; the mean itself is computed here, in a form that is fast in every dtype (CPU reductions
+    ``Res5ROIHeads`` reads the res5 output of its proposals only through its spatial mean (Mask
+    R-CNN's mask head reads the unpooled output of the foreground RoIs in training and of the
+    detections at inference); with ``pool=True`` the head's mean is then a no-op and the mean itself
+    is computed here, by :meth:`spatial_mean`, in a form that is fast in every dtype (CPU reductions
     of bfloat16 channels_last tensors are ~7x slower than the sum as a GEMM with a vector of ones,
     accumulated in float32) and whose gradient keeps the channels_last layout. Same submodules and
     state-dict names as the ``nn.Sequential`` it replaces (only the class changes).
 
-    ``chunk_size`` (eval mode without autograd only): run the RoIs through res5 this many at a
-    time. In eval mode every RoI is computed independently (norms use fixed statistics), so the
-    outputs are the same; the ~1000 RoIs of a test image at once make activations of hundreds of MB
-    that the allocator maps and the kernel zero-fills anew on every call, and chunks of ~100 RoIs
-    skip much of that (measured on R50's res5 over 1000 RoIs here: ~11% faster in bfloat16, ~9% in
-    float32).
+    ``chunk_size`` (eval mode without autograd only, pooled or not): run the RoIs through res5 this
+    many at a time. In eval mode every RoI is computed independently (norms use fixed statistics),
+    so the outputs are the same; the ~1000 RoIs of a test image at once make activations of hundreds
+    of MB that the allocator maps and the kernel zero-fills anew on every call, and chunks of ~100
+    RoIs skip much of that (measured on R50's res5 over 1000 RoIs here: ~11% faster in bfloat16,
+    ~9% in float32).
     """
 
     chunk_size: Optional[int] = None
+    #: ``Res5ROIHeads._shared_roi_transform`` passes ``pool`` to a res5 with this flag
+    accepts_pool: bool = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, pool: bool = True) -> torch.Tensor:  # type: ignore[override]
         chunk = self.chunk_size
+        run = self._pooled if pool else super().forward
         if chunk and x.shape[0] > chunk and not self.training and not torch.is_grad_enabled():
-            return torch.cat([self._pooled(part) for part in x.split(chunk)])
-        return self._pooled(x)
+            return torch.cat([run(part) for part in x.split(chunk)])
+        return run(x)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+        return self.spatial_mean(super().forward(x))
+
+    @staticmethod
+    def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+        """``x.mean(dim=(2, 3), keepdim=True)`` of a res5 output, fast in every dtype, with a
+        gradient in ``x``'s memory format."""
         if torch.is_grad_enabled() and x.requires_grad:
             return _GlobalAvgPool.apply(x)
         return _spatial_mean(x)
@@ -435,15 +447,14 @@ def _pool_inside_res5(roi_heads: Optional[nn.Module], chunk_size: Optional[int] 
     """Make the ``res5`` of a ``Res5ROIHeads`` a :class:`PooledRes5` (in place), with
     ``chunk_size`` RoIs at a time at inference (None: all at once).
 
-    Box-only heads only: a Mask R-CNN head (``mask_on``) feeds res5's unpooled 7x7 output to its
-    mask head, so its res5 stays an ``nn.Sequential`` (the other fast-path steps still apply)."""
+    With a mask head (``mask_on``) the head asks res5 for its unpooled output where the mask head
+    reads it (``pool=False``, chunked all the same) and takes the box branch's mean with
+    :meth:`PooledRes5.spatial_mean`."""
     from .roi_heads.roi_heads import (
         Res5ROIHeads,
-    )  # its forward reads res5 only via .mean(dim=[2, 3])
+    )  # its forward reads res5 via _shared_roi_transform(..., pool=...) and _res5_mean
 
     res5 = getattr(roi_heads, "res5", None)
-    if getattr(roi_heads, "mask_on", False):
-        return False
     if type(roi_heads) is Res5ROIHeads and type(res5) is nn.Sequential:
         res5.__class__ = PooledRes5
     if isinstance(res5, PooledRes5):

@@ -285,11 +285,25 @@ class Res5ROIHeads(ROIHeads):
         return ret
 
     def _shared_roi_transform(
-        self, features: List[torch.Tensor], boxes: List[Boxes]
+        self, features: List[torch.Tensor], boxes: List[Boxes], pool: bool = False
     ) -> torch.Tensor:
+        """res5 on the RoIAlign features of ``boxes``. ``pool``: the caller reads only the spatial
+        mean, so a res5 that pools itself (the fast path's ``PooledRes5``, ``accepts_pool``) may
+        return ``(R, C, 1, 1)``; a plain res5 returns its full output either way."""
         # RoIAlign in float32 (a no-op in fp32/fp64): under autocast the features are low precision,
         # and the pooler casts the box coordinates to the features' dtype.
-        return self.res5(self.pooler([fp32_if_reduced(f) for f in features], boxes))
+        x = self.pooler([fp32_if_reduced(f) for f in features], boxes)
+        if getattr(self.res5, "accepts_pool", False):
+            return self.res5(x, pool=pool)
+        return self.res5(x)
+
+    def _res5_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """``x.mean(dim=[2, 3])``, by the res5's own ``spatial_mean`` where it has one (the fast
+        path's: fast in bfloat16, channels_last gradient)."""
+        mean = getattr(self.res5, "spatial_mean", None)
+        if mean is None or x.shape[-2:] == (1, 1):
+            return x.mean(dim=[2, 3])
+        return mean(x).flatten(1)
 
     def forward(
         self,
@@ -301,17 +315,19 @@ class Res5ROIHeads(ROIHeads):
         """Training: ``([], {"loss_cls", "loss_box_reg"[, "loss_mask"]})``; inference:
         ``(detections, {})``, with ``pred_masks`` ``(N, 1, M, M)`` probabilities if masks are on.
 
-        With the fast path's ``PooledRes5`` (box-only models) res5 returns its pooled
-        ``(R, C, 1, 1)`` output and the mean below is a no-op; with a mask head res5 stays a plain
-        ``nn.Sequential`` (the mask head needs the 7x7 output)."""
+        With the fast path's ``PooledRes5`` res5 returns its pooled ``(R, C, 1, 1)`` output where
+        only the mean is read (the mean below is then a no-op); in training with a mask head it
+        returns the 7x7 output, which the mask head reads too."""
         if self.training:
             if targets is None:
                 raise ValueError("Res5ROIHeads needs targets in training mode")
             proposals = self.label_and_sample_proposals(proposals, targets)
         box_features = self._shared_roi_transform(
-            [features[f] for f in self.in_features], [p.proposal_boxes for p in proposals]
+            [features[f] for f in self.in_features],
+            [p.proposal_boxes for p in proposals],
+            pool=not (self.training and self.mask_on),
         )
-        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+        predictions = self.box_predictor(self._res5_mean(box_features))
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
             if self.mask_on:
