@@ -23,7 +23,7 @@ from resnet_backbones.integrations.torchvision import (
     resnet_res5_box_head,
 )
 from resnet_backbones.layers import FrozenBatchNorm2d
-from resnet_backbones.modeling.backbone import ResNet
+from resnet_backbones.modeling.backbone import ResNet, create_backbone
 
 NARROW = {"stem_out_channels": 16, "res2_out_channels": 16}  # resnet18 at 1/4 width: fast on a CPU
 
@@ -66,11 +66,10 @@ def test_c4_detector_is_torchvision_faster_rcnn_with_our_trunk_and_res5_head():
     anchors = model.rpn.anchor_generator
     assert anchors.sizes == (C4_ANCHOR_SIZES,) and anchors.aspect_ratios == ((0.5, 1.0, 2.0),)
     assert anchors.num_anchors_per_location() == [15]
-    # detectron2's C4 defaults: FrozenBN, stem and res2 frozen, res3.. and res5 trainable.
-    assert isinstance(model.backbone.stem.conv1.norm, FrozenBatchNorm2d)
-    assert not any(p.requires_grad for p in model.backbone.res2.parameters())
-    assert all(p.requires_grad for p in model.backbone.res3.parameters())
-    assert all(p.requires_grad for p in head.parameters())
+    # From scratch (torchvision's convention): trainable BatchNorm2d, nothing frozen.
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+    assert all(p.requires_grad for p in model.parameters())
     keys = list(model.state_dict())
     assert (
         "backbone.res4.5.conv3.weight" in keys and "roi_heads.box_head.res5.2.conv3.weight" in keys
@@ -215,3 +214,59 @@ def test_weights_from_a_c4_detector_checkpoint(tmp_path):
         rois = torch.randn(5, c4.shape[1], 14, 14)
         expected = detector.roi_heads.res5(rois).mean(dim=(2, 3))
         torch.testing.assert_close(model.roi_heads.box_head(rois), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_c4_norm_follows_torchvision_convention_frozen_bn_only_with_weights():
+    state = create_backbone("resnet18", out_features=("res5",), **NARROW).state_dict()
+    model = fasterrcnn_resnet_c4("resnet18", num_classes=4, weights=state, **NARROW)
+    # Pretrained: detectron2's C4 defaults, FrozenBN everywhere, stem and res2 frozen.
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    assert not any(p.requires_grad for p in model.backbone.res2.parameters())
+    assert all(p.requires_grad for p in model.backbone.res3.parameters())
+    assert all(p.requires_grad for p in model.roi_heads.box_head.parameters())
+    # An explicit norm / freeze_at wins over the convention, with or without weights.
+    explicit = fasterrcnn_resnet_c4(
+        "resnet18", num_classes=4, norm="FrozenBN", freeze_at=2, **NARROW
+    )
+    assert isinstance(explicit.backbone.res3[0].conv1.norm, FrozenBatchNorm2d)
+    assert not any(p.requires_grad for p in explicit.backbone.res2.parameters())
+    explicit = fasterrcnn_resnet_c4(
+        "resnet18", num_classes=4, weights=state, norm="BN", freeze_at=0, **NARROW
+    )
+    assert type(explicit.backbone.res3[0].conv1.norm) is torch.nn.BatchNorm2d
+    # The FPN builder too.
+    assert type(resnet_fpn_backbone("resnet18", **NARROW).body.res3[0].conv1.norm) is (
+        torch.nn.BatchNorm2d
+    )
+    fpn = resnet_fpn_backbone("resnet18", weights=state, **NARROW)
+    assert isinstance(fpn.body.res3[0].conv1.norm, FrozenBatchNorm2d)
+
+
+def test_c4_from_scratch_r50_trains_without_diverging():
+    """Issue 16: with FrozenBN at its identity init, a from-scratch R50-C4 went 39.5 -> 551727 ->
+    nan in six SGD steps at lr 0.005; with trainable BN (the default without weights) it does
+    not."""
+    torch.manual_seed(0)
+    model = fasterrcnn_resnet_c4(
+        "resnet50",
+        num_classes=4,
+        min_size=128,
+        max_size=128,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=32,
+    )
+    images, targets = shapes_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.005, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and max(losses) < 2 * losses[0], losses

@@ -15,9 +15,16 @@
 ``.pkl``, detectron2 ``.pkl``/``.pth`` of a backbone or of a whole C4 detector) or an in-memory
 state dict in any of those namings; a classifier head in it is dropped. When ``stride_in_1x1`` is
 not given, it follows the weights (``False`` for torchvision/timm weights, else detectron2's
-``True``). Network defaults are detectron2's C4 defaults (FrozenBN, stem and res2 frozen); any
+``True``). With weights, network defaults are detectron2's C4 defaults (stem and res2 frozen);
+from scratch nothing is frozen (``freeze_at=0``, torchvision's ``trainable_backbone_layers=5``); any
 :func:`resnet_backbones.create_model` argument (``norm``, ``freeze_at``, ``shortcut``, ``preact``,
 ``res2_out_channels``, ...) can be passed.
+
+The norm layer follows torchvision's builders (``norm_layer = FrozenBatchNorm2d if is_trained else
+BatchNorm2d``): FrozenBN when ``weights`` are given, trainable ``nn.BatchNorm2d`` (``"BN"``) when
+built from scratch; a ``norm`` (or ``freeze_at``) passed explicitly wins. (A FrozenBN left at its
+identity init has nothing to keep the activations of a deep random net in range: the loss of a
+from-scratch R50-C4 goes to NaN within a few SGD steps.)
 
 Input normalization is torchvision's (``image_mean``/``image_std`` of ``FasterRCNN``, RGB in
 [0, 1]); MSRA and detectron2 weights expect BGR 0-255 images with their own pixel mean: pass
@@ -46,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "C4_ANCHOR_SIZES",
     "C4_ASPECT_RATIOS",
+    "default_norm",
     "ResNetRes5BoxHead",
     "ResNetWithFPN",
     "fasterrcnn_resnet_c4",
@@ -89,12 +97,21 @@ def load_backbone_weights(model: nn.Module, weights: Weights, *, strict: bool = 
     return report
 
 
+def default_norm(weights: Weights) -> str:
+    """torchvision's convention for the backbone's norm layer: ``"FrozenBN"`` for pretrained
+    weights (their statistics are kept), ``"BN"`` (trainable ``nn.BatchNorm2d``) from scratch."""
+    return "FrozenBN" if weights is not None else "BN"
+
+
 def _full_resnet(
     name: str, weights: Weights, backbone_kwargs: Dict[str, Any], out_features: Sequence[str]
 ) -> ResNet:
     """``create_backbone(name, out_features=...)`` with ``weights`` loaded (stride-in-1x1 from
     them)."""
     kwargs = dict(backbone_kwargs)
+    kwargs.setdefault("norm", default_norm(weights))
+    # torchvision: trainable_backbone_layers = 5 (all) when not pretrained; detectron2's 2 else.
+    kwargs.setdefault("freeze_at", 2 if weights is not None else 0)
     state_dict: Optional[Dict[str, torch.Tensor]] = None
     if weights is not None:
         state_dict, source = _read_weights(weights)
@@ -200,6 +217,8 @@ def fasterrcnn_resnet_c4(
         kwargs: ``FasterRCNN`` / ``GeneralizedRCNNTransform`` arguments (``min_size``,
             ``box_batch_size_per_image``, ``rpn_anchor_generator``, ``box_roi_pool``, ...) go to the
             detector; everything else (``norm``, ``freeze_at``, ``preact``, ...) to the ResNet.
+            ``norm`` defaults to FrozenBN with ``weights``, trainable BN without (torchvision's
+            convention, see :func:`default_norm`).
 
     The RoI pooler is ``MultiScaleRoIAlign(["res4"], 14, sampling_ratio=0)`` and the anchors are
     :data:`C4_ANCHOR_SIZES` x :data:`C4_ASPECT_RATIOS` on the res4 map, unless given in ``kwargs``.
@@ -289,8 +308,9 @@ def resnet_fpn_backbone(
         returned_layers: torchvision's numbering, 1 (res2) .. 4 (res5); default ``[1, 2, 3, 4]``.
         extra_blocks: default ``LastLevelMaxPool()`` (adds ``"pool"``).
         fpn_norm_layer: torchvision's ``norm_layer`` of the FPN convs (default none).
-        backbone_kwargs: ResNet arguments (``norm`` defaults to FrozenBN, ``stride_in_1x1`` follows
-            the weights, ``preact``, ``shortcut``, ...).
+        backbone_kwargs: ResNet arguments (``norm`` defaults to FrozenBN with ``weights`` and to
+            trainable BN without, as torchvision's detection builders do; ``stride_in_1x1`` follows
+            the weights; ``preact``, ``shortcut``, ...).
     """
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers should be in [0, 5], got {trainable_layers}")
