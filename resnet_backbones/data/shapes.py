@@ -21,8 +21,13 @@ Layout written by :func:`generate_shapes_dataset` under ``output_dir``::
 Boxes are the tight box of the *visible* pixels of each shape (occlusion by later shapes and the
 image border removed). In COCO the box is ``[x0, y0, x1 + 1 - x0, y1 + 1 - y0]`` for visible pixel
 columns ``x0..x1`` and rows ``y0..y1`` (detectron2's continuous coordinates); in VOC it is
-``xmin = x0 + 1, ymin = y0 + 1, xmax = x1 + 1, ymax = y1 + 1``. COCO ``area`` is the visible
-pixel count. COCO category ids are 1..3 in :data:`SHAPES_CLASSES` order; the in-memory API
+``xmin = x0 + 1, ymin = y0 + 1, xmax = x1 + 1, ymax = y1 + 1``. COCO ``segmentation`` is the
+exact outline of the visible part of each shape as polygons: the drawn geometry (triangle and
+rectangle vertices; circles as regular polygons of :data:`CIRCLE_POINTS` points of the drawn
+radius) grown by :data:`AA_GROWTH` (the reach of cv2's anti-aliased edge), clipped to the image
+and with the shapes drawn over it cut away (as convex pieces, so that a shape with a hole in it is
+still a union of polygons); COCO ``area`` is the polygons' area. The VOC side has boxes only.
+COCO category ids are 1..3 in :data:`SHAPES_CLASSES` order; the in-memory API
 (:func:`render_detection_image`) uses 0-based class indices. No shape is drawn if it would leave
 itself or any earlier shape with less than ``min_visible_fraction`` of its pixels visible.
 
@@ -64,7 +69,11 @@ __all__ = [
 
 SHAPES_CLASSES: Tuple[str, ...] = ("circle", "rectangle", "triangle")
 GENERATOR_NAME = "resnet_backbones.data.shapes"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: COCO segmentation polygons
+CIRCLE_POINTS = 64  # vertices of a circle's outline polygon
+# cv2's anti-aliased fill reaches about this far (pixels) past the geometry at alpha >= 128; the
+# written outlines are grown by it, so that they cover the pixels the shape was drawn on.
+AA_GROWTH = 0.6
 MANAGED_ENTRIES = ("train", "val", "annotations", "VOC", "classification", "summary.json")
 _STREAMS = {"train": 0, "val": 1, "cls_train": 2, "cls_val": 3}
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
@@ -113,6 +122,10 @@ class ShapeInstance:
     box: BoxXYXY
     visible_area: int
     full_area: int
+    # The whole shape's outline (Nx2, continuous image coordinates) and the visible part of it as
+    # COCO polygons (flat lists), filled in by render_scene.
+    outline: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    segmentation: List[List[float]] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -163,14 +176,25 @@ def render_background(rng: RngLike, height: int, width: int) -> np.ndarray:
 
 def _shape_alpha(rng: np.random.Generator, class_id: int, size: float) -> np.ndarray:
     """Alpha patch (uint8, anti-aliased) of one shape of extent ``size`` centered in the patch."""
+    return _shape_patch(rng, class_id, size)[0]
+
+
+def _shape_patch(
+    rng: np.random.Generator, class_id: int, size: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`_shape_alpha` and the shape's exact outline (Nx2 float, counter-clockwise on screen
+    or not, in cv2's patch coordinates: pixel centers at integers)."""
     side = int(math.ceil(size)) + 4
     patch = np.zeros((side, side), dtype=np.uint8)
     c = side / 2.0
     name = SHAPES_CLASSES[class_id]
     if name == "circle":
         center = (int(round(c * _ONE)), int(round(c * _ONE)))
-        cv2.circle(patch, center, int(round(size / 2 * _ONE)), 255, -1, cv2.LINE_AA, _SHIFT)
-        return patch
+        radius = int(round(size / 2 * _ONE))
+        cv2.circle(patch, center, radius, 255, -1, cv2.LINE_AA, _SHIFT)
+        t = np.arange(CIRCLE_POINTS) * (2 * math.pi / CIRCLE_POINTS)
+        r, cc = radius / _ONE + AA_GROWTH, center[0] / _ONE
+        return patch, np.stack([cc + r * np.cos(t), cc + r * np.sin(t)], axis=1)
     if name == "rectangle":
         long_side, short_side = size, size * rng.uniform(0.35, 1.0)
         angle = 0.0 if rng.random() < 0.5 else rng.uniform(0, math.pi)
@@ -191,7 +215,18 @@ def _shape_alpha(rng: np.random.Generator, class_id: int, size: float) -> np.nda
         corners = corners @ rot.T
     pts = np.round((corners + c) * _ONE).astype(np.int32)
     cv2.fillConvexPoly(patch, pts, 255, cv2.LINE_AA, _SHIFT)
-    return patch
+    return patch, _grow_convex(pts.astype(np.float64) / _ONE, AA_GROWTH)
+
+
+def _grow_convex(poly: np.ndarray, d: float) -> np.ndarray:
+    """Convex polygon ``poly`` (Nx2) with every edge moved ``d`` outwards."""
+    x, y = poly[:, 0], poly[:, 1]
+    orient = 1.0 if float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) > 0 else -1.0
+    edge = np.roll(poly, -1, axis=0) - poly  # edge i: vertex i -> i + 1
+    normal = np.stack([edge[:, 1], -edge[:, 0]], axis=1) * orient
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    prev = np.roll(normal, 1, axis=0)  # edge i - 1 ends at vertex i
+    return poly + d * (prev + normal) / (1.0 + np.sum(prev * normal, axis=1, keepdims=True))
 
 
 def _pick_color(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
@@ -242,7 +277,7 @@ def _try_place(
     lo, hi = size_range
     class_id = int(rng.integers(0, len(SHAPES_CLASSES)))
     size = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    alpha = _shape_alpha(rng, class_id, size)
+    alpha, outline = _shape_patch(rng, class_id, size)
     mask = alpha >= 128
     full_area = int(mask.sum())
     if full_area < 4:
@@ -271,7 +306,11 @@ def _try_place(
         scene.label_map[img_sl][m] = len(full) + 1
         visible[:] = after.tolist() + [inside]
         full.append(full_area)
-        scene.instances.append(ShapeInstance(class_id, (0.0, 0.0, 0.0, 0.0), inside, full_area))
+        # cv2 puts pixel centers at integers; continuous coordinates at half-integers.
+        placed = outline + (ox + 0.5, oy + 0.5)
+        scene.instances.append(
+            ShapeInstance(class_id, (0.0, 0.0, 0.0, 0.0), inside, full_area, placed)
+        )
         return True
     return False
 
@@ -294,6 +333,80 @@ def _visible_boxes(scene: Scene) -> None:
         inst.box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
 
+def _clip_halfplane(pts: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    """The part of convex polygon ``pts`` (Nx2) where ``a * x + b * y + c >= 0``."""
+    if len(pts) == 0:
+        return pts
+    f = pts @ np.array([a, b]) + c
+    out = []
+    n = len(pts)
+    for i in range(n):
+        j = (i + 1) % n
+        if f[i] >= 0:
+            out.append(pts[i])
+        if (f[i] >= 0) != (f[j] >= 0):
+            t = f[i] / (f[i] - f[j])
+            out.append(pts[i] + t * (pts[j] - pts[i]))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+def _area(pts: np.ndarray) -> float:
+    if len(pts) < 3:
+        return 0.0
+    x, y = pts[:, 0], pts[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def _edges_inward(poly: np.ndarray) -> List[Tuple[float, float, float]]:
+    """Half-planes ``a x + b y + c >= 0`` whose intersection is the convex polygon ``poly``."""
+    x, y = poly[:, 0], poly[:, 1]
+    orient = 1.0 if float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) > 0 else -1.0
+    planes = []
+    for i in range(len(poly)):
+        (x0, y0), (x1, y1) = poly[i], poly[(i + 1) % len(poly)]
+        a, b = -(y1 - y0) * orient, (x1 - x0) * orient
+        planes.append((a, b, -(a * x0 + b * y0)))
+    return planes
+
+
+def _subtract_convex(pieces: List[np.ndarray], cut: np.ndarray) -> List[np.ndarray]:
+    """Convex pieces minus the convex polygon ``cut``, as convex pieces: for each edge of
+    ``cut`` in turn, the part outside it is kept and the part inside goes on to the next edge."""
+    planes = _edges_inward(cut)
+    out = []
+    for rest in pieces:
+        for a, b, c in planes:
+            outside = _clip_halfplane(rest, -a, -b, -c)
+            if _area(outside) > 1e-6:
+                out.append(outside)
+            rest = _clip_halfplane(rest, a, b, c)
+            if _area(rest) <= 1e-6:
+                break
+    return out
+
+
+def _visible_polygons(scene: Scene) -> None:
+    """Set each instance's ``segmentation``: its outline clipped to the image, minus the shapes
+    drawn after it, as COCO polygons (coordinates rounded to 1/100 pixel)."""
+    height, width = scene.label_map.shape
+    image = np.array([[0.0, 0.0], [width, 0.0], [width, height], [0.0, height]])
+    for k, inst in enumerate(scene.instances):
+        pieces = [inst.outline]
+        for a, b, c in _edges_inward(image):
+            pieces = [_clip_halfplane(p, a, b, c) for p in pieces]
+        for later in scene.instances[k + 1 :]:
+            pieces = _subtract_convex(pieces, later.outline)
+        polys = []
+        for p in pieces:
+            q = np.round(p, 2)
+            if len(q) >= 3 and _area(q) > 1e-2:
+                polys.append([float(v) for v in q.reshape(-1)])
+        if not polys:  # (not expected: every shape keeps most of its pixels) its visible box
+            x0, y0, x1, y1 = inst.box
+            polys = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+        inst.segmentation = polys
+
+
 def render_scene(
     rng: RngLike, height: int, width: int, params: Optional[RenderParams] = None
 ) -> Scene:
@@ -310,6 +423,7 @@ def render_scene(
         _try_place(rng, scene, full, visible, params, (params.min_object_size, hi))
     scene.image = _finish(rng, scene.image)
     _visible_boxes(scene)
+    _visible_polygons(scene)
     return scene
 
 
@@ -386,6 +500,10 @@ def _voc_xml(file_id: str, height: int, width: int, instances: List[ShapeInstanc
     )
 
 
+def _flat_area(poly: List[float]) -> float:
+    return _area(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
+
+
 def _coco_categories() -> List[Dict[str, Any]]:
     return [
         {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES_CLASSES)
@@ -430,7 +548,8 @@ def _write_detection_split(
                     "image_id": i + 1,
                     "category_id": inst.class_id + 1,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": float(inst.visible_area),
+                    "area": round(sum(_flat_area(p) for p in inst.segmentation), 2),
+                    "segmentation": inst.segmentation,
                     "iscrowd": 0,
                 }
             )
