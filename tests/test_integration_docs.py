@@ -47,8 +47,8 @@ def test_doc_blocks_are_the_snippet_files():
     # Every ```python block of the doc is a marked snippet (no untested code).
     python_blocks = DOC.read_text(encoding="utf-8").count("```python\n")
     assert (
-        python_blocks == len(blocks) + 4
-    )  # + the four signature summaries, which are not programs
+        python_blocks == len(blocks) + 5
+    )  # + the five signature summaries, which are not programs
 
 
 def test_detectron2_snippets_are_run_by_the_detectron2_tests():

@@ -7,16 +7,19 @@ import pytest
 import torch
 import torchvision
 from helpers import tiny_cfg
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from resnet_backbones.data.shapes import SHAPES_CLASSES, render_detection_image
 from resnet_backbones.integrations.torchvision import (
     C4_ANCHOR_SIZES,
     ResNetRes5BoxHead,
+    ResNetRes5MaskHead,
     ResNetWithFPN,
     fasterrcnn_resnet_c4,
+    maskrcnn_resnet_c4,
     resnet_c4_parts,
     resnet_c4_trunk,
     resnet_fpn_backbone,
@@ -270,3 +273,118 @@ def test_c4_from_scratch_r50_trains_without_diverging():
         optimizer.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and max(losses) < 2 * losses[0], losses
+
+
+def mask_batch(num_images: int = 2, size: int = 128, seed: int = 0):
+    """torchvision Mask R-CNN inputs: noisy RGB images with filled ellipses (label 1) and
+    rectangles (label 2), their boxes and (n, H, W) uint8 masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    images, targets = [], []
+    for _ in range(num_images):
+        image = rng.uniform(0.0, 0.3, (3, size, size))
+        boxes, labels, masks = [], [], []
+        for label in (1, 2):
+            w, h = rng.uniform(30, 60, 2)
+            x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+            if label == 1:
+                cx, cy = x0 + w / 2, y0 + h / 2
+                mask = ((xx - cx) / (w / 2)) ** 2 + ((yy - cy) / (h / 2)) ** 2 <= 1
+            else:
+                mask = (xx >= x0) & (xx <= x0 + w) & (yy >= y0) & (yy <= y0 + h)
+            image[:, mask] = rng.uniform(0.6, 1.0, (3, 1))
+            ys, xs = np.nonzero(mask)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            labels.append(label)
+            masks.append(mask)
+        # A later shape may cover part of an earlier one: keep the masks of what is visible.
+        masks[0] &= ~masks[1]
+        images.append(torch.from_numpy(image).float())
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "masks": torch.from_numpy(np.stack(masks).astype(np.uint8)),
+            }
+        )
+    return images, targets
+
+
+def test_mask_rcnn_c4_is_torchvision_mask_rcnn_with_shared_res5():
+    model = maskrcnn_resnet_c4("resnet50", num_classes=4)
+    assert isinstance(model, MaskRCNN) and isinstance(model.backbone, ResNet)
+    assert model.backbone.stage_names == ("res2", "res3", "res4")
+    heads = model.roi_heads
+    assert isinstance(heads.box_head, ResNetRes5BoxHead)
+    assert isinstance(heads.mask_head, ResNetRes5MaskHead)
+    # detectron2's C4: one res5, run on the box RoIs and on the mask RoIs.
+    assert heads.mask_head.res5 is heads.box_head.res5
+    for pool in (heads.box_roi_pool, heads.mask_roi_pool):
+        assert isinstance(pool, MultiScaleRoIAlign) and pool.featmap_names == ["res4"]
+        assert pool.output_size == (14, 14) and pool.sampling_ratio == 0
+    predictor = heads.mask_predictor
+    assert isinstance(predictor, MaskRCNNPredictor)
+    assert (predictor.conv5_mask.in_channels, predictor.conv5_mask.out_channels) == (2048, 256)
+    assert predictor.mask_fcn_logits.out_channels == 4
+    rois = torch.randn(3, 1024, 14, 14)
+    with torch.no_grad():
+        assert predictor(heads.mask_head(rois)).shape == (3, 4, 14, 14)  # detectron2's C4: 14x14
+    # Same norm convention as fasterrcnn_resnet_c4.
+    assert type(model.backbone.res3[0].conv1.norm) is torch.nn.BatchNorm2d
+    with pytest.raises(TypeError, match="mask_head"):
+        maskrcnn_resnet_c4("resnet18", num_classes=2, mask_head=torch.nn.Identity())
+
+
+def test_mask_rcnn_c4_trains_and_infers_masks():
+    torch.manual_seed(0)
+    size = 128
+    model = maskrcnn_resnet_c4(
+        "resnet18",
+        num_classes=3,
+        min_size=size,
+        max_size=size,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=32,
+        box_score_thresh=0.0,
+        box_detections_per_img=5,
+        **NARROW,
+    )
+    images, targets = mask_batch(size=size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    model.train()
+    mask_losses, losses = [], []
+    for _ in range(8):
+        loss_dict = model(images, targets)
+        assert set(loss_dict) == {
+            "loss_classifier",
+            "loss_box_reg",
+            "loss_mask",
+            "loss_objectness",
+            "loss_rpn_box_reg",
+        }
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mask_losses.append(loss_dict["loss_mask"].item())
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and all(np.isfinite(mask_losses))
+    assert np.mean(mask_losses[-3:]) < np.mean(mask_losses[:3]), mask_losses
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    assert len(outputs) == 2
+    for out in outputs:
+        assert set(out) == {"boxes", "labels", "scores", "masks"}
+        n = len(out["scores"])
+        assert 0 < n <= 5
+        assert out["masks"].shape == (n, 1, size, size) and out["masks"].dtype == torch.float32
+        assert out["masks"].min() >= 0 and out["masks"].max() <= 1
+        assert out["masks"].max() > 0  # pasted into its box, not empty

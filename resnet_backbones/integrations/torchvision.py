@@ -5,6 +5,9 @@
   (torchvision's ``MultiScaleRoIAlign`` on the single ``"res4"`` map, 14x14) feeds the res5 stage
   and an average pool as the box head, and ``FastRCNNPredictor`` predicts classes and boxes. The
   RPN has one feature map with detectron2's anchors (sizes 32..512, ratios 0.5/1/2: 15 per cell).
+* :func:`maskrcnn_resnet_c4`: the same in torchvision's ``MaskRCNN``, with detectron2's C4 mask
+  branch: 14x14 RoIAlign on res4, the box head's res5 (the same module, shared as in detectron2's
+  ``Res5ROIHeads``) to 7x7, and ``MaskRCNNPredictor``'s 2x deconvolution to 14x14 mask logits.
 * :func:`resnet_c4_trunk`, :func:`resnet_res5_box_head`, :func:`resnet_c4_parts`: the pieces, for
   users who assemble a detector themselves.
 * :func:`resnet_fpn_backbone`: our ResNet under torchvision's ``FeaturePyramidNetwork``, a drop-in
@@ -48,16 +51,19 @@ from ..checkpoint.loading import LoadReport
 from ..modeling.backbone.resnet import ResNet, create_backbone
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 __all__ = [
     "C4_ANCHOR_SIZES",
     "C4_ASPECT_RATIOS",
+    "C4_MASK_DIM",
     "default_norm",
     "ResNetRes5BoxHead",
+    "ResNetRes5MaskHead",
     "ResNetWithFPN",
     "fasterrcnn_resnet_c4",
     "load_backbone_weights",
+    "maskrcnn_resnet_c4",
     "resnet_c4_parts",
     "resnet_c4_trunk",
     "resnet_fpn_backbone",
@@ -165,6 +171,32 @@ class ResNetRes5BoxHead(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class ResNetRes5MaskHead(nn.Module):
+    """The C4 mask head's feature extractor: the *box head's* res5 (shared modules, as in
+    detectron2's ``Res5ROIHeads``, where the mask branch runs on res5's output), without pooling;
+    ``(R, C4, 14, 14) -> (R, out_channels, 7, 7)``.
+
+    Used as ``mask_head`` of torchvision's ``RoIHeads``, before ``MaskRCNNPredictor``. The res5
+    parameters appear in the state dict under both heads; they are the same tensors.
+    """
+
+    def __init__(self, box_head: ResNetRes5BoxHead) -> None:
+        super().__init__()
+        self.res5 = box_head.res5
+        self.post_norm = box_head.post_norm
+        self.channels_last = box_head.channels_last
+        self.in_channels: int = box_head.in_channels
+        self.out_channels: int = box_head.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.res5(x)
+        if self.post_norm is not None:
+            x = F.relu(self.post_norm(x))
+        return x.contiguous()
+
+
 def resnet_c4_parts(
     name: str = "resnet50", weights: Weights = None, **backbone_kwargs: Any
 ) -> Tuple[ResNet, ResNetRes5BoxHead]:
@@ -196,11 +228,11 @@ def resnet_res5_box_head(
     return resnet_c4_parts(name, weights, **backbone_kwargs)[1]
 
 
-def _detector_parameter_names() -> set:
+def _detector_parameter_names(detector: Any = None) -> set:
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    names = set(inspect.signature(FasterRCNN.__init__).parameters)
+    names = set(inspect.signature((detector or FasterRCNN).__init__).parameters)
     names |= set(inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
     return names - {"self", "kwargs", "args", "backbone", "num_classes"}
 
@@ -249,6 +281,63 @@ def fasterrcnn_resnet_c4(
         num_classes=None,
         box_head=head,
         box_predictor=FastRCNNPredictor(head.out_channels, num_classes),
+        **detector_kwargs,
+    )
+
+
+#: the C4 mask branch's channels after the deconvolution (detectron2's ``ROI_MASK_HEAD.CONV_DIM``).
+C4_MASK_DIM = 256
+
+
+def maskrcnn_resnet_c4(
+    name: str = "resnet50", num_classes: int = 91, weights: Weights = None, **kwargs: Any
+) -> "MaskRCNN":
+    """torchvision's ``MaskRCNN`` with our ResNet in the C4 layout (detectron2's Mask R-CNN C4).
+
+    Everything of :func:`fasterrcnn_resnet_c4` (trunk, anchors, box pooler, res5 box head,
+    ``FastRCNNPredictor``, the norm convention, the routing of ``kwargs``; ``MaskRCNN``'s own
+    parameters such as ``mask_roi_pool`` go to the detector too), plus the mask branch of
+    detectron2's ``Res5ROIHeads``:
+
+    * ``mask_roi_pool``: ``MultiScaleRoIAlign(["res4"], 14, sampling_ratio=0)`` (as the box pooler);
+    * ``mask_head``: :class:`ResNetRes5MaskHead`, the box head's res5 itself (shared parameters),
+      14x14 -> 7x7 (res5 has stride 2), no pooling;
+    * ``mask_predictor``: torchvision's ``MaskRCNNPredictor(res5 channels, 256, num_classes)``:
+      a 2x deconvolution, ReLU and a 1x1 conv per class: 14x14 mask logits, detectron2's C4 mask
+      resolution (its FPN heads predict 28x28). torchvision pastes them into the image
+      (``masks``: ``(N, 1, H, W)`` probabilities in [0, 1]).
+    """
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    detector_names = _detector_parameter_names(MaskRCNN)
+    detector_kwargs = {k: v for k, v in kwargs.items() if k in detector_names}
+    backbone_kwargs = {k: v for k, v in kwargs.items() if k not in detector_names}
+    built = {"box_head", "box_predictor", "mask_head", "mask_predictor"} & set(detector_kwargs)
+    if built:
+        raise TypeError(
+            f"{sorted(built)}: built here (res5 heads, FastRCNNPredictor, MaskRCNNPredictor); "
+            "use resnet_c4_parts() to assemble a detector with other heads"
+        )
+    trunk, head = resnet_c4_parts(name, weights, **backbone_kwargs)
+    detector_kwargs.setdefault(
+        "rpn_anchor_generator",
+        AnchorGenerator(sizes=(C4_ANCHOR_SIZES,), aspect_ratios=(C4_ASPECT_RATIOS,)),
+    )
+    for pool in ("box_roi_pool", "mask_roi_pool"):
+        detector_kwargs.setdefault(
+            pool, MultiScaleRoIAlign(featmap_names=["res4"], output_size=14, sampling_ratio=0)
+        )
+    return MaskRCNN(
+        trunk,
+        num_classes=None,
+        box_head=head,
+        box_predictor=FastRCNNPredictor(head.out_channels, num_classes),
+        mask_head=ResNetRes5MaskHead(head),
+        mask_predictor=MaskRCNNPredictor(head.out_channels, C4_MASK_DIM, num_classes),
         **detector_kwargs,
     )
 
