@@ -202,3 +202,73 @@ def test_export_model_cli(tmp_path, capsys):
 def test_export_rejects_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="format"):
         export_model(tiny_cfg(), "tflite", str(tmp_path))
+
+
+# ------------------------------------------------------------------------------- Mask R-CNN C4
+@pytest.fixture(scope="module")
+def mask_detector():
+    torch.manual_seed(0)
+    # scores of this random model are ~0.25-0.30: a threshold inside makes the count vary
+    cfg = tiny_cfg(MODEL__MASK_ON=True, MODEL__ROI_HEADS__SCORE_THRESH_TEST=0.29)
+    return randomize_norms(build_model(cfg).eval())
+
+
+def eager_detections_with_masks(model, image):
+    with torch.no_grad():
+        inst = model.inference([{"image": image}], do_postprocess=False)[0]
+    return inst.pred_boxes.tensor, inst.scores, inst.pred_classes, inst.pred_masks
+
+
+def test_mask_detector_torchscript_equals_eager_masks(mask_detector, tmp_path):
+    wrapper = DetectorExportWrapper(mask_detector).eval()
+    assert wrapper.output_names == ["boxes", "scores", "classes", "masks"]
+    resolution = 2 * mask_detector.roi_heads.pooler.output_size[0] // 2  # res5 /2, deconv x2
+    for image in images(2):
+        with torch.no_grad():
+            got = wrapper(image)
+        ref = eager_detections_with_masks(mask_detector, image)
+        assert len(got) == 4 and len(ref[0]) > 0
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b)
+    traced = export_torchscript(wrapper, (images(1)[0],), str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    counts = set()
+    for image in images(4)[1:] + [torch.zeros(3, H, W)]:  # not the traced image
+        ref = eager_detections_with_masks(mask_detector, image)
+        with torch.no_grad():
+            for out in (traced(image), loaded(image)):
+                assert len(out) == 4
+                masks = out[3]
+                assert masks.shape == (len(ref[0]), 1, resolution, resolution)
+                assert masks.dtype == torch.float32 and 0 <= masks.min() <= masks.max() <= 1
+                for a, b in zip(out, ref):
+                    assert torch.equal(a, b)
+        counts.add(len(ref[0]))
+    assert len(counts) > 1  # the trace holds for other numbers of detections
+    # No detection: empty masks from the same graph.
+    cls_bias = mask_detector.roi_heads.box_predictor.cls_score.bias
+    saved = cls_bias.detach().clone()
+    try:
+        with torch.no_grad():
+            cls_bias[-1] = 1e4
+            *_, masks = traced(images(1)[0])
+            assert masks.shape == (0, 1, resolution, resolution)
+    finally:
+        with torch.no_grad():
+            cls_bias.copy_(saved)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_model_mask_on_adds_masks_output(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    cfg = tiny_cfg(MODEL__MASK_ON=True)
+    result = export_model(cfg, fmt, str(tmp_path), input_size=(H, W))
+    assert result.output_names == ["boxes", "scores", "classes", "masks"]
+    # the exported file run on the example image against eager (onnxruntime: float rounding)
+    assert result.max_abs_diff is not None
+    assert result.max_abs_diff == 0.0 if fmt == "torchscript" else result.max_abs_diff < 1e-2
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["output_names"][-1] == "masks"
+    assert any("masks (D, 1, M, M)" in note for note in info["notes"])

@@ -223,7 +223,7 @@ def _detector_spec(cfg: Any, height: int, width: int) -> Tuple[nn.Module, _Expor
     model = build_model(cfg)
     wrapper = DetectorExportWrapper(model)
     inputs = (example_image(height, width, cfg.INPUT.FORMAT),)
-    output_names = ["boxes", "scores", "classes"]
+    output_names = list(wrapper.output_names)  # + "masks" with MODEL.MASK_ON
     dynamic_axes = {name: {0: "detections"} for name in output_names}
     notes = [
         f"input: one (3, {height}, {width}) image, float 0-255, {cfg.INPUT.FORMAT} order, already "
@@ -232,6 +232,11 @@ def _detector_spec(cfg: Any, height: int, width: int) -> Tuple[nn.Module, _Expor
         "outputs: boxes (D, 4) x0,y0,x1,y1 in input pixels; scores (D,) descending; "
         "classes (D,) int64, 0-based",
     ]
+    if wrapper.mask_on:
+        notes.append(
+            "masks (D, 1, M, M) float probabilities of each detection's class inside its box "
+            "(not pasted into the image: paste_masks_in_image)"
+        )
     return model, _ExportSpec(wrapper, inputs, ["image"], output_names, dynamic_axes, notes)
 
 
@@ -309,7 +314,8 @@ def export_model(
         backbone_only: export the backbone: input ``images`` ``(N, 3, H, W)`` (normalized, any
             N/H/W), one output per ``MODEL.RESNETS.OUT_FEATURES``. Otherwise the detector: input
             ``image`` ``(3, H, W)``, 0-255 in ``INPUT.FORMAT`` order, of exactly ``input_size``
-            (default ``MIN_SIZE_TEST`` square); outputs ``boxes``, ``scores``, ``classes``.
+            (default ``MIN_SIZE_TEST`` square); outputs ``boxes``, ``scores``, ``classes`` (and
+            ``masks`` with ``MODEL.MASK_ON``).
         check: run the exported file on the example input and record the largest difference to
             the eager model (ONNX: only if onnxruntime is installed).
     """

@@ -4,7 +4,9 @@
   ``out_features`` order (or the logits of a classifier). Any input size.
 * :class:`DetectorExportWrapper`: the inference path of our C4 ``GeneralizedRCNN`` for one image,
   ``(3, H, W)`` float in ``INPUT.FORMAT`` order, 0-255, already resized as the model expects ->
-  ``(boxes (D, 4), scores (D,), classes (D,) int64)`` in the coordinates of that image.
+  ``(boxes (D, 4), scores (D,), classes (D,) int64)`` in the coordinates of that image; with
+  ``MODEL.MASK_ON`` also ``masks (D, 1, M, M)``: the probabilities of each detection's class in
+  its box (M = 14 for C4), not pasted into the image.
 
 The detector wrapper computes exactly what ``model.inference(..., do_postprocess=False)`` computes
 (same modules, weights and steps: RPN top-k, decoding, clipping, NMS, RoIAlign, res5, per-class
@@ -17,7 +19,7 @@ made with; export once per input size.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import torch
 from torch import nn
@@ -73,6 +75,10 @@ class DetectorExportWrapper(nn.Module):
     channel order, already resized (as the ``"image"`` of the model's inputs). Returns
     ``(boxes, scores, classes)``: ``(D, 4)`` float boxes ``(x0, y0, x1, y1)`` in that image's
     pixels, ``(D,)`` scores sorted in decreasing order, ``(D,)`` int64 class indices (0-based).
+    With a mask head (``MODEL.MASK_ON``), a fourth output ``masks``: ``(D, 1, M, M)`` float
+    probabilities, the mask of each detection's class in its box (``pred_masks`` of
+    ``model.inference(..., do_postprocess=False)``: res5 and the mask head on the detection boxes;
+    paste them into the image with ``resnet_backbones.layers.mask_ops.paste_masks_in_image``).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -95,9 +101,23 @@ class DetectorExportWrapper(nn.Module):
             raise ValueError(
                 "DetectorExportWrapper supports ROIAlign / ROIAlignV2 pooling, not ROIPool"
             )
+        self.mask_on = bool(getattr(heads, "mask_on", False))
+        if self.mask_on and not callable(getattr(heads.mask_head, "layers", None)):
+            raise ValueError(
+                "DetectorExportWrapper supports mask heads with a layers(x) -> logits method "
+                f"(MaskRCNNConvUpsampleHead), got {type(heads.mask_head).__name__}"
+            )
         self.model = model
+        self.output_names: List[str] = ["boxes", "scores", "classes"] + (
+            ["masks"] if self.mask_on else []
+        )
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor
+    ) -> Union[
+        Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ]:
         model = self.model
         rpn, heads = model.proposal_generator, model.roi_heads
         height, width = int(image.shape[-2]), int(image.shape[-1])
@@ -170,4 +190,17 @@ class DetectorExportWrapper(nn.Module):
         )
         if predictor.test_topk_per_image >= 0:
             keep = keep[: predictor.test_topk_per_image]
-        return cand_boxes[keep], cand_scores[keep], cand_cls[keep]
+        boxes, scores, classes = cand_boxes[keep], cand_scores[keep], cand_cls[keep]
+        if not self.mask_on:
+            return boxes, scores, classes
+
+        # ---- mask head on the detections (Res5ROIHeads.forward_with_given_boxes)
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+        mask_features = heads.res5(heads.pooler.level_poolers[0](feature, rois))
+        mask_logits = heads.mask_head.layers(mask_features)
+        if mask_logits.shape[1] == 1:  # class-agnostic
+            masks = mask_logits.sigmoid()
+        else:  # mask_rcnn_inference: the map of each detection's class
+            rows = torch.arange(classes.shape[0], device=classes.device)
+            masks = mask_logits[rows, classes][:, None].sigmoid()
+        return boxes, scores, classes, masks
