@@ -367,3 +367,54 @@ def test_tiny_mask_rcnn_trains_from_the_data_loader(tmp_path, fmt):
             opt.zero_grad()
             sum(losses.values()).backward()
             opt.step()
+
+
+@pytest.mark.parametrize(
+    "crop_type,size,expected",
+    [
+        ("relative", (0.5, 0.25), (20, 15)),
+        ("absolute", (30, 100), (30, 60)),
+    ],
+)
+def test_random_crop_sizes(crop_type, size, expected):
+    from resnet_backbones.data.transforms import RandomCrop
+
+    np.random.seed(0)
+    t = RandomCrop(crop_type, size).get_transform(np.zeros((H, W, 3), np.uint8))
+    assert isinstance(t, CropTransform) and (t.h, t.w) == expected
+    assert 0 <= t.x0 <= W - t.w and 0 <= t.y0 <= H - t.h
+    for crop_type, size in (("relative_range", (0.5, 0.8)), ("absolute_range", (10, 30))):
+        for _ in range(20):
+            t = RandomCrop(crop_type, size).get_transform(np.zeros((H, W, 3), np.uint8))
+            lo_h, lo_w = (20, 48) if crop_type == "relative_range" else (10, 10)
+            hi_h, hi_w = (H, W) if crop_type == "relative_range" else (30, 30)
+            assert lo_h <= t.h <= hi_h and lo_w <= t.w <= hi_w
+    with pytest.raises(ValueError, match="INPUT.CROP.TYPE"):
+        RandomCrop("middle", (0.5, 0.5))
+
+
+def test_mapper_crop_recomputes_boxes_from_masks(tmp_path):
+    d = _image_dict(tmp_path)
+    cfg = _mapper_cfg(
+        MODEL__MASK_ON=True,
+        INPUT__CROP__ENABLED=True,
+        INPUT__CROP__TYPE="absolute",
+        INPUT__CROP__SIZE=[30, 36],
+    )
+    mapper = DatasetMapper(cfg, True)
+    assert mapper.recompute_boxes and type(mapper.augmentations[0]).__name__ == "RandomCrop"
+    assert not DatasetMapper(_mapper_cfg(MODEL__MASK_ON=True), True).recompute_boxes
+    seen = 0
+    for seed in range(8):
+        np.random.seed(seed)
+        out = mapper(d)
+        inst = out["instances"]
+        assert out["image"].shape == (3, 80, 96)  # 30x36 crop, short side resized to 80
+        torch.testing.assert_close(
+            inst.gt_boxes.tensor, inst.gt_masks.get_bounding_boxes().tensor, atol=1e-4, rtol=0
+        )
+        for polys in inst.gt_masks:
+            xy = np.concatenate(polys).reshape(-1, 2)
+            assert xy.min() >= -1e-6 and xy[:, 0].max() <= 96 + 1e-6 and xy[:, 1].max() <= 80
+        seen += len(inst)
+    assert seen > 0

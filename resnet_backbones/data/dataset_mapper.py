@@ -3,7 +3,9 @@
 Reads the image in INPUT.FORMAT, checks its size against the dict, resizes (and at training time
 flips) it, moves the boxes the same way and packs them as ``instances`` (crowd boxes dropped).
 With MODEL.MASK_ON the annotations' ``segmentation`` moves too and becomes ``gt_masks``
-(INPUT.MASK_FORMAT: ``PolygonMasks`` or ``BitMasks``); without it masks are ignored.
+(INPUT.MASK_FORMAT: ``PolygonMasks`` or ``BitMasks``); without it masks are ignored. With
+INPUT.CROP.ENABLED a random crop comes first at training time and, with masks, the boxes are
+recomputed from the cropped masks (detectron2's ``recompute_boxes``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from . import detection_utils as utils
 from .transforms import Augmentation, apply_augmentations
 
 __all__ = ["DatasetMapper"]
+
+
+def _crop_enabled(cfg: Any) -> bool:
+    crop = cfg.INPUT.get("CROP") if hasattr(cfg.INPUT, "get") else None
+    return bool(crop is not None and crop.ENABLED)
 
 
 class DatasetMapper:
@@ -36,6 +43,7 @@ class DatasetMapper:
         image_format: Optional[str] = None,
         use_instance_mask: Optional[bool] = None,
         instance_mask_format: Optional[str] = None,
+        recompute_boxes: Optional[bool] = None,
     ) -> None:
         if cfg is None and (augmentations is None or image_format is None):
             raise ValueError(
@@ -61,6 +69,11 @@ class DatasetMapper:
                 f"INPUT.MASK_FORMAT must be one of {utils.MASK_FORMATS}, "
                 f"got {instance_mask_format!r}"
             )
+        if recompute_boxes is None:
+            recompute_boxes = (
+                cfg is not None and is_train and augmentations is None and _crop_enabled(cfg)
+            )
+        self.recompute_boxes = bool(recompute_boxes) and bool(use_instance_mask)
         self.use_instance_mask = bool(use_instance_mask)
         self.instance_mask_format: str = instance_mask_format
 
@@ -86,6 +99,8 @@ class DatasetMapper:
                 instances = utils.transformed_instances(annos, transforms, image_shape, mask_format)
             except ValueError as e:
                 raise ValueError(f"{dataset_dict.get('file_name')}: {e}") from None
+            if self.recompute_boxes:  # a crop cuts masks tighter than their boxes' corners
+                instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
             dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
 

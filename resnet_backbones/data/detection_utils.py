@@ -17,7 +17,7 @@ from pycocotools import mask as mask_util
 
 from ..structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
 from ..structures.masks import polygons_to_bitmask
-from .transforms import Augmentation, RandomFlip, ResizeShortestEdge, Transform
+from .transforms import Augmentation, RandomCrop, RandomFlip, ResizeShortestEdge, Transform
 
 __all__ = [
     "ImageReadError",
@@ -326,7 +326,7 @@ def filter_empty_instances(
 
 def build_augmentation(cfg, is_train: bool) -> List[Augmentation]:
     """ResizeShortestEdge from INPUT.*_SIZE_*, plus RandomFlip at training time
-    (INPUT.RANDOM_FLIP)."""
+    (INPUT.RANDOM_FLIP), after a RandomCrop with INPUT.CROP.ENABLED (training only)."""
     if is_train:
         augs: List[Augmentation] = [
             ResizeShortestEdge(
@@ -342,5 +342,7 @@ def build_augmentation(cfg, is_train: bool) -> List[Augmentation]:
             )
         if flip != "none":
             augs.append(RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+        if cfg.INPUT.CROP.ENABLED:
+            augs.insert(0, RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
         return augs
     return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]

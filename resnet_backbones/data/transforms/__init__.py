@@ -1,7 +1,13 @@
 """Geometric augmentations for detection: ResizeShortestEdge and RandomFlip, applied alike to images
 and boxes (detectron2's names and semantics)."""
 
-from .augmentation import Augmentation, RandomFlip, ResizeShortestEdge, apply_augmentations
+from .augmentation import (
+    Augmentation,
+    RandomCrop,
+    RandomFlip,
+    ResizeShortestEdge,
+    apply_augmentations,
+)
 from .transform import (
     CropTransform,
     HFlipTransform,
@@ -14,6 +20,7 @@ from .transform import (
 
 __all__ = [
     "Augmentation",
+    "RandomCrop",
     "RandomFlip",
     "ResizeShortestEdge",
     "apply_augmentations",

@@ -9,6 +9,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 from .transform import (
+    CropTransform,
     HFlipTransform,
     NoOpTransform,
     ResizeTransform,
@@ -17,7 +18,13 @@ from .transform import (
     VFlipTransform,
 )
 
-__all__ = ["Augmentation", "ResizeShortestEdge", "RandomFlip", "apply_augmentations"]
+__all__ = [
+    "Augmentation",
+    "ResizeShortestEdge",
+    "RandomFlip",
+    "RandomCrop",
+    "apply_augmentations",
+]
 
 
 class Augmentation:
@@ -113,6 +120,56 @@ class RandomFlip(Augmentation):
         if np.random.uniform() >= self.prob:
             return NoOpTransform()
         return HFlipTransform(w) if self.horizontal else VFlipTransform(h)
+
+
+class RandomCrop(Augmentation):
+    """Cut a random window (INPUT.CROP, detectron2's four types) out of the image.
+
+    ``crop_type`` "relative": ``crop_size`` (h, w) fractions of the image; "relative_range": each
+    fraction drawn in ``[crop_size, 1]``; "absolute": ``crop_size`` pixels (at most the image);
+    "absolute_range": each side drawn in ``[crop_size[0], crop_size[1]]`` pixels (at most the
+    image). The window's corner is drawn uniformly.
+    """
+
+    TYPES = ("relative_range", "relative", "absolute", "absolute_range")
+
+    def __init__(self, crop_type: str, crop_size: Sequence[float]) -> None:
+        if crop_type not in self.TYPES:
+            raise ValueError(f"INPUT.CROP.TYPE must be one of {self.TYPES}, got {crop_type!r}")
+        size = tuple(float(v) for v in crop_size)
+        if len(size) != 2:
+            raise ValueError(f"INPUT.CROP.SIZE must have 2 values, got {list(crop_size)}")
+        if crop_type.startswith("relative") and not all(0 < v <= 1 for v in size):
+            raise ValueError(f"INPUT.CROP.SIZE of type {crop_type!r} must be in (0, 1], got {size}")
+        if crop_type.startswith("absolute") and not all(v >= 1 for v in size):
+            raise ValueError(f"INPUT.CROP.SIZE of type {crop_type!r} must be >= 1, got {size}")
+        if crop_type == "absolute_range" and size[0] > size[1]:
+            raise ValueError(f"INPUT.CROP.SIZE of type 'absolute_range' needs min <= max: {size}")
+        self.crop_type, self.crop_size = crop_type, size
+
+    def get_crop_size(self, h: int, w: int) -> Tuple[int, int]:
+        """(crop_h, crop_w) for an ``h`` x ``w`` image."""
+        if self.crop_type == "relative":
+            ch, cw = self.crop_size
+            return int(h * ch + 0.5), int(w * cw + 0.5)
+        if self.crop_type == "relative_range":
+            lo = np.asarray(self.crop_size, dtype=np.float32)
+            ch, cw = lo + np.random.rand(2) * (1 - lo)
+            return int(h * ch + 0.5), int(w * cw + 0.5)
+        a, b = int(self.crop_size[0]), int(self.crop_size[1])
+        if self.crop_type == "absolute":
+            return min(a, h), min(b, w)
+        ch = int(np.random.randint(min(h, a), min(h, b) + 1))
+        cw = int(np.random.randint(min(w, a), min(w, b) + 1))
+        return ch, cw
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        h, w = image.shape[:2]
+        ch, cw = self.get_crop_size(h, w)
+        ch, cw = max(1, min(ch, h)), max(1, min(cw, w))
+        y0 = int(np.random.randint(h - ch + 1))
+        x0 = int(np.random.randint(w - cw + 1))
+        return CropTransform(x0, y0, cw, ch)
 
 
 def apply_augmentations(
