@@ -65,3 +65,16 @@ def fasterrcnn_resnet_c4(pretrained: bool = False, **kwargs: Any) -> Any:
     from resnet_backbones.integrations.torchvision import fasterrcnn_resnet_c4 as build
 
     return build(**kwargs)
+
+
+def maskrcnn_resnet_c4(pretrained: bool = False, **kwargs: Any) -> Any:
+    """torchvision's ``MaskRCNN`` with our ResNet in the C4 layout
+    (``resnet_backbones.integrations.torchvision.maskrcnn_resnet_c4``; e.g. ``name="resnet50"``,
+    ``num_classes=91``, ``weights=PATH`` for the backbone)."""
+    if pretrained:
+        raise ValueError(
+            "maskrcnn_resnet_c4: no weights are hosted; pass weights=PATH for the backbone"
+        )
+    from resnet_backbones.integrations.torchvision import maskrcnn_resnet_c4 as build
+
+    return build(**kwargs)

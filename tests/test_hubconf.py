@@ -29,7 +29,7 @@ def test_every_registered_model_is_an_entry_point(hubconf):
         if callable(getattr(hubconf, name)) and not name.startswith("_")
     }
     assert set(list_models()) <= entries
-    assert "fasterrcnn_resnet_c4" in entries
+    assert {"fasterrcnn_resnet_c4", "maskrcnn_resnet_c4"} <= entries
     assert hubconf.resnet50.__name__ == "resnet50" and "create_model" in hubconf.resnet50.__doc__
 
 
@@ -66,3 +66,11 @@ def test_torch_hub_load_c4_detector():
         str(ROOT), "fasterrcnn_resnet_c4", source="local", name="resnet18", num_classes=4
     )
     assert isinstance(model, FasterRCNN) and model.backbone.out_channels == 256
+    from torchvision.models.detection import MaskRCNN
+
+    model = torch.hub.load(
+        str(ROOT), "maskrcnn_resnet_c4", source="local", name="resnet18", num_classes=4
+    )
+    assert isinstance(model, MaskRCNN) and model.roi_heads.mask_predictor is not None
+    with pytest.raises(ValueError, match="no weights are hosted"):
+        torch.hub.load(str(ROOT), "maskrcnn_resnet_c4", source="local", pretrained=True)
