@@ -424,6 +424,18 @@ def test_frozen_batchnorm_matches_batchnorm_and_loads_its_checkpoint():
     torch.testing.assert_close(converted[1](x), bn(x))
 
 
+def test_converted_frozen_batchnorm_loads_a_checkpoint_without_its_counter():
+    # A frozen stage of a norm="BN" net keeps BatchNorm's num_batches_tracked key; a FrozenBN
+    # checkpoint has none: strict loading fills it in, as BatchNorm2d itself does.
+    frozen = convert_frozen_batchnorm(nn.BatchNorm2d(4))
+    assert "num_batches_tracked" in frozen.state_dict()
+    checkpoint = FrozenBatchNorm2d(4).state_dict()
+    checkpoint["weight"] = torch.full((4,), 3.0)
+    assert frozen.load_state_dict(checkpoint) is not None
+    assert torch.equal(frozen.weight, checkpoint["weight"])
+    assert frozen.state_dict()["num_batches_tracked"] == 0
+
+
 def test_frozen_batchnorm_loads_caffe2_weights_without_statistics():
     frozen = FrozenBatchNorm2d(4)
     frozen.load_state_dict({"weight": torch.full((4,), 2.0), "bias": torch.ones(4)})

@@ -86,6 +86,11 @@ class FrozenBatchNorm2d(nn.Module):
             # A BatchNorm checkpoint (torchvision) carries a step counter that a frozen layer
             # ignores.
             state_dict.pop(prefix + "num_batches_tracked", None)
+        else:
+            # Converted from a BatchNorm (a frozen stage of a norm="BN" net), the layer keeps the
+            # counter's key; a checkpoint without it (FrozenBN, MSRA) keeps the current value, as
+            # BatchNorm2d does.
+            state_dict.setdefault(prefix + "num_batches_tracked", self.num_batches_tracked)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
