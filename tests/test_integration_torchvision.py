@@ -389,3 +389,30 @@ def test_mask_rcnn_c4_trains_and_infers_masks():
         assert out["masks"].shape == (n, 1, size, size) and out["masks"].dtype == torch.float32
         assert out["masks"].min() >= 0 and out["masks"].max() <= 1
         assert out["masks"].max() > 0  # pasted into its box, not empty
+
+
+def test_mask_rcnn_c4_weights_from_our_mask_rcnn_checkpoint(tmp_path):
+    """A MASK_ON C4 detector file fills trunk and the shared res5 (its mask head, whose names
+    and class layout differ from torchvision's, is not loaded); with weights: FrozenBN."""
+    from resnet_backbones import build_model
+    from resnet_backbones.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    detector = build_model(tiny_cfg(MODEL__MASK_ON=True)).eval()
+    save_checkpoint(tmp_path / "mask_c4.pkl", detector.state_dict())
+    model = maskrcnn_resnet_c4(
+        "resnet50",
+        num_classes=4,
+        weights=tmp_path / "mask_c4.pkl",
+        stem_out_channels=16,
+        res2_out_channels=32,
+        width_per_group=8,
+    ).eval()
+    assert isinstance(model.backbone.res3[0].conv1.norm, FrozenBatchNorm2d)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        c4 = detector.backbone(x)["res4"]
+        torch.testing.assert_close(model.backbone(x)["res4"], c4, rtol=1e-5, atol=1e-5)
+        rois = torch.randn(3, c4.shape[1], 14, 14)
+        expected = detector.roi_heads.res5(rois)
+        torch.testing.assert_close(model.roi_heads.mask_head(rois), expected, rtol=1e-5, atol=1e-5)
