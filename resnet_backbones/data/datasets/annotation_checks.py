@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
-
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -80,20 +79,26 @@ def segmentation_problem(segm: Any, width: float, height: float) -> Optional[str
     if not isinstance(segm, list) or not segm:
         return "malformed segmentation"
     t = OUTSIDE_TOLERANCE
+    # Plain Python on the json's lists: several times faster than numpy on COCO's short polygons.
     for poly in segm:
-        try:
-            p = np.asarray(poly, dtype=np.float64)
-        except (TypeError, ValueError):
+        if not isinstance(poly, (list, tuple)):
             return "malformed segmentation"
-        if p.ndim != 1 or not np.all(np.isfinite(p)):
-            return "malformed segmentation"
-        if len(p) < 6 or len(p) % 2:
+        if len(poly) < 6 or len(poly) % 2:
             return "polygon with fewer than 3 points"
-        x, y = p[0::2], p[1::2]
-        if 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))) <= 0:
-            return "zero-area polygon"
-        if x.max() <= -t or y.max() <= -t or x.min() >= width + t or y.min() >= height + t:
-            return "polygon outside the image"
+        xs, ys = poly[0::2], poly[1::2]
+        try:
+            twice_area = sum(
+                x0 * y1 - x1 * y0
+                for x0, y0, x1, y1 in zip(xs, ys, xs[1:] + xs[:1], ys[1:] + ys[:1])
+            )
+            if not math.isfinite(twice_area):
+                return "malformed segmentation"
+            if twice_area == 0:
+                return "zero-area polygon"
+            if max(xs) <= -t or max(ys) <= -t or min(xs) >= width + t or min(ys) >= height + t:
+                return "polygon outside the image"
+        except TypeError:
+            return "malformed segmentation"
     return None
 
 
