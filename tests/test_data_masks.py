@@ -198,6 +198,7 @@ BAD_POLYGONS = {
     "polygon with fewer than 3 points": [[10.0, 10.0, 20.0, 20.0]],
     "zero-area polygon": [[10.0, 10.0, 20.0, 20.0, 30.0, 30.0]],
     "polygon outside the image": [[100.0, 10.0, 120.0, 10.0, 110.0, 30.0]],
+    "malformed segmentation": [[10.0, 10.0, "x", 20.0, 30.0, 30.0]],
 }
 
 
