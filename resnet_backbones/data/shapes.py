@@ -394,8 +394,10 @@ def _visible_polygons(scene: Scene) -> None:
         pieces = [inst.outline]
         for a, b, c in _edges_inward(image):
             pieces = [_clip_halfplane(p, a, b, c) for p in pieces]
+        lo, hi = inst.outline.min(axis=0), inst.outline.max(axis=0)
         for later in scene.instances[k + 1 :]:
-            pieces = _subtract_convex(pieces, later.outline)
+            if np.all(later.outline.max(axis=0) > lo) and np.all(later.outline.min(axis=0) < hi):
+                pieces = _subtract_convex(pieces, later.outline)  # (their boxes overlap)
         polys = []
         for p in pieces:
             q = np.round(p, 2)
