@@ -93,3 +93,45 @@ def test_data_benchmark_runs_and_reports(tmp_path):
     assert coco["ratio"] > 0
     assert shapes["num_train"] == 300 and shapes["seconds"] > 0
     assert f"load_coco_json        : {coco['ours_s']:.2f} s" in stdout
+
+
+def test_detector_benchmark_mask_rcnn_inference(tmp_path):
+    """``--mask``: Mask R-CNN C4 in every variant, the mask IoU of matched detections in the
+    agreement column (here against itself: the only variant is the reference)."""
+    stdout, result = run_benchmark(
+        *("detector", "--mask", "--depth", "50", "--variants", "ours-fast"),
+        *("--image-size", "160", "224", "--modes", "inference", "--repeats", "1", "--no-memory"),
+        *("--threads", "1"),
+        json_out=tmp_path / "bench.json",
+    )
+    (row,) = result["rows"]
+    assert row["mask"] and row["variant"] == "ours-fast" and row["median_s"] > 0
+    assert "mask IoU mean 1.0000 min 1.0000 (" in row["agreement"]
+    compared = int(row["agreement"].rsplit("(", 1)[1].rstrip(")"))
+    assert compared > 0
+    assert "| Mask R-CNN R50-C4 | inference (s/img) | ours-fast |" in stdout
+
+
+def test_detector_benchmark_ground_truth_masks():
+    """The training step's ground-truth masks: the octagon inscribed in each box (7/9 of its
+    area), as PolygonMasks of the library's structures."""
+    import torch
+
+    from resnet_backbones.benchmarks.detector import batch_inputs, octagon_in_box
+    from resnet_backbones.structures import PolygonMasks
+
+    scene = {
+        "image": torch.zeros(3, 60, 80),
+        "boxes": torch.tensor([[10.0, 5.0, 40.0, 50.0], [0.0, 0.0, 9.0, 9.0]]),
+        "classes": torch.tensor([1, 2]),
+    }
+    (plain,) = batch_inputs([scene], with_gt=True, d2=False)
+    assert not plain["instances"].has("gt_masks")
+    (d,) = batch_inputs([scene], with_gt=True, d2=False, mask=True)
+    masks = d["instances"].gt_masks
+    assert isinstance(masks, PolygonMasks) and len(masks) == 2
+    areas = masks.area().float()
+    box_areas = torch.tensor([30.0 * 45.0, 81.0])
+    assert torch.allclose(areas, box_areas * 7 / 9, rtol=1e-4)
+    (poly,) = octagon_in_box([0.0, 0.0, 9.0, 9.0])
+    assert poly.shape == (16,) and poly.min() >= 0 and poly.max() <= 9

@@ -1,9 +1,9 @@
 """Benchmark: Faster R-CNN C4 training step and inference, ours against detectron2 in the same run.
 
-    python tools/benchmark.py detector [--amp] [--depth 50 101] [--repeats N] [--train-repeats N]
-                                       [--image-size 600 800] [--modes inference train]
-                                       [--variants ...] [--threads N] [--no-memory]
-                                       [--amp-accuracy N] [--json FILE]
+    python tools/benchmark.py detector [--amp] [--mask] [--depth 50 101] [--repeats N]
+                                       [--train-repeats N] [--image-size 600 800]
+                                       [--modes inference train] [--variants ...] [--threads N]
+                                       [--no-memory] [--amp-accuracy N] [--json FILE]
 
 detectron2 is timed when it is importable: run the command with that environment's Python
 (``/path/to/d2env/bin/python tools/benchmark.py detector``); elsewhere only our variants run.
@@ -15,6 +15,13 @@ FrozenBN and the stride in the 1x1 convs, 80 classes, CPU). One set of random we
 statistics (every FrozenBN calibrated on a test image, random affine values, larger predictor
 weights, as the parity tests do) is loaded into every model (detectron2's with ``strict=True``).
 Images: synthetic 600x800 "shapes" scenes, their shapes as ground truth.
+
+``--mask``: Mask R-CNN C4 instead (``MODEL.MASK_ON`` in each library's config: the same
+state-dict names). The mask head's random weights are calibrated too (its predictor redrawn so
+that mask logits spread over about +-2 around 0 on the calibration image's detections); the
+ground-truth masks of the training step are the octagons inscribed in the ground-truth boxes
+(``PolygonMasks``); the agreement column adds the mean (min) IoU of the pasted masks of matched
+detections.
 
 * inference: seconds per image (batch of 1, ``model.eval()``, ``torch.no_grad()``);
 * training step: forward + backward + ``SGD(momentum=0.9, weight_decay=1e-4).step()`` on a batch of
@@ -52,6 +59,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -89,25 +97,26 @@ def detectron2_available() -> bool:
 
 
 # ------------------------------------------------------------------------------------ setup
-def _overrides(depth: int) -> List[str]:
-    return ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", str(depth)]
+def _overrides(depth: int, mask: bool = False) -> List[str]:
+    out = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", str(depth)]
+    return out + ["MODEL.MASK_ON", "True"] if mask else out
 
 
-def our_config(depth: int):
+def our_config(depth: int, mask: bool = False):
     from ..config import get_cfg
 
     cfg = get_cfg()
     cfg.merge_from_file(BASE_CONFIG)
-    cfg.merge_from_list(_overrides(depth))
+    cfg.merge_from_list(_overrides(depth, mask))
     return cfg
 
 
-def d2_config(depth: int):
+def d2_config(depth: int, mask: bool = False):
     from detectron2.config import get_cfg as d2_get_cfg
 
     cfg = d2_get_cfg()
     cfg.merge_from_file(BASE_CONFIG)
-    cfg.merge_from_list(_overrides(depth))
+    cfg.merge_from_list(_overrides(depth, mask))
     return cfg
 
 
@@ -121,12 +130,77 @@ def make_images(
     return [random_scene(seed + i, image_size[0], image_size[1]) for i in range(count)]
 
 
+def octagon_in_box(box: Sequence[float]) -> List[Any]:
+    """The polygon (one ``[x0, y0, x1, y1, ...]`` array) of the octagon inscribed in ``box``
+    (corners cut at a third of each side): a simple ground-truth mask for a box."""
+    import numpy as np
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = (x1 - x0) / 3, (y1 - y0) / 3
+    pts = [
+        (x0 + dx, y0), (x1 - dx, y0), (x1, y0 + dy), (x1, y1 - dy),
+        (x1 - dx, y1), (x0 + dx, y1), (x0, y1 - dy), (x0, y0 + dy),
+    ]  # fmt: skip
+    return [np.array(pts, dtype=np.float64).reshape(-1)]
+
+
 def batch_inputs(
-    images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool
+    images: Sequence[Dict[str, Any]], *, with_gt: bool, d2: bool, mask: bool = False
 ) -> List[Dict[str, Any]]:
+    """Detector inputs; with ``mask`` and ``with_gt``, ``gt_masks`` too (:func:`octagon_in_box`
+    of every ground-truth box, as the library's ``PolygonMasks``)."""
     from ..utils.testing import detector_inputs
 
-    return detector_inputs(images, with_gt=with_gt, d2=d2)
+    batch = detector_inputs(images, with_gt=with_gt, d2=d2)
+    if mask and with_gt:
+        if d2:
+            from detectron2.structures import PolygonMasks
+        else:
+            from ..structures import PolygonMasks
+        for d in batch:
+            inst = d["instances"]
+            inst.gt_masks = PolygonMasks([octagon_in_box(b) for b in inst.gt_boxes.tensor])
+    return batch
+
+
+@torch.no_grad()
+def calibrate_mask_head_(
+    model, images: Sequence[Dict[str, Any]], logit_std: float = 2.0, seed: int = 0
+):
+    """Redraw the mask predictor of ``model`` so that its logits on the ground-truth boxes of
+    ``images`` (scenes as :func:`make_images` gives them) have standard deviation ``logit_std``
+    and mean ~0 per class (with the default init, std 0.001, every mask probability is ~0.5 and
+    the pasted masks are noise)."""
+    from ..structures import Boxes
+
+    heads = model.roi_heads
+    predictor = heads.mask_head.predictor
+    torch.manual_seed(seed)
+    predictor.weight.normal_(0.0, 1.0)
+    predictor.bias.zero_()
+    model.eval()
+    inputs = batch_inputs(images, with_gt=False, d2=False)
+    features = model.backbone(model.preprocess_image(inputs).tensor)
+    boxes = [Boxes(im["boxes"].clone()) for im in images]
+    if sum(len(b) for b in boxes) == 0:
+        raise ValueError("calibrate_mask_head_: the scenes have no boxes")
+    res5_out = heads._shared_roi_transform([features[f] for f in heads.in_features], boxes)
+    seen: List[torch.Tensor] = []
+    hook = predictor.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    try:
+        heads.mask_head.layers(res5_out)
+    finally:
+        hook.remove()
+    std = float(predictor(seen[0]).std())
+    if not math.isfinite(std) or std == 0.0:
+        # non-finite res5 outputs: FrozenBN statistics calibrated on too small an image
+        raise ValueError(
+            f"calibrate_mask_head_: mask logits of std {std} on the ground-truth boxes; calibrate "
+            "on larger images (e.g. 160x224 or more)"
+        )
+    predictor.weight.mul_(logit_std / std)
+    predictor.bias.copy_(-predictor(seen[0]).mean(dim=(0, 2, 3)))
+    return model
 
 
 @torch.no_grad()
@@ -135,33 +209,39 @@ def sane_random_weights(
     images: Sequence[Dict[str, Any]],
     seed: int = 0,
     residual_gain: Tuple[float, float] = (0.1, 0.3),
+    mask: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Our R{depth}-C4 state dict with calibrated FrozenBN statistics
     (:func:`~resnet_backbones.utils.testing.calibrate_random_detector_` on the first image; small
     residual-branch gains, as trained ResNets have, so that fp32-vs-bf16 comparisons mean
-    something)."""
+    something); with ``mask``, Mask R-CNN's, its mask predictor calibrated as well
+    (:func:`calibrate_mask_head_`)."""
     from ..modeling import build_model
     from ..utils.testing import calibrate_random_detector_
 
     torch.manual_seed(seed)
-    model = build_model(our_config(depth)).eval()
-    calibrate_random_detector_(
-        model, batch_inputs(images[:1], with_gt=False, d2=False), residual_gain
-    )
+    model = build_model(our_config(depth, mask)).eval()
+    inputs = batch_inputs(images[:1], with_gt=False, d2=False)
+    calibrate_random_detector_(model, inputs, residual_gain)
+    if mask:
+        calibrate_mask_head_(model, images[:1], seed=seed)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def build_variant(variant: str, depth: int, state: Dict[str, torch.Tensor], mode: str):
-    """The model of ``variant`` for ``mode``, weights loaded (eval mode for inference)."""
+def build_variant(
+    variant: str, depth: int, state: Dict[str, torch.Tensor], mode: str, mask: bool = False
+):
+    """The model of ``variant`` for ``mode``, weights loaded (eval mode for inference); ``mask``:
+    Mask R-CNN."""
     if variant == "d2":
         from detectron2.modeling import build_model as d2_build_model
 
-        model = d2_build_model(d2_config(depth))
+        model = d2_build_model(d2_config(depth, mask))
         model.load_state_dict(state, strict=True)
     else:
         from ..modeling import build_model, prepare_model
 
-        cfg = our_config(depth)
+        cfg = our_config(depth, mask)
         cfg.MODEL.FAST_PATH = variant.startswith("ours-fast")
         model = build_model(cfg)
         model.load_state_dict(state, strict=True)
@@ -184,10 +264,10 @@ def _event_storage(variant: str):
 
 
 def make_step(
-    variant: str, mode: str, model, images: Sequence[Dict[str, Any]]
+    variant: str, mode: str, model, images: Sequence[Dict[str, Any]], mask: bool = False
 ) -> Callable[[], Any]:
     """A no-argument callable doing one inference (first image) or one training step (all
-    images)."""
+    images; ``mask``: with ground-truth masks)."""
     d2 = variant == "d2"
     if mode == "inference":
         inputs = batch_inputs(images[:1], with_gt=False, d2=d2)
@@ -199,7 +279,7 @@ def make_step(
         return infer
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    inputs = batch_inputs(images, with_gt=True, d2=d2)
+    inputs = batch_inputs(images, with_gt=True, d2=d2, mask=mask)
 
     def train_step():
         with _event_storage(variant):
@@ -253,9 +333,10 @@ def memory_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         torch.set_num_threads(spec["threads"])
     state = torch.load(spec["weights"], map_location="cpu")
     images = torch.load(spec["images"], map_location="cpu")
-    model = build_variant(spec["variant"], spec["depth"], state, spec["mode"])
+    mask = bool(spec.get("mask", False))
+    model = build_variant(spec["variant"], spec["depth"], state, spec["mode"], mask)
     del state
-    step = make_step(spec["variant"], spec["mode"], model, images)
+    step = make_step(spec["variant"], spec["mode"], model, images, mask)
     torch.manual_seed(0)
     step()  # warm-up: oneDNN primitives, optimizer state
     _trim_heap()
@@ -324,12 +405,36 @@ def _match_detections(ref, other, iou_thresh: float = 0.9) -> Tuple[float, float
     return ok.float().mean().item(), diff
 
 
+def _match_masks(ref, other, iou_thresh: float = 0.9) -> Tuple[float, float, int]:
+    """(mean, min) IoU of the pasted masks of the ``ref`` detections matched in ``other`` (as in
+    :func:`_match_detections`), and how many were compared (masks empty in both are skipped)."""
+    from torchvision.ops import box_iou
+
+    a, b = ref["instances"], other["instances"]
+    if len(a) == 0 or len(b) == 0 or not (a.has("pred_masks") and b.has("pred_masks")):
+        return float("nan"), float("nan"), 0
+    iou = box_iou(a.pred_boxes.tensor.float(), b.pred_boxes.tensor.float())
+    iou[a.pred_classes[:, None] != b.pred_classes[None, :]] = 0
+    best, idx = iou.max(dim=1)
+    ok = (best >= iou_thresh).nonzero().squeeze(1)
+    ma = a.pred_masks[ok].flatten(1).bool()
+    mb = b.pred_masks[idx[ok]].flatten(1).bool()
+    union = (ma | mb).sum(1).float()
+    inter = (ma & mb).sum(1).float()
+    keep = union > 0
+    if not keep.any():
+        return float("nan"), float("nan"), 0
+    m_iou = inter[keep] / union[keep]
+    return m_iou.mean().item(), m_iou.min().item(), int(keep.sum())
+
+
 def amp_accuracy(
     depth: int,
     state: Dict[str, torch.Tensor],
     image_size: Tuple[int, int],
     num_images: int,
     log: Callable[[str], None],
+    mask: bool = False,
 ) -> Dict[str, Any]:
     """COCO AP of bf16 detections (and, as a control, of the fp32 fast path) scored against our
     unoptimized fp32 detections (= detectron2's) as ground truth, on ``num_images`` new images."""
@@ -344,7 +449,7 @@ def amp_accuracy(
     }
     outputs: Dict[str, List[Any]] = {}
     for name, (variant, bf16) in runs.items():
-        model = build_variant(variant, depth, state, "inference")
+        model = build_variant(variant, depth, state, "inference", mask)
         outs = []
         for im in images:
             with torch.no_grad(), autocast_context("cpu", bf16, "bfloat16"):
@@ -376,6 +481,11 @@ class Row:
     times_s: List[float] = field(default_factory=list)
     memory: Dict[str, Any] = field(default_factory=dict)
     agreement: str = ""
+    mask: bool = False
+
+    @property
+    def model(self) -> str:
+        return f"{'Mask R-CNN ' if self.mask else ''}R{self.depth}-C4"
 
 
 def load_average() -> str:
@@ -393,12 +503,13 @@ def time_variants(
     images: Sequence[Dict[str, Any]],
     repeats: int,
     log: Callable[[str], None],
+    mask: bool = False,
 ) -> List[Row]:
     steps, agreement, outputs = {}, {}, {}
     for variant in variants:
         start = time.perf_counter()
-        model = build_variant(variant, depth, state, mode)
-        steps[variant] = make_step(variant, mode, model, images)
+        model = build_variant(variant, depth, state, mode, mask)
+        steps[variant] = make_step(variant, mode, model, images, mask)
         torch.manual_seed(0)
         outputs[variant] = steps[variant]()  # warm-up; seeded so that training samples alike
         log(
@@ -413,6 +524,9 @@ def time_variants(
             agreement[variant] = (
                 f"{n} dets, {100 * frac:.0f}% of {ref_name}'s matched, max |dscore| {diff:.1e}"
             )
+            if mask:
+                mean_iou, min_iou, k = _match_masks(outputs[ref_name][0], outputs[variant][0])
+                agreement[variant] += f", mask IoU mean {mean_iou:.4f} min {min_iou:.4f} ({k})"
         else:
             agreement[variant] = "losses " + ", ".join(
                 f"{k[5:]}={v:.4f}" for k, v in sorted(outputs[variant].items())
@@ -444,6 +558,7 @@ def time_variants(
                 ratio,
                 times[variant],
                 agreement=agreement[variant],
+                mask=mask,
             )
         )
     del steps, outputs
@@ -467,7 +582,7 @@ def format_table(rows: Sequence[Row]) -> str:
         else:
             mem = "not measured"
         lines.append(
-            f"| R{r.depth}-C4 | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} "
+            f"| {r.model} | {r.mode} ({unit}) | {r.variant} | {r.median_s:.2f} "
             f"| {r.min_s:.2f} | "
             f"{ratio} | {mem} | {r.agreement} |"
         )
@@ -514,6 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time ours-fast-bf16 (bfloat16 autocast) against detectron2's fp32; "
         "default depth 50 and variants d2 ours-fast ours-fast-bf16",
+    )
+    parser.add_argument(
+        "--mask",
+        action="store_true",
+        help="Mask R-CNN C4 (MODEL.MASK_ON) in every variant: calibrated random mask head, "
+        "ground-truth masks in the training step, mask IoU in the agreement column "
+        "(inference and train modes)",
     )
     parser.add_argument(
         "--depth",
@@ -630,7 +752,7 @@ def _time_mode(
             depth, variants, state, args.images, repeats, tmp, _log, test_size_overrides(args)
         )
         return rows  # whole predictors: memory is measured for the tensor modes only
-    rows = time_variants(depth, mode, variants, state, images, repeats, _log)
+    rows = time_variants(depth, mode, variants, state, images, repeats, _log, args.mask)
     if not args.no_memory:
         for row in rows:
             spec = {
@@ -640,9 +762,10 @@ def _time_mode(
                 "variant": row.variant,
                 "mode": mode,
                 "threads": args.threads,
+                "mask": args.mask,
             }
             row.memory = measure_memory(spec, args.memory_timeout)
-            _log(f"  R{depth}-C4 {mode:9s} {row.variant:15s} peak memory {row.memory}")
+            _log(f"  {row.model} {mode:9s} {row.variant:15s} peak memory {row.memory}")
     return rows
 
 
@@ -678,10 +801,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_repeats = args.train_repeats if args.train_repeats is not None else min(3, args.repeats)
     if min(args.repeats, train_repeats) < 1:
         parser.error("--repeats and --train-repeats must be >= 1")
+    if args.mask and "predictor" in args.modes:
+        parser.error("--mask times the inference and train modes only, not predictor")
     print(f"# detector benchmark: {environment()}")
     print(
         f"# images {h}x{w}, rounds: {args.repeats} inference, {train_repeats} training; variants "
-        f"{' '.join(variants)}; load average {load_average()}\n"
+        f"{' '.join(variants)}{'; Mask R-CNN' if args.mask else ''}; "
+        f"load average {load_average()}\n"
     )
     images = make_images((h, w))
     rows: List[Row] = []
@@ -693,7 +819,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.save(images, os.path.join(tmp, "images.pt"))
         for depth in depths:
             start = time.perf_counter()
-            state = sane_random_weights(depth, images)
+            state = sane_random_weights(depth, images, mask=args.mask)
             torch.save(state, os.path.join(tmp, f"R{depth}.pth"))
             _log(f"R{depth}-C4: weights calibrated in {time.perf_counter() - start:.1f}s")
             for mode in args.modes:
@@ -701,7 +827,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rows += _time_mode(args, mode, depth, variants, state, images, repeats, tmp)
             if num_accuracy_images > 0:
                 try:
-                    accuracy[depth] = amp_accuracy(depth, state, (h, w), num_accuracy_images, _log)
+                    accuracy[depth] = amp_accuracy(
+                        depth, state, (h, w), num_accuracy_images, _log, args.mask
+                    )
                 except ImportError as e:
                     print(f"  bf16 accuracy not measured: {e}")
             del state
