@@ -163,12 +163,17 @@ class ResNetRes5BoxHead(nn.Module):
         self.out_channels: int = self.res5[-1].out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.res5(x)
-        if self.post_norm is not None:
-            x = F.relu(self.post_norm(x))
-        return x.mean(dim=(2, 3))
+        return _res5_features(self, x).mean(dim=(2, 3))
+
+
+def _res5_features(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """res5 (and the pre-activation network's final norm + ReLU) of a box or mask head."""
+    if head.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = head.res5(x)
+    if head.post_norm is not None:
+        x = F.relu(head.post_norm(x))
+    return x
 
 
 class ResNetRes5MaskHead(nn.Module):
@@ -189,12 +194,7 @@ class ResNetRes5MaskHead(nn.Module):
         self.out_channels: int = box_head.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.res5(x)
-        if self.post_norm is not None:
-            x = F.relu(self.post_norm(x))
-        return x.contiguous()
+        return _res5_features(self, x).contiguous()
 
 
 def resnet_c4_parts(
