@@ -165,3 +165,15 @@ def restore_logging_state(saved: Dict[str, Tuple[int, bool, list]]) -> None:
                 h.close()
         lg.setLevel(level)
         lg.propagate = propagate
+
+
+def flat_config(node, prefix=""):
+    """A (nested) config as ``{"MODEL.RESNETS.DEPTH": 50, ...}``, lists as tuples: configs of
+    different libraries compare key by key."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, prefix + k + "."))
+        else:
+            out[prefix + k] = tuple(v) if isinstance(v, list) else v
+    return out

@@ -38,6 +38,7 @@ from detectron2.engine import DefaultPredictor as D2DefaultPredictor  # noqa: E4
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from helpers import NARROW as NARROW_C4  # noqa: E402
+from helpers import flat_config  # noqa: E402
 
 from resnet_backbones import DefaultPredictor, get_cfg  # noqa: E402
 from resnet_backbones.data.shapes import render_detection_image  # noqa: E402
@@ -273,16 +274,6 @@ def test_default_predictor_matches(models, tmp_path, fmt):
     assert _coco_ap([{"instances": d2_i}], [{"instances": i}]) >= 0.98
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + k + "."))
-        else:
-            out[prefix + k] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 @pytest.mark.parametrize(
     "ours, theirs, extra",
     [
@@ -312,7 +303,7 @@ def test_configs_equal_detectron2s(ours, theirs, extra):
     ref.merge_from_list(extra)
     d2_view = d2_get_cfg()
     d2_view.merge_from_file(os.path.join(ROOT, "configs", ours))
-    ref_flat, d2_flat = _flat(ref), _flat(d2_view)
+    ref_flat, d2_flat = flat_config(ref), flat_config(d2_view)
     assert os.path.basename(d2_flat.pop("MODEL.WEIGHTS")) == os.path.basename(
         ref_flat.pop("MODEL.WEIGHTS")
     )
@@ -320,7 +311,7 @@ def test_configs_equal_detectron2s(ours, theirs, extra):
 
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(ROOT, "configs", ours))
-    flat = _flat(cfg)
+    flat = flat_config(cfg)
     flat.pop("MODEL.WEIGHTS")
     differ = {k: (flat[k], v) for k, v in ref_flat.items() if k in flat and flat[k] != v}
     assert not differ, f"keys whose value differs from detectron2's (ours, detectron2): {differ}"

@@ -94,23 +94,12 @@ def test_c4_train_loss_goes_down_and_inference_returns_detections():
     )
     assert model.backbone.out_channels == 64 and model.roi_heads.box_head.out_channels == 128
     images, targets = shapes_batch()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9)
-    model.train()
-    losses = []
-    for _ in range(10):
-        loss_dict = model(images, targets)
-        assert set(loss_dict) == {
-            "loss_classifier",
-            "loss_box_reg",
-            "loss_objectness",
-            "loss_rpn_box_reg",
-        }
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    steps = sgd_steps(model, images, targets, steps=10, lr=0.02)
+    assert all(
+        set(step) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+        for step in steps
+    )
+    losses = [sum(step.values()) for step in steps]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
@@ -263,17 +252,25 @@ def test_c4_from_scratch_r50_trains_without_diverging():
         box_batch_size_per_image=32,
     )
     images, targets = shapes_batch()
+    losses = [sum(step.values()) for step in sgd_steps(model, images, targets, steps=6, lr=0.005)]
+    assert all(np.isfinite(losses)) and max(losses) < 2 * losses[0], losses
+
+
+def sgd_steps(model, images, targets, *, steps: int, lr: float):
+    """``steps`` SGD steps (momentum 0.9) of a torchvision detector in training mode; the loss
+    terms of each step as floats."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.005, momentum=0.9)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
     model.train()
-    losses = []
-    for _ in range(6):
-        loss = sum(model(images, targets).values())
+    history = []
+    for _ in range(steps):
+        loss_dict = model(images, targets)
+        loss = sum(loss_dict.values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    assert all(np.isfinite(losses)) and max(losses) < 2 * losses[0], losses
+        history.append({k: v.item() for k, v in loss_dict.items()})
+    return history
 
 
 def mask_batch(num_images: int = 2, size: int = 128, seed: int = 0):
@@ -355,25 +352,11 @@ def test_mask_rcnn_c4_trains_and_infers_masks():
         **NARROW,
     )
     images, targets = mask_batch(size=size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    model.train()
-    mask_losses, losses = [], []
-    for _ in range(8):
-        loss_dict = model(images, targets)
-        assert set(loss_dict) == {
-            "loss_classifier",
-            "loss_box_reg",
-            "loss_mask",
-            "loss_objectness",
-            "loss_rpn_box_reg",
-        }
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        mask_losses.append(loss_dict["loss_mask"].item())
-        losses.append(loss.item())
+    steps = sgd_steps(model, images, targets, steps=8, lr=0.01)
+    keys = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(set(step) == keys for step in steps)
+    mask_losses = [step["loss_mask"] for step in steps]
+    losses = [sum(step.values()) for step in steps]
     assert all(np.isfinite(losses)) and all(np.isfinite(mask_losses))
     assert np.mean(mask_losses[-3:]) < np.mean(mask_losses[:3]), mask_losses
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses

@@ -24,7 +24,7 @@ from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.structures import PolygonMasks as D2PolygonMasks  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
-from helpers import NARROW  # noqa: E402
+from helpers import NARROW, flat_config  # noqa: E402
 
 from resnet_backbones import get_cfg  # noqa: E402
 from resnet_backbones.modeling import build_model  # noqa: E402
@@ -61,16 +61,6 @@ def test_state_dict_names_and_shapes_equal_detectron2(config_file):
     assert sd["roi_heads.mask_head.predictor.weight"].shape == (80, 256, 1, 1)
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + k + "."))
-        else:
-            out[prefix + k] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 @pytest.mark.parametrize(
     "ours, theirs",
     [
@@ -89,14 +79,14 @@ def test_configs_equal_detectron2s(ours, theirs):
     ref.merge_from_file(os.path.join(zoo, theirs))
     d2_view = d2_get_cfg()
     d2_view.merge_from_file(os.path.join(CONFIGS, ours))
-    ref_flat, d2_flat = _flat(ref), _flat(d2_view)
+    ref_flat, d2_flat = flat_config(ref), flat_config(d2_view)
     assert os.path.basename(d2_flat.pop("MODEL.WEIGHTS")) == os.path.basename(
         ref_flat.pop("MODEL.WEIGHTS")
     )
     assert d2_flat == ref_flat
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(CONFIGS, ours))
-    flat = _flat(cfg)
+    flat = flat_config(cfg)
     differ = {k: (flat[k], v) for k, v in ref_flat.items() if k in flat and flat[k] != v}
     assert not differ, f"keys whose value differs from detectron2's (ours, detectron2): {differ}"
 
