@@ -10,7 +10,8 @@ from ...utils.registry import build_from_registry
 
 META_ARCH_REGISTRY = Registry("META_ARCH")
 META_ARCH_REGISTRY.__doc__ = """
-Meta-architectures ``(cfg) -> nn.Module`` (``GeneralizedRCNN``), chosen by MODEL.META_ARCHITECTURE.
+Meta-architectures ``(cfg) -> nn.Module`` (``GeneralizedRCNN``, ``ProposalNetwork``), chosen by
+MODEL.META_ARCHITECTURE.
 """
 
 
