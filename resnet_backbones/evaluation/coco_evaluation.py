@@ -10,6 +10,10 @@ Predictions with ``pred_masks`` (bool ``(N, H, W)`` in the original image size) 
 RLE (``counts`` as str) in the result dicts, ``instances_predictions.pth`` and
 ``coco_instances_results.json``, as in detectron2.
 
+Proposals (``{"proposals": Instances}`` outputs of a ``ProposalNetwork``) are scored by
+detectron2's proposal recall under the task ``"box_proposals"``
+(:mod:`~resnet_backbones.evaluation.proposal_recall`).
+
 Metrics are on detectron2's 0-100 scale; -1 from COCOeval (nothing to evaluate) becomes NaN.
 """
 
@@ -43,6 +47,7 @@ from .fast_coco_eval import (
     quiet_coco,
     summarize_coco_eval,
 )
+from .proposal_recall import proposal_recall_metrics, save_box_proposals
 from .tables import create_small_table, per_category_table
 
 __all__ = [
@@ -202,13 +207,19 @@ def _check_registered(dataset_name: str) -> None:
 
 
 class COCOEvaluator(DatasetEvaluator):
-    """COCO box and mask AP of a registered dataset, as detectron2's ``COCOEvaluator``.
+    """COCO box and mask AP (and proposal recall) of a registered dataset, as detectron2's
+    ``COCOEvaluator``.
 
     ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
     "AR100", "ARs", "ARm", "ARl", "AP-<class>", ...}, "segm": {...the same keys...}}`` (0-100) on
     the main process, ``{}`` elsewhere, and logs a summary and a per-category table per task. With
     ``output_dir`` it writes ``instances_predictions.pth`` and ``coco_instances_results.json``
     there (with RLE masks when the predictions have ``pred_masks``).
+
+    Outputs with ``"proposals"`` (a ``ProposalNetwork``'s) add the task ``"box_proposals"``:
+    ``{"AR@100", "ARs@100", "ARm@100", "ARl@100", "AR@1000", "ARs@1000", "ARm@1000",
+    "ARl@1000"}``, detectron2's proposal recall (``tasks`` does not select it: proposals are
+    always evaluated, as in detectron2); with ``output_dir``, also ``box_proposals.pkl``.
     """
 
     def __init__(
@@ -309,22 +320,26 @@ class COCOEvaluator(DatasetEvaluator):
         self._predictions: List[Dict[str, Any]] = []
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
-        """Convert each output's ``instances`` to COCO result dicts (kept until ``evaluate``)."""
+        """Convert each output's ``instances`` to COCO result dicts and keep its ``proposals``
+        (on the CPU), until ``evaluate``."""
         if len(inputs) != len(outputs):
             raise ValueError(f"got {len(inputs)} inputs but {len(outputs)} outputs")
         num_classes = self._num_classes()
         for inp, out in zip(inputs, outputs):
             if "image_id" not in inp:
                 raise KeyError(f"an input has no 'image_id' (keys: {sorted(inp)})")
-            if "instances" not in out:
-                continue
-            instances = out["instances"].to("cpu")
-            if num_classes is not None:
-                check_class_ids(
-                    instances.pred_classes, num_classes, inp["image_id"], self._dataset_name
-                )
-            coco_json = instances_to_coco_json(instances, inp["image_id"])
-            self._predictions.append({"image_id": inp["image_id"], "instances": coco_json})
+            prediction: Dict[str, Any] = {"image_id": inp["image_id"]}
+            if "instances" in out:
+                instances = out["instances"].to("cpu")
+                if num_classes is not None:
+                    check_class_ids(
+                        instances.pred_classes, num_classes, inp["image_id"], self._dataset_name
+                    )
+                prediction["instances"] = instances_to_coco_json(instances, inp["image_id"])
+            if "proposals" in out:
+                prediction["proposals"] = out["proposals"].to("cpu")
+            if len(prediction) > 1:
+                self._predictions.append(prediction)
 
     def evaluate(self, img_ids: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
         """Metrics over all processed predictions (``img_ids`` restricts the images evaluated)."""
@@ -338,6 +353,35 @@ class COCOEvaluator(DatasetEvaluator):
         if len(predictions) == 0:
             self._logger.warning("[COCOEvaluator] Did not receive valid predictions.")
             return {}
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            torch.save(predictions, os.path.join(self._output_dir, "instances_predictions.pth"))
+        results_by_task: Dict[str, Any] = OrderedDict()
+        proposals = [p for p in predictions if "proposals" in p]
+        if proposals:
+            results_by_task.update(self._eval_box_proposals(proposals))
+        instances = [p for p in predictions if "instances" in p]
+        if instances:
+            results_by_task.update(self._eval_instances(instances, img_ids))
+        return copy.deepcopy(results_by_task)
+
+    def _eval_box_proposals(self, predictions: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """``{"box_proposals": {"AR@100", ...}}`` (detectron2's proposal recall); with
+        ``output_dir``, writes ``box_proposals.pkl``."""
+        if self._output_dir:
+            path = save_box_proposals(predictions, self._output_dir)
+            self._logger.info(f"Saved the proposals to {path}")
+        if not self._do_evaluation:
+            self._logger.info("Annotations are not available for evaluation.")
+            return {}
+        self._logger.info("Evaluating bbox proposals ...")
+        return {"box_proposals": proposal_recall_metrics(predictions, self._coco_api)}
+
+    def _eval_instances(
+        self, predictions: List[Dict[str, Any]], img_ids: Optional[Sequence[Any]]
+    ) -> Dict[str, Any]:
+        """``{"bbox": ..., "segm": ...}``: box (and mask) AP of the predictions' ``instances``;
+        with ``output_dir``, writes ``coco_instances_results.json``."""
         results = list(itertools.chain(*[p["instances"] for p in predictions]))
         columns = self._to_columns(results)
         tasks = self._tasks or tasks_from_predictions(results)
@@ -351,7 +395,7 @@ class COCOEvaluator(DatasetEvaluator):
             if self._backend == "pycocotools":
                 coco_results = result_dicts
         if self._output_dir:
-            self._save(predictions, result_dicts)
+            self._save_results(result_dicts)
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return {}
@@ -380,7 +424,7 @@ class COCOEvaluator(DatasetEvaluator):
             )
             self.coco_eval[task] = coco_eval
             results_by_task[task] = self._derive_coco_results(coco_eval, task)
-        return copy.deepcopy(results_by_task)
+        return results_by_task
 
     def _gt_has_masks(self) -> bool:
         """Whether every ground-truth annotation has a ``segmentation``: False (with a warning)
@@ -400,11 +444,8 @@ class COCOEvaluator(DatasetEvaluator):
             )
         return True
 
-    def _save(self, predictions: List[Dict[str, Any]], coco_results: Any) -> None:
-        """``instances_predictions.pth`` (as processed) and ``coco_instances_results.json``
-        (dataset ids)."""
-        os.makedirs(self._output_dir, exist_ok=True)
-        torch.save(predictions, os.path.join(self._output_dir, "instances_predictions.pth"))
+    def _save_results(self, coco_results: Any) -> None:
+        """``coco_instances_results.json`` (dataset category ids)."""
         path = os.path.join(self._output_dir, "coco_instances_results.json")
         self._logger.info(f"Saving results to {path}")
         with open(path, "w") as f:
