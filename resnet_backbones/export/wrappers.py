@@ -90,6 +90,12 @@ class DetectorExportWrapper(nn.Module):
                 "DetectorExportWrapper needs a model with an RPN "
                 "(MODEL.PROPOSAL_GENERATOR.NAME RPN)"
             )
+        if heads is None:
+            raise ValueError(
+                f"DetectorExportWrapper needs a detector with RoI heads (GeneralizedRCNN); "
+                f"{type(model).__name__} has none. An RPN-only ProposalNetwork cannot be exported "
+                "as a detector: export its backbone (backbone_only=True, --backbone-only)"
+            )
         if not (hasattr(heads, "res5") and hasattr(heads, "pooler")):
             raise ValueError(
                 "DetectorExportWrapper supports the C4 head (Res5ROIHeads), "

@@ -64,8 +64,8 @@ def calibrate_random_detector_(
     residual_gain: Tuple[float, float] = (0.5, 1.5),
     seed: Optional[int] = None,
 ) -> nn.Module:
-    """Calibrate ``model`` (a GeneralizedRCNN with FrozenBN) in place on ``batched_inputs``; returns
-    it in eval mode.
+    """Calibrate ``model`` (a GeneralizedRCNN or ProposalNetwork with FrozenBN) in place on
+    ``batched_inputs``; returns it in eval mode.
 
     Every FrozenBN gets the per-channel mean/variance of its input and a gamma drawn from
     [0.5, 1.5] -- except the last norm of each bottleneck's residual branch, whose gamma comes from
@@ -102,9 +102,10 @@ def calibrate_random_detector_(
     head = model.proposal_generator.rpn_head
     head.objectness_logits.weight.normal_(0.0, 0.05)
     head.anchor_deltas.weight.normal_(0.0, 0.02)
-    predictor = model.roi_heads.box_predictor
-    predictor.cls_score.weight.normal_(0.0, 0.1)
-    predictor.bbox_pred.weight.normal_(0.0, 0.02)
+    if getattr(model, "roi_heads", None) is not None:  # none in an RPN-only ProposalNetwork
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.normal_(0.0, 0.1)
+        predictor.bbox_pred.weight.normal_(0.0, 0.02)
     return model
 
 
