@@ -16,6 +16,7 @@ from .fast_path import (
 )
 from .fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
 from .meta_arch import META_ARCH_REGISTRY, PREPARE_MODES, build_model, prepare_model
+from .test_time_augmentation import DatasetMapperTTA, GeneralizedRCNNWithTTA
 
 __all__ = [
     "BACKBONE_REGISTRY",
@@ -35,4 +36,6 @@ __all__ = [
     "optimize_detector_for_training",
     "optimize_folding_state_dict",
     "optimize_keeping_state_dict",
+    "DatasetMapperTTA",
+    "GeneralizedRCNNWithTTA",
 ]
