@@ -21,15 +21,26 @@ SIGTERM or Ctrl-C saves a checkpoint after the current iteration and exits with 
 ``--resume`` continues from it. Outputs in OUTPUT_DIR: config.yaml, env.txt, log.txt, metrics.json,
 TensorBoard event files, model_{iter:07d}.pth, model_final.pth, last_checkpoint, inference/.
 Plot the curves with ``python tools/plot_metrics.py OUTPUT_DIR``.
+
+Test-time augmentation (``TEST.AUG.ENABLED True``; sizes ``TEST.AUG.MIN_SIZES``, ``MAX_SIZE``,
+``FLIP``): after the plain evaluation (``--eval-only``, or the one after training) the model is
+evaluated again through ``GeneralizedRCNNWithTTA``, with results under names ending in ``_TTA``
+(``bbox_TTA``) and files in OUTPUT_DIR/inference_TTA, as detectron2's train_net does::
+
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS W TEST.AUG.ENABLED True
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
+from collections import OrderedDict
+from typing import Any, List
 
 from resnet_backbones.config import ConfigError, get_cfg
+from resnet_backbones.engine import hooks
+from resnet_backbones.engine.ddp import unwrap_model
 from resnet_backbones.engine.defaults import (
     DefaultTrainer,
     check_inputs_exist,
@@ -37,7 +48,7 @@ from resnet_backbones.engine.defaults import (
     default_setup,
 )
 from resnet_backbones.engine.launch import ProcessFailedError, launch
-from resnet_backbones.modeling import prepare_model
+from resnet_backbones.modeling import GeneralizedRCNNWithTTA, prepare_model
 from resnet_backbones.utils import comm
 
 logger = logging.getLogger("resnet_backbones.train_net")
@@ -45,6 +56,49 @@ logger = logging.getLogger("resnet_backbones.train_net")
 
 class Trainer(DefaultTrainer):
     """Customize here (build_evaluator, build_train_loader, ...); the defaults follow the config."""
+
+    last_tta_results: Any = None
+
+    @classmethod
+    def test_with_TTA(cls, cfg: Any, model: Any) -> "OrderedDict[str, Any]":
+        """Evaluate ``model`` through ``GeneralizedRCNNWithTTA`` (``TEST.AUG``) on every
+        ``DATASETS.TEST``; the result names end in ``_TTA``."""
+        logger.info("Running inference with test-time augmentation ...")
+        tta = GeneralizedRCNNWithTTA(cfg, model)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        names, evaluators = [], []
+        for name in cfg.DATASETS.TEST:
+            try:
+                evaluators.append(cls.build_evaluator(cfg, name, output_folder=folder))
+                names.append(name)
+            except NotImplementedError as e:  # as Trainer.test: skipped with a warning
+                logger.warning("%s; skipping the TTA evaluation of %s", e, name)
+        if not names:
+            return OrderedDict()
+        all_names = list(cfg.DATASETS.TEST)
+        if names != all_names:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.DATASETS.TEST = tuple(names)
+            cfg.freeze()
+        res = cls.test(cfg, tta, evaluators)
+        if len(names) == 1 < len(all_names):  # keyed by dataset, as the plain results are
+            res = OrderedDict([(names[0], res)])
+        return OrderedDict((k + "_TTA", v) for k, v in res.items())
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """The default hooks; with ``TEST.AUG.ENABLED`` a TTA evaluation after training, before
+        the writers (so that its results reach metrics.json)."""
+        ret = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:
+
+            def tta_eval() -> Any:
+                self.last_tta_results = self.test_with_TTA(self.cfg, unwrap_model(self.model))
+                return self.last_tta_results
+
+            writer = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
+            ret.insert(writer[0] if writer else len(ret), hooks.EvalHook(0, tta_eval))
+        return ret
 
 
 def load_config(args: Any):
@@ -55,6 +109,16 @@ def load_config(args: Any):
     cfg.merge_from_list(args.opts or [])
     cfg.freeze()
     return cfg
+
+
+def check_tta_supported(cfg: Any) -> None:
+    """``TEST.AUG.ENABLED`` needs a GeneralizedRCNN (detectron2's rule): refused before any work."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if cfg.TEST.AUG.ENABLED and arch != "GeneralizedRCNN":
+        raise ConfigError(
+            f"TEST.AUG.ENABLED: test-time augmentation supports MODEL.META_ARCHITECTURE "
+            f"'GeneralizedRCNN' only, got {arch!r}; set TEST.AUG.ENABLED False"
+        )
 
 
 def setup(args: Any):
@@ -68,7 +132,10 @@ def main(args: Any) -> Any:
     if args.eval_only:
         model = Trainer.build_model(cfg)
         Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        res = Trainer.test(cfg, prepare_model(model, cfg, "inference"))
+        model = prepare_model(model, cfg, "inference")
+        res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process() and len(cfg.TEST.EXPECTED_RESULTS):
             from resnet_backbones.evaluation import verify_results
 
@@ -76,7 +143,11 @@ def main(args: Any) -> Any:
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    res = trainer.train()
+    if trainer.last_tta_results:
+        res = OrderedDict(res or {})
+        res.update(trainer.last_tta_results)
+    return res
 
 
 def invoke_main(argv: Any = None) -> int:
@@ -85,6 +156,7 @@ def invoke_main(argv: Any = None) -> int:
     # everything a run needs must exist before any process starts
     try:
         cfg = load_config(args)
+        check_tta_supported(cfg)
         check_inputs_exist(cfg, eval_only=args.eval_only, resume=args.resume)
     except (ConfigError, FileNotFoundError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr, flush=True)
