@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a detector on images and draw its detections (boxes, class names, scores) with OpenCV.
+"""Run a detector on images and draw its detections (boxes, class names, scores, and the instance
+masks of a Mask R-CNN config) with OpenCV.
 
     python tools/demo.py --config-file configs/shapes/demo_C4.yaml --input a.jpg dir/ \\
         --output out/ --opts MODEL.WEIGHTS demo_output/pretrained/model_final.pth
@@ -9,7 +10,8 @@ glob patterns. ``--output`` is a folder (one ``<name>.png`` per input image; nam
 a numeric suffix), or a file name when there is a single input image. Without ``--output`` the
 detections are only listed. ``--opts KEY VALUE ...`` (last on the line) overrides config keys, as in
 detectron2's ``demo.py``; ``--confidence-threshold`` sets ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``.
-``--json FILE`` also writes every detection (boxes in XYXY pixels of the original image).
+``--json FILE`` also writes every detection (boxes in XYXY pixels of the original image; with
+``MODEL.MASK_ON``, each mask as COCO RLE in ``segmentation``, as detectron2's results json).
 A tqdm progress bar runs over the images (``DefaultPredictor``, one image at a time).
 """
 
@@ -57,13 +59,17 @@ def draw_detections(
     classes: Optional[Sequence[int]] = None,
     class_names: Optional[Sequence[str]] = None,
     *,
+    masks: Optional[np.ndarray] = None,
     thickness: Optional[int] = None,
     font_scale: Optional[float] = None,
+    mask_alpha: float = 0.5,
 ) -> np.ndarray:
     """A copy of ``image`` (HxWx3 uint8 BGR) with each box drawn and labelled "name score".
 
     ``boxes``: ``(N, 4)`` XYXY pixel coordinates. ``scores`` may be None (ground truth: name only).
-    Line width and text size follow the image size.
+    ``masks``: optional ``(N, H, W)`` bool instance masks, filled in the class color at
+    ``mask_alpha`` and outlined, under the boxes and labels. Line width and text size follow the
+    image size.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image.dtype} {image.shape}")
@@ -76,6 +82,8 @@ def draw_detections(
     order = (
         np.argsort(-np.asarray(scores)) if scores is not None and len(scores) else range(len(boxes))
     )
+    if masks is not None:
+        draw_masks(out, masks, classes, list(order), thickness=thickness, alpha=mask_alpha)
     for i in reversed(list(order)):  # highest score drawn last (on top)
         x0, y0, x1, y1 = boxes[i]
         cls = int(classes[i]) if classes is not None else 0
@@ -97,6 +105,53 @@ def draw_detections(
         text_color = (0, 0, 0) if luminance > 140 else (255, 255, 255)
         cv2.putText(out, label, (tx + 1, ty), font, font_scale, text_color, 1, lineType=cv2.LINE_AA)
     return out
+
+
+def draw_masks(
+    image: np.ndarray,
+    masks: np.ndarray,
+    classes: Optional[Sequence[int]],
+    order: Sequence[int],
+    *,
+    thickness: int = 1,
+    alpha: float = 0.5,
+) -> None:
+    """Fills each ``(H, W)`` bool mask of ``masks`` in its class color (blended at ``alpha``) and
+    outlines it, in place, the first of ``order`` last (on top)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+        raise ValueError(
+            f"expected (N, {image.shape[0]}, {image.shape[1]}) masks for a "
+            f"{image.shape[1]}x{image.shape[0]} image, got {masks.shape}"
+        )
+    for i in reversed(list(order)):
+        mask = masks[i].astype(bool)
+        if not mask.any():
+            continue
+        color = np.array(color_for(int(classes[i]) if classes is not None else 0), np.float64)
+        image[mask] = (image[mask] * (1.0 - alpha) + color * alpha).round().astype(np.uint8)
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(image, contours, -1, tuple(int(c) for c in color), thickness)
+
+
+def instances_masks(instances) -> Optional[np.ndarray]:
+    """``(N, H, W)`` bool masks of predicted ``Instances`` (``pred_masks``), or None without."""
+    if not instances.has("pred_masks"):
+        return None
+    masks = instances.pred_masks.to("cpu")
+    masks = masks.squeeze(1) if masks.dim() == 4 else masks
+    return (masks > 0.5).numpy() if masks.is_floating_point() else masks.numpy().astype(bool)
+
+
+def mask_to_rle(mask: np.ndarray) -> Dict[str, object]:
+    """COCO RLE of one ``(H, W)`` bool mask (pycocotools), with a JSON-ready ``counts`` string."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 def instances_to_arrays(instances) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -193,6 +248,30 @@ def output_paths(inputs: Sequence[str], output: Optional[str]) -> List[Optional[
         used[stem] = n + 1
         out.append(os.path.join(output, f"{stem}.png" if n == 0 else f"{stem}_{n}.png"))
     return out
+
+
+def detection_records(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    masks: Optional[np.ndarray],
+    names: Optional[Sequence[str]],
+) -> List[Dict[str, object]]:
+    """One JSON-ready dict per detection: box, score, class id and name, and with masks the
+    RLE ``segmentation`` and its ``area`` in pixels."""
+    records: List[Dict[str, object]] = []
+    for i, (b, s, c) in enumerate(zip(boxes, scores, classes)):
+        record: Dict[str, object] = {
+            "box_xyxy": [round(float(v), 2) for v in b],
+            "score": round(float(s), 4),
+            "class_id": int(c),
+            "class_name": names[int(c)] if names and int(c) < len(names) else str(int(c)),
+        }
+        if masks is not None:
+            record["segmentation"] = mask_to_rle(masks[i])
+            record["area"] = int(masks[i].sum())
+        records.append(record)
+    return records
 
 
 # ------------------------------------------------------------------------------ main
@@ -293,29 +372,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         instances = predictor(image)["instances"]
         boxes, scores, classes = instances_to_arrays(instances)
+        masks = instances_masks(instances)
         records.append(
             {
                 "file_name": path,
                 "height": int(image.shape[0]),
                 "width": int(image.shape[1]),
-                "detections": [
-                    {
-                        "box_xyxy": [round(float(v), 2) for v in b],
-                        "score": round(float(s), 4),
-                        "class_id": int(c),
-                        "class_name": names[int(c)]
-                        if names and int(c) < len(names)
-                        else str(int(c)),
-                    }
-                    for b, s, c in zip(boxes, scores, classes)
-                ],
+                "detections": detection_records(boxes, scores, classes, masks, names),
             }
         )
         if target is None:
             tqdm.write(f"{path}: {len(boxes)} detections")
             continue
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        drawn = draw_detections(image, boxes, scores, classes, names)
+        drawn = draw_detections(image, boxes, scores, classes, names, masks=masks)
         if not cv2.imwrite(target, drawn):
             tqdm.write(f"warning: could not write '{target}'", file=sys.stderr)
             failed += 1
