@@ -29,8 +29,16 @@ Resume exactly (same data order and random streams), evaluate a checkpoint, chan
     python tools/train_cls.py --model resnet50 --data PATH \\
         SOLVER.WARMUP_EPOCHS 5 MODEL.ZERO_INIT_RESIDUAL True
 
+The paper's test protocols (He et al. 2016, Sec. 3.4; TEST.PROTOCOLS, TEST.MULTISCALE_SIZES, see
+``resnet_backbones/classification/test_protocols.py``): single center crop (``val/*``), 10-crop
+(``val_10crop/*``), fully-convolutional multi-scale (``val_multiscale/*``)::
+
+    python tools/train_cls.py --model resnet50 --data PATH --eval-only --weights W.pth \\
+        --test-protocol single,10crop,multiscale
+
 Outputs in ``--output-dir``: config.yaml, env.txt, log.txt, metrics.json (``total_loss``, ``lr``,
-``val/top1``, ``val/top5``, ``val/loss``), TensorBoard events, model_{iter:07d}.pth,
+``val/top1``, ``val/top5``, ``val/loss``; ``val_10crop/*``, ``val_multiscale/*`` with those
+protocols), TensorBoard events, model_{iter:07d}.pth,
 model_final.pth, last_checkpoint. ``model_final.pth`` is a valid detector ``MODEL.WEIGHTS``.
 """
 
@@ -44,12 +52,13 @@ import sys
 from typing import Any, List, Optional
 
 from resnet_backbones.classification import (
+    PROTOCOLS,
     ClassificationCheckpointer,
     ClassificationTrainer,
     build_classifier,
     build_dataset,
-    build_test_loader,
-    evaluate,
+    check_protocols,
+    evaluate_protocols,
     get_cls_cfg,
     load_classifier_weights,
     resolve_device,
@@ -121,7 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, help="SEED (negative: random, saved with the checkpoints)")
     add("--device", help="MODEL.DEVICE: auto, cpu or cuda")
     add("--progress", choices=["auto", "on", "off"], help="tqdm progress bars (PROGRESS)")
+    add(
+        "--test-protocol",
+        type=_protocol_list,
+        metavar="P[,P...]",
+        help=(
+            "evaluation protocols (TEST.PROTOCOLS), comma-separated, or 'all': single (center "
+            "crop), 10crop (corners + center and their flips), multiscale (fully convolutional at "
+            "TEST.MULTISCALE_SIZES); each reported as val[_<protocol>]/top1, top5, loss"
+        ),
+    )
     return parser
+
+
+def _protocol_list(text: str) -> tuple:
+    """``"10crop,multiscale"`` -> ``("10crop", "multiscale")``; ``"all"``: every protocol."""
+    names = PROTOCOLS if text.strip() == "all" else [p.strip() for p in text.split(",")]
+    try:
+        return check_protocols([p for p in names if p])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, or 'all'") from None
 
 
 def load_config(args: Any):
@@ -165,6 +193,8 @@ def load_config(args: Any):
         overrides += ["SOLVER.AMP.ENABLED", "True"]
     if args.channels_last:
         overrides += ["MODEL.CHANNELS_LAST", "True"]
+    if getattr(args, "test_protocol", None):
+        overrides += ["TEST.PROTOCOLS", repr(tuple(args.test_protocol))]
     cfg.merge_from_list(overrides)
     if args.epochs is not None and not any(
         k == "SOLVER.STEP_EPOCHS" for k in (args.opts or [])[0::2]
@@ -174,6 +204,7 @@ def load_config(args: Any):
             int(round(args.epochs * f)) for f in (30 / 90, 60 / 90, 80 / 90)
         )
     cfg.merge_from_list(args.opts or [])
+    check_protocols(cfg.TEST.PROTOCOLS)
     cfg.freeze()
     return cfg
 
@@ -206,7 +237,7 @@ def _check_inputs(cfg: Any, args: Any) -> None:
 
 def eval_only(cfg: Any, args: Any) -> Any:
     """Evaluate MODEL.WEIGHTS (or, with --resume, OUTPUT_DIR's last checkpoint) on the
-    validation set."""
+    validation set with each TEST.PROTOCOLS: ``{"val": {...}, "val_10crop": {...}, ...}``."""
     device = resolve_device(cfg.MODEL.DEVICE)
     val_set = build_dataset(cfg, is_train=False)
     num_classes = int(cfg.MODEL.NUM_CLASSES) or len(val_set.classes)
@@ -221,20 +252,12 @@ def eval_only(cfg: Any, args: Any) -> Any:
             "--eval-only without --weights (or a checkpoint to resume): evaluating random weights"
         )
     batch = int(cfg.TEST.BATCH_SIZE) or max(1, int(cfg.SOLVER.BATCH_SIZE) // comm.get_world_size())
-    loader = build_test_loader(val_set, batch, num_workers=int(cfg.DATA.NUM_WORKERS))
-    res = evaluate(
-        model, loader, device=device, autocast_dtype=amp_dtype(cfg, device), progress=cfg.PROGRESS
+    results = evaluate_protocols(
+        model, cfg, batch, device=device, autocast_dtype=amp_dtype(cfg, device)
     )
     if comm.is_main_process():
-        logger.info(
-            "Evaluation on %d images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
-            len(val_set),
-            res["top1"],
-            res["top5"],
-            res["loss"],
-        )
-        print(json.dumps({"val": res}, indent=2), flush=True)
-    return res
+        print(json.dumps(results, indent=2), flush=True)
+    return results
 
 
 def main(args: Any) -> Any:

@@ -129,6 +129,16 @@ def _defaults() -> CN:
     _C.TEST = CN()
     _C.TEST.EVAL_PERIOD = 1
     _C.TEST.BATCH_SIZE = 0  # per process; 0 = the training batch per process
+    # Evaluation protocols (He et al. 2016, Sec. 3.4; .test_protocols), each reported under its
+    # own names: "single" (resize RESIZE_SIZE, center crop SIZE: val/top1 ...), "10crop" (the
+    # 4 corner + center SIZE crops of that resize and their flips, softmax averaged:
+    # val_10crop/top1 ...), "multiscale" (fully convolutional at each MULTISCALE_SIZES shorter
+    # side, scores averaged over the score map and the scales: val_multiscale/top1 ...).
+    _C.TEST.PROTOCOLS = ("single",)
+    # Shorter sides of "multiscale"; () = the paper's 224, 256, 384, 480, 640 x SIZE / 224.
+    _C.TEST.MULTISCALE_SIZES = ()
+    # "multiscale" also averages the horizontally flipped images (not in the paper).
+    _C.TEST.MULTISCALE_FLIP = False
     # Console/metrics.json logging period in iterations.
     _C.LOG_PERIOD = 20
     # tqdm progress bars: "auto" (when the console is a terminal), "on" or "off".

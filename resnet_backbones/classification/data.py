@@ -46,6 +46,7 @@ __all__ = [
     "build_transform",
     "find_cifar10_dir",
     "read_cifar10_batch",
+    "resize_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,11 @@ class ToModelInput:
         )
 
 
+def resize_size(cfg: Any) -> int:
+    """The validation resize of the short side: ``INPUT.RESIZE_SIZE``, or ``SIZE x 256 / 224``."""
+    return int(cfg.INPUT.RESIZE_SIZE) or int(round(int(cfg.INPUT.SIZE) * 256 / 224))
+
+
 def build_transform(cfg: Any, is_train: bool) -> Callable[[Image.Image], torch.Tensor]:
     """The training or validation transform of ``cfg.INPUT`` (see the module docstring)."""
     from torchvision import transforms as T
@@ -138,8 +144,7 @@ def build_transform(cfg: Any, is_train: bool) -> Callable[[Image.Image], torch.T
         if cfg.INPUT.RANDOM_FLIP:
             ops.append(T.RandomHorizontalFlip())
     else:
-        resize = int(cfg.INPUT.RESIZE_SIZE) or int(round(size * 256 / 224))
-        ops += [T.Resize(resize, antialias=True), T.CenterCrop(size)]
+        ops += [T.Resize(resize_size(cfg), antialias=True), T.CenterCrop(size)]
     ops.append(ToModelInput(cfg.INPUT.FORMAT, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD))
     return T.Compose(ops)
 
@@ -385,16 +390,21 @@ def build_train_loader(
 
 
 def build_test_loader(
-    dataset: Dataset, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Optional[Callable[[List[Tuple[Any, int]]], Any]] = None,
 ) -> DataLoader:
     """Batches over this process's contiguous slice of ``dataset`` (all processes together: each
-    image once)."""
+    image once). ``collate_fn`` (default: stack the images) builds a batch from its samples."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=InferenceSampler(len(dataset)),
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_fn or _collate,
         worker_init_fn=_worker_init,
         pin_memory=pin_memory,
     )

@@ -52,6 +52,13 @@ from ..solver.classification import build_classification_lr_scheduler as build_l
 from ..solver.classification import build_classification_optimizer as build_optimizer
 from ..utils import comm
 from .data import build_dataset, build_test_loader, build_train_loader
+from .test_protocols import (
+    build_protocol_loader,
+    check_protocols,
+    describe,
+    protocol_model,
+    result_name,
+)
 
 __all__ = [
     "ClassificationCheckpointer",
@@ -65,6 +72,7 @@ __all__ = [
     "checkpoint_metadata",
     "compute_schedule",
     "evaluate",
+    "evaluate_protocols",
     "load_classifier_weights",
     "resolve_device",
 ]
@@ -185,6 +193,13 @@ def amp_dtype(cfg: Any, device: torch.device) -> Optional[torch.dtype]:
 
 
 # ------------------------------------------------------------------------------ evaluation
+def _to_device(images: Any, device: torch.device) -> Any:
+    """A tensor, or (nested) lists of tensors (multi-scale views), moved to ``device``."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device, non_blocking=True)
+    return [_to_device(x, device) for x in images]
+
+
 def _progress_enabled(setting: str) -> Optional[bool]:
     """tqdm's ``disable`` argument for PROGRESS "auto"/"on"/"off" (None: auto, i.e. on a
     terminal)."""
@@ -202,10 +217,13 @@ def evaluate(
     autocast_dtype: Optional[torch.dtype] = None,
     progress: str = "auto",
     topk: Sequence[int] = (1, 5),
+    desc: str = "eval",
 ) -> Dict[str, float]:
     """Top-k accuracies (percent) and mean cross-entropy over the loader, summed over all processes.
 
-    Returns ``{"top1", "top5", "loss", "num_images"}`` (``top5`` is top-min(5, classes)).
+    ``model(images)`` gives logits (or log-probabilities: the test protocols' ensembles); images
+    may be a tensor or lists of tensors. Returns ``{"top1", "top5", "loss", "num_images"}``
+    (``top5`` is top-min(5, classes)).
     """
     from tqdm import tqdm
 
@@ -217,17 +235,14 @@ def evaluate(
     try:
         bar = tqdm(
             data_loader,
-            desc="eval",
+            desc=desc,
             unit="batch",
             leave=False,
             dynamic_ncols=True,
             disable=_progress_enabled(progress),
         )
         for images, labels in bar:
-            images, labels = (
-                images.to(device, non_blocking=True),
-                labels.to(device, non_blocking=True),
-            )
+            images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
             with inference_autocast(device, autocast_dtype):
                 logits = model(images)
             logits = logits.float()
@@ -248,6 +263,59 @@ def evaluate(
     out["loss"] = sum(t["loss"] for t in totals) / n
     out["num_images"] = float(n)
     return out
+
+
+def evaluate_protocols(
+    model: nn.Module,
+    cfg: Any,
+    batch_size: int,
+    *,
+    device: Optional[torch.device] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
+    protocols: Optional[Sequence[str]] = None,
+    single_loader: Any = None,
+) -> Dict[str, Dict[str, float]]:
+    """Evaluate ``model`` with each test protocol (default ``TEST.PROTOCOLS``; see
+    :mod:`.test_protocols`) on the validation set.
+
+    Returns ``{"val": {"top1", "top5", "loss", "num_images"}, "val_10crop": {...}, ...}`` (one
+    group per protocol, :func:`~.test_protocols.result_name`) and logs a line for each.
+    ``single_loader`` replaces the single protocol's loader (the trainer's own).
+    """
+    device = device or next(model.parameters()).device
+    results: Dict[str, Dict[str, float]] = {}
+    for protocol in check_protocols(protocols or cfg.TEST.PROTOCOLS):
+        loader = single_loader if protocol == "single" else None
+        if loader is None:
+            loader = build_protocol_loader(
+                cfg,
+                protocol,
+                batch_size,
+                num_workers=int(cfg.DATA.NUM_WORKERS),
+                pin_memory=device.type == "cuda",
+            )
+        res = evaluate(
+            protocol_model(model, protocol, cfg),
+            loader,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            progress=cfg.PROGRESS,
+            desc=f"eval {protocol}",
+        )
+        if not res:
+            continue
+        results[result_name(protocol)] = res
+        if comm.is_main_process():
+            logger.info(
+                "Evaluation (%s: %s) on %d images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
+                protocol,
+                describe(cfg, protocol),
+                int(res["num_images"]),
+                res["top1"],
+                res["top5"],
+                res["loss"],
+            )
+    return results
 
 
 # ------------------------------------------------------------------------------ checkpoints & hooks
@@ -343,6 +411,7 @@ class ClassificationTrainer(DelegatingTrainer):
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self._data_seed = int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()
+        check_protocols(cfg.TEST.PROTOCOLS)  # before any data is read
         self.train_set = build_dataset(cfg, is_train=True)
         self.val_set = build_dataset(cfg, is_train=False)
         self.classes = list(getattr(self.train_set, "classes", []))
@@ -430,27 +499,26 @@ class ClassificationTrainer(DelegatingTrainer):
         )
 
     def test(self) -> Dict[str, Any]:
-        """Evaluate the classifier on the validation set: ``{"val": {"top1", "top5", "loss"}}``."""
-        res = evaluate(
+        """Evaluate the classifier on the validation set with each ``TEST.PROTOCOLS``:
+        ``{"val": {"top1", "top5", "loss"}, "val_10crop": {...}, ...}``."""
+        protocols = check_protocols(self.cfg.TEST.PROTOCOLS)
+        batch = int(self.cfg.TEST.BATCH_SIZE) or self.schedule.batch_per_process
+        results = evaluate_protocols(
             self.classifier,
-            self.build_test_loader(),
+            self.cfg,
+            batch,
             device=self.device,
             autocast_dtype=self.autocast_dtype,
-            progress=self.cfg.PROGRESS,
+            protocols=protocols,
+            single_loader=self.build_test_loader() if "single" in protocols else None,
         )
-        if not res:
-            return {}
-        res = {k: v for k, v in res.items() if k != "num_images"}
-        self._last_eval_results = res
-        if comm.is_main_process():
-            logger.info(
-                "Evaluation on %d validation images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
-                len(self.val_set),
-                res["top1"],
-                res["top5"],
-                res["loss"],
-            )
-        return {"val": res}
+        results = {
+            group: {k: v for k, v in res.items() if k != "num_images"}
+            for group, res in results.items()
+        }
+        if results:  # train() reports the first protocol's results
+            self._last_eval_results = results.get(result_name(protocols[0]))
+        return results
 
     def build_hooks(self) -> List[HookBase]:
         cfg, sch = self.cfg, self.schedule
