@@ -26,6 +26,10 @@ scoring the averaged window feature. On a ``SIZE x SIZE`` image there is one win
 forward. Across views (crops, flips, scales) the softmax probabilities are averaged (Krizhevsky's
 10-crop, VGG's "class posteriors ... averaged"). The reported ``loss`` of an averaged protocol is
 the cross-entropy of the averaged probabilities.
+
+Cost: ``TEST.BATCH_SIZE`` counts images, so a 10-crop batch runs 10x as many crops (lower it on a
+small GPU); multi-scale batches together the images of one scale that have the same size (all of
+them for the square shapes images; ImageNet's images of one aspect ratio, e.g. 500x375).
 """
 
 from __future__ import annotations
