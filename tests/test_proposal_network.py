@@ -409,6 +409,8 @@ def test_parts_constructor_and_errors():
         ProposalNetwork(cfg, backbone=parts["backbone"])
     with pytest.raises(ValueError, match="needs a proposal generator"):
         build_model(_rpn_cfg(["MODEL.PROPOSAL_GENERATOR.NAME", "PrecomputedProposals"]))
+    with pytest.raises(ValueError, match="MODEL.MASK_ON: a ProposalNetwork predicts proposals"):
+        build_model(_rpn_cfg(["MODEL.MASK_ON", "True"]))
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
         ProposalNetwork(**{**parts, "input_format": "YUV"})
     assert isinstance(build_model(narrow_c4_cfg()), GeneralizedRCNN)

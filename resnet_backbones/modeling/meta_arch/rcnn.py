@@ -312,8 +312,14 @@ class ProposalNetwork(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> Dict[str, Any]:
-        """Build the parts from ``cfg`` (``MODEL.ROI_HEADS`` is not read)."""
+        """Build the parts from ``cfg`` (``MODEL.ROI_HEADS`` is not read; ``MODEL.MASK_ON`` is
+        refused: there are no detections to predict masks for)."""
         check_device(cfg.MODEL.DEVICE)
+        if cfg.MODEL.MASK_ON:
+            raise ValueError(
+                "MODEL.MASK_ON: a ProposalNetwork predicts proposals only, not masks; set "
+                "MODEL.MASK_ON False, or MODEL.META_ARCHITECTURE 'GeneralizedRCNN' for Mask R-CNN"
+            )
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
