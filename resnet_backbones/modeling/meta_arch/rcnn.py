@@ -21,8 +21,8 @@ non-persistent buffers, as in detectron2, so they come from the config, not the 
 
 ``ProposalNetwork`` (``MODEL.META_ARCHITECTURE "ProposalNetwork"``) takes the same inputs; training
 returns ``{"loss_rpn_cls", "loss_rpn_loc"}``, inference ``[{"proposals": Instances(proposal_boxes,
-objectness_logits)}, ...]`` (``MODEL.RPN.POST_NMS_TOPK_TEST`` per image, best first) in ``height x
-width`` coordinates; its state dict is detectron2's ProposalNetwork's (``backbone.*``,
+objectness_logits)}, ...]`` (at most ``MODEL.RPN.POST_NMS_TOPK_TEST`` per image, best first) in
+``height x width`` coordinates; its state dict is detectron2's ProposalNetwork's (``backbone.*``,
 ``proposal_generator.*``).
 """
 
