@@ -101,8 +101,10 @@ def test_demo_generates_and_summarises_the_shapes_data(tmp_path):
     assert (tmp_path / "shapes" / "classification" / "train" / "circle").is_dir()
     summary = json.loads((tmp_path / "summary.json").read_text())
     for run in ("pretrained", "scratch"):
-        assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(summary[run])
-        assert all(v is None or 0.0 <= v <= 100.0 for v in summary[run].values())
+        assert set(summary[run]) == {"bbox", "segm"}  # the demo trains a Mask R-CNN
+        for task in ("bbox", "segm"):
+            assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(summary[run][task])
+            assert all(v is None or 0.0 <= v <= 100.0 for v in summary[run][task].values())
         assert (tmp_path / run / "model_final.pth").is_file()
         assert (tmp_path / run / "metrics.json").is_file()
     assert (tmp_path / "pretrain" / "model_final.pth").is_file()
@@ -115,3 +117,5 @@ def test_demo_generates_and_summarises_the_shapes_data(tmp_path):
     for rel in summary["outputs"]["detections"] + summary["outputs"]["plots"]:
         assert (tmp_path / rel).is_file(), rel
     assert "pretrained (shapes cls)" in result.stdout and "scratch (random init)" in result.stdout
+    assert "COCO box AP on shapes_val" in result.stdout
+    assert "COCO mask AP on shapes_val" in result.stdout

@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """The README's main command on the embedded default data: ``./run demo``.
 
-Does ImageNet-style pre-training help a Faster R-CNN C4 detector? On the synthetic shapes data,
-from nothing but this repository:
+Does ImageNet-style pre-training help a Mask R-CNN C4 detector (boxes and instance masks)? On the
+synthetic shapes data, from nothing but this repository:
 
 1. generates the shapes dataset (``--output``/shapes: detection in COCO/VOC layouts, classification
    in ImageFolder layout; skipped when already there with the same parameters);
 2. pre-trains a ResNet classifier on the shapes classification images (``tools/train_cls.py``
    with ``configs/shapes/demo_pretrain_cls.yaml``);
-3. fine-tunes the C4 detector (``tools/train_net.py`` with ``configs/shapes/demo_C4.yaml``) twice
-   with the same schedule and seed, concurrently: from the classification checkpoint (backbone
-   and res5 head mapped, classifier dropped) and from random initialization;
-4. evaluates both on shapes_val with COCO AP (detectron2's 0-100 scale) and writes
-   ``summary.json`` (``{"pretrained": {"AP", "AP50", ...}, "scratch": {...}, ...}``),
-   ``detections/*.png`` (ground truth | pretrained | scratch on validation images),
-   ``curves.png`` (losses and AP of both runs) and each run's ``plots/`` (tools/plot_metrics.py);
-5. prints a table.
+3. fine-tunes the C4 detector (``tools/train_net.py`` with ``configs/shapes/demo_C4.yaml``, Mask
+   R-CNN: ``MODEL.MASK_ON``) twice with the same schedule and seed, concurrently: from the
+   classification checkpoint (backbone and res5 head mapped, classifier dropped) and from random
+   initialization;
+4. evaluates both on shapes_val with COCO box and mask AP (detectron2's 0-100 scale) and writes
+   ``summary.json`` (``{"pretrained": {"bbox": {"AP", "AP50", ...}, "segm": {...}}, "scratch":
+   {...}, ...}``), ``detections/*.png`` (ground truth | pretrained | scratch on validation images,
+   boxes and masks), ``curves.png`` (losses, box and mask AP of both runs) and each run's
+   ``plots/`` (tools/plot_metrics.py);
+5. prints a table per task.
 
 Every stage runs the project's command-line tools in subprocesses; their logs go to
 ``<stage>/stdout.log``. ``--smoke`` runs the same pipeline on a few images for a few iterations
@@ -43,6 +45,7 @@ PRETRAIN_CONFIG = REPO / "configs" / "shapes" / "demo_pretrain_cls.yaml"
 RUNS = ("pretrained", "scratch")
 STAGE_DIRS = ("pretrain", "pretrained", "scratch", "detections", "curves.png", "summary.json")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TASK_NAMES = {"bbox": "box", "segm": "mask"}
 
 # The embedded default data: the generator's detection split sizes, and a classification set
 # large enough for the pre-training to learn shape features (generated in seconds).
@@ -248,31 +251,41 @@ def _env(threads: int, data_root: Path) -> Dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ results
-def final_results(run_dir: Path) -> Dict[str, float]:
-    """The last evaluation of a run (metrics.json): ``{"AP": ..., "AP50": ..., "AP-circle": ...}``.
+def final_results(run_dir: Path, tasks: Sequence[str] = ("bbox",)) -> Dict[str, Dict[str, float]]:
+    """The last evaluation of a run (metrics.json) for each of ``tasks`` (``bbox``, and ``segm``
+    for a Mask R-CNN): ``{"bbox": {"AP": ..., "AP50": ..., "AP-circle": ...}, "segm": {...}}``.
 
     The evaluator reports NaN, which the trainer does not log, when a model detected nothing at
-    all; that is an AP of 0 here.
+    all (and then only for ``bbox``, as detectron2's); that is an AP of 0 here.
     """
-    results: Dict[str, float] = {}
+    results: Dict[str, Dict[str, float]] = {}
     with open(run_dir / "metrics.json", encoding="utf-8") as f:
         for line in f:
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            found = {
-                k.split("/", 1)[1]: float(v) for k, v in entry.items() if k.startswith("bbox/")
-            }
+            found: Dict[str, Dict[str, float]] = {}
+            for key, value in entry.items():
+                task, _, metric = key.partition("/")
+                if task in tasks and metric:
+                    found.setdefault(task, {})[metric] = float(value)
             if found:
                 results = found
-    if not results:
+    missing = [t for t in tasks if t not in results]
+    if missing:
         predictions = run_dir / "inference" / "coco_instances_results.json"
-        if predictions.is_file() and json.loads(predictions.read_text(encoding="utf-8")) == []:
-            return {m: 0.0 for m in METRICS}
-        raise RuntimeError(f"{run_dir / 'metrics.json'}: no evaluation results (bbox/AP ...) found")
-    for m in METRICS:  # NaN (e.g. APl without large objects) is not logged: keep the key, as null
-        results.setdefault(m, float("nan"))
+        if not (
+            predictions.is_file() and json.loads(predictions.read_text(encoding="utf-8")) == []
+        ):
+            raise RuntimeError(
+                f"{run_dir / 'metrics.json'}: no evaluation results for {', '.join(missing)} "
+                f"({missing[0]}/AP ...) found"
+            )
+        results = {t: {m: 0.0 for m in METRICS} for t in tasks}
+    for task_results in results.values():  # NaN (e.g. APl without large objects) is not logged
+        for m in METRICS:
+            task_results.setdefault(m, float("nan"))
     return results
 
 
@@ -301,27 +314,29 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def format_table(summary: Dict[str, Any]) -> str:
+def format_table(summary: Dict[str, Any], task: str = "bbox") -> str:
+    """Both runs' AP of one task (``bbox``/``segm``) and their difference, as a text table."""
     head = f"{'init':<28}" + "".join(f"{m:>7}" for m in METRICS)
     rows = [head, "-" * len(head)]
     labels = {"pretrained": "pretrained (shapes cls)", "scratch": "scratch (random init)"}
+    res = {run: summary[run].get(task, {}) for run in RUNS}
     for run in RUNS:
-        res = summary[run]
         rows.append(
-            f"{labels[run]:<28}" + "".join(f"{res.get(m, float('nan')):>7.1f}" for m in METRICS)
+            f"{labels[run]:<28}" + "".join(f"{_number(res[run].get(m)):>7.1f}" for m in METRICS)
         )
-    diff = {
-        m: summary["pretrained"].get(m, float("nan")) - summary["scratch"].get(m, float("nan"))
-        for m in METRICS
-    }
+    diff = {m: _number(res["pretrained"].get(m)) - _number(res["scratch"].get(m)) for m in METRICS}
     rows.append(f"{'difference':<28}" + "".join(f"{diff[m]:>+7.1f}" for m in METRICS))
     return "\n".join(rows)
+
+
+def _number(value: Optional[float]) -> float:
+    return float("nan") if value is None else float(value)
 
 
 # ------------------------------------------------------------------------------ pictures
 def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -> List[str]:
     """``detections/<image>.png``: ground truth | pretrained | scratch, on the first validation
-    images."""
+    images (boxes, and the instance masks where the annotations and the model have them)."""
     import cv2
     import numpy as np
     import torch
@@ -374,17 +389,40 @@ def draw_comparisons(out: Path, data_dir: Path, num_images: int, threads: int) -
             ]
         ).reshape(-1, 4)
         gt_classes = [cat_index[a["category_id"]] for a in anns]
-        gt_drawn = demo.draw_detections(image, gt_boxes, None, gt_classes, SHAPES_CLASSES)
+        gt_drawn = demo.draw_detections(
+            image, gt_boxes, None, gt_classes, SHAPES_CLASSES, masks=annotation_masks(anns, im)
+        )
         panels = [demo.add_title(gt_drawn, "ground truth")]
         for run in RUNS:
-            boxes, scores, classes = demo.instances_to_arrays(predictors[run](image)["instances"])
-            drawn = demo.draw_detections(image, boxes, scores, classes, SHAPES_CLASSES)
+            instances = predictors[run](image)["instances"]
+            boxes, scores, classes = demo.instances_to_arrays(instances)
+            masks = demo.instances_masks(instances)
+            drawn = demo.draw_detections(image, boxes, scores, classes, SHAPES_CLASSES, masks=masks)
             panels.append(demo.add_title(drawn, run))
         target = vis_dir / (Path(im["file_name"]).stem + ".png")
         if not cv2.imwrite(str(target), demo.hconcat(panels)):
             raise OSError(f"could not write {target}")
         written.append(str(target))
     return written
+
+
+def annotation_masks(anns: List[Dict[str, Any]], image: Dict[str, Any]) -> Optional[Any]:
+    """``(N, H, W)`` bool masks of COCO annotations (polygons or RLE, pycocotools), or None when
+    any has no ``segmentation`` (a box-only dataset)."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    if not anns or any("segmentation" not in a for a in anns):
+        return None
+    h, w = int(image["height"]), int(image["width"])
+    masks = []
+    for a in anns:
+        seg = a["segmentation"]
+        rles = mask_util.frPyObjects(seg, h, w) if isinstance(seg, list) else [seg]
+        if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+            rles = [mask_util.frPyObjects(seg, h, w)]
+        masks.append(mask_util.decode(mask_util.merge(rles)).astype(bool))
+    return np.stack(masks)
 
 
 def draw_curves(out: Path) -> List[str]:
@@ -398,21 +436,34 @@ def draw_curves(out: Path) -> List[str]:
     written: List[str] = []
     for run in ("pretrain",) + RUNS:
         written += plot_metrics.plot_metrics(str(out / run), smooth=1)
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series = {
+        run: plot_metrics.to_series(plot_metrics.read_metrics(str(out / run / "metrics.json")))
+        for run in RUNS
+    }
+    tasks = [t for t in TASK_NAMES if any(series[run].get(f"{t}/AP") for run in RUNS)]
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 * (1 + len(tasks)), 4.5), squeeze=False)
+    axes = list(axes[0])
+    ax_loss, ap_axes = axes[0], dict(zip(tasks, axes[1:]))
     for run, color in zip(RUNS, ("tab:blue", "tab:orange")):
-        series = plot_metrics.to_series(plot_metrics.read_metrics(str(out / run / "metrics.json")))
-        if series.get("total_loss"):
-            xs, ys = zip(*series["total_loss"])
+        if series[run].get("total_loss"):
+            xs, ys = zip(*series[run]["total_loss"])
             ax_loss.plot(xs, ys, label=run, color=color)
-        for key, style in (("bbox/AP50", "-o"), ("bbox/AP", "--s")):
-            if series.get(key):
-                xs, ys = zip(*series[key])
-                ax_ap.plot(
-                    xs, ys, style, label=f"{run} {key.split('/')[1]}", color=color, markersize=4
-                )
-    ax_loss.set(title="training loss (Faster R-CNN C4)", xlabel="iteration", ylabel="total loss")
-    ax_ap.set(title="COCO AP on shapes_val", xlabel="iteration", ylabel="AP (%)", ylim=(0, 100))
-    for ax in (ax_loss, ax_ap):
+        for task, ax in ap_axes.items():
+            for metric, style in (("AP50", "-o"), ("AP", "--s")):
+                points = series[run].get(f"{task}/{metric}")
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, style, label=f"{run} {metric}", color=color, markersize=4)
+    model = "Mask R-CNN C4" if "segm" in tasks else "Faster R-CNN C4"
+    ax_loss.set(title=f"training loss ({model})", xlabel="iteration", ylabel="total loss")
+    for task, ax in ap_axes.items():
+        ax.set(
+            title=f"COCO {TASK_NAMES[task]} AP on shapes_val",
+            xlabel="iteration",
+            ylabel="AP (%)",
+            ylim=(0, 100),
+        )
+    for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -574,7 +625,7 @@ def finetune(demo: Demo) -> Any:
     det_iters = int(det_cfg.SOLVER.MAX_ITER)
     weights = {"pretrained": str(out / "pretrain" / "model_final.pth"), "scratch": ""}
     log(
-        f"fine-tuning Faster R-CNN C4 twice ({det_iters} iterations, batch "
+        f"fine-tuning {model_name(det_cfg)} twice ({det_iters} iterations, batch "
         f"{det_cfg.SOLVER.IMS_PER_BATCH}, same schedule and seed): from the classifier and from "
         f"random initialization, {demo.half} thread(s) each ..."
     )
@@ -594,20 +645,27 @@ def finetune(demo: Demo) -> Any:
     return det_cfg
 
 
-def evaluate(out: Path) -> Dict[str, Dict[str, float]]:
-    """Stage 4: each fine-tuning's final COCO AP on shapes_val (from its metrics.json)."""
-    return {run: final_results(out / run) for run in RUNS}
+def model_name(det_cfg: Any) -> str:
+    """What the detector config builds, for the log and the table."""
+    return "Mask R-CNN C4" if det_cfg.MODEL.MASK_ON else "Faster R-CNN C4"
+
+
+def evaluate(out: Path, det_cfg: Any) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Stage 4: each fine-tuning's final COCO box (and mask) AP on shapes_val (metrics.json)."""
+    tasks = ("bbox", "segm") if det_cfg.MODEL.MASK_ON else ("bbox",)
+    return {run: final_results(out / run, tasks) for run in RUNS}
 
 
 def write_summary(
     demo: Demo,
-    results: Dict[str, Dict[str, float]],
+    results: Dict[str, Dict[str, Dict[str, float]]],
     pretrain_summary: Dict[str, Any],
     det_cfg: Any,
     pictures: List[str],
     plots: List[str],
 ) -> Dict[str, Any]:
-    """``summary.json``: both runs' AP, the pre-training, the settings, timings and outputs."""
+    """``summary.json``: both runs' AP per task (``bbox``, ``segm``), the pre-training, the
+    settings, timings and outputs."""
     out = demo.out
     summary: Dict[str, Any] = {run: results[run] for run in RUNS}
     summary["pretraining"] = pretrain_summary
@@ -616,6 +674,7 @@ def write_summary(
         "smoke": bool(demo.smoke),
         "threads": demo.threads,
         "detector_config": str(DETECTOR_CONFIG.relative_to(REPO)),
+        "detector": model_name(det_cfg),
         "pretrain_config": str(PRETRAIN_CONFIG.relative_to(REPO)),
         "detector_iterations": {run: _iterations(out / run / "metrics.json") for run in RUNS},
         "ims_per_batch": int(det_cfg.SOLVER.IMS_PER_BATCH),
@@ -632,16 +691,19 @@ def write_summary(
 
 
 def print_table(
-    demo: Demo, summary: Dict[str, Any], data_summary: Dict[str, Any], det_iters: int
+    demo: Demo, summary: Dict[str, Any], data_summary: Dict[str, Any], det_cfg: Any
 ) -> None:
-    """Stage 5: the AP table, where the outputs are and how long each stage took."""
+    """Stage 5: the AP tables (box, mask), where the outputs are and how long each stage took."""
     out = demo.out
-    print()
-    print(
-        f"COCO box AP on shapes_val ({data_summary['detection']['val']['images']} images), "
-        f"Faster R-CNN C4, {det_iters} iterations each:"
-    )
-    print(format_table(summary))
+    tasks = [t for t in TASK_NAMES if any(t in summary[run] for run in RUNS)]
+    for task in tasks:
+        print()
+        print(
+            f"COCO {TASK_NAMES[task]} AP on shapes_val "
+            f"({data_summary['detection']['val']['images']} images), {model_name(det_cfg)}, "
+            f"{int(det_cfg.SOLVER.MAX_ITER)} iterations each:"
+        )
+        print(format_table(summary, task))
     print()
     log(
         f"summary: {out / 'summary.json'}; detections: {out / 'detections'}; "
@@ -665,7 +727,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     det_cfg = finetune(demo)
 
     t = time.perf_counter()
-    results = evaluate(demo.out)
+    results = evaluate(demo.out, det_cfg)
     num_images = SMOKE_NUM_VIS_IMAGES if demo.smoke else NUM_VIS_IMAGES
     pictures = draw_comparisons(demo.out, data_dir, num_images, demo.threads)
     plots = draw_curves(demo.out)
@@ -673,7 +735,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.timings["total"] = time.perf_counter() - demo.start
 
     summary = write_summary(demo, results, pretrain_summary, det_cfg, pictures, plots)
-    print_table(demo, summary, data_summary, int(det_cfg.SOLVER.MAX_ITER))
+    print_table(demo, summary, data_summary, det_cfg)
     return 0
 
 
