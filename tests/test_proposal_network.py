@@ -24,7 +24,13 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import pytest
 import torch
-from helpers import narrow_c4_cfg, scene_inputs, tiny_cfg
+from helpers import (
+    logging_state,
+    narrow_c4_cfg,
+    restore_logging_state,
+    scene_inputs,
+    tiny_cfg,
+)
 
 from resnet_backbones import get_cfg
 from resnet_backbones.data import DatasetCatalog
@@ -458,11 +464,15 @@ def test_default_trainer_trains_and_evaluates_proposals(shapes_rpn):
     from resnet_backbones.engine import DefaultTrainer
 
     cfg = shapes_rpn
-    trainer = DefaultTrainer(cfg)
-    assert type(trainer.model) is ProposalNetwork
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.resume_or_load(resume=False)
-    results = trainer.train()
+    saved = logging_state()  # the trainer sets up the package's loggers
+    try:
+        trainer = DefaultTrainer(cfg)
+        assert type(trainer.model) is ProposalNetwork
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.resume_or_load(resume=False)
+        results = trainer.train()
+    finally:
+        restore_logging_state(saved)
     assert list(results) == ["box_proposals"]
     assert list(results["box_proposals"]) == AR_KEYS
     assert 0 <= results["box_proposals"]["AR@100"] <= 100
