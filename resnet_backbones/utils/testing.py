@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,14 +110,24 @@ def calibrate_random_detector_(
     return model
 
 
-def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: int) -> float:
+def coco_ap(
+    reference: Sequence[Any], detections: Sequence[Any], num_classes: int, iou_type: str = "bbox"
+) -> float:
     """COCO AP@[.5:.95] (pycocotools) of ``detections`` with ``reference`` detections as ground
-    truth (every reference detection is a ground-truth box; per-image ``Instances`` lists)."""
+    truth (every reference detection is a ground-truth box; per-image ``Instances`` lists).
+    ``iou_type="segm"`` scores the ``pred_masks`` (bool ``(N, H, W)``) instead of the boxes."""
     import io
     from contextlib import redirect_stdout
 
+    from pycocotools import mask as mask_util
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
+    def rles(instances: Any) -> List[Any]:
+        if iou_type != "segm":
+            return [None] * len(instances)
+        masks = instances.pred_masks.cpu().numpy().astype(np.uint8)
+        return [mask_util.encode(np.asfortranarray(m)) for m in masks]
 
     gt: Dict[str, Any] = {
         "images": [],
@@ -127,38 +138,41 @@ def coco_ap(reference: Sequence[Any], detections: Sequence[Any], num_classes: in
     for img_id, (ref, det) in enumerate(zip(reference, detections), start=1):
         h, w = ref.image_size
         gt["images"].append({"id": img_id, "height": h, "width": w})
-        for (x0, y0, x1, y1), c in zip(ref.pred_boxes.tensor.tolist(), ref.pred_classes.tolist()):
-            gt["annotations"].append(
-                {
-                    "id": len(gt["annotations"]) + 1,
-                    "image_id": img_id,
-                    "category_id": c + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
+        ref_boxes, ref_classes = ref.pred_boxes.tensor.tolist(), ref.pred_classes.tolist()
+        for (x0, y0, x1, y1), c, rle in zip(ref_boxes, ref_classes, rles(ref)):
+            ann = {
+                "id": len(gt["annotations"]) + 1,
+                "image_id": img_id,
+                "category_id": c + 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": (x1 - x0) * (y1 - y0),
+                "iscrowd": 0,
+            }
+            if rle is not None:
+                ann.update(segmentation=rle, area=float(mask_util.area(rle)))
+            gt["annotations"].append(ann)
         boxes, classes, scores = (
             det.pred_boxes.tensor.tolist(),
             det.pred_classes.tolist(),
             det.scores.tolist(),
         )
-        for (x0, y0, x1, y1), c, sc in zip(boxes, classes, scores):
-            dets.append(
-                {
-                    "image_id": img_id,
-                    "category_id": c + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": sc,
-                }
-            )
+        for (x0, y0, x1, y1), c, sc, rle in zip(boxes, classes, scores, rles(det)):
+            result = {
+                "image_id": img_id,
+                "category_id": c + 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": sc,
+            }
+            if rle is not None:
+                result["segmentation"] = rle
+            dets.append(result)
     with redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
         if not dets:
             return 0.0
-        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
