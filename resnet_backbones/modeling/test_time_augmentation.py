@@ -9,13 +9,16 @@ detectron2 does: per-class NMS at ``MODEL.ROI_HEADS.NMS_THRESH_TEST``, then the
 ``TEST.DETECTIONS_PER_IMAGE`` best. With ``MODEL.MASK_ON`` the mask head runs again on the merged
 boxes in every augmented image and the mask probabilities are averaged (flipped ones flipped back).
 
-Where it does less work than detectron2 (same detections up to float rounding):
+Where it does less work than detectron2 (detections equal to detectron2's at ``batch_size=1`` up
+to float rounding: tests/test_tta_detectron2_parity.py):
 
 * each distinct augmented image is computed once: sizes that ``MAX_SIZE`` caps to the same shape
   share one pass (detectron2 runs each of them; identical detections are then removed by NMS, and
   the mask average weights each shape by how often it occurs, as detectron2's does);
 * images of the same shape (a size and its flip) are batched together, up to ``batch_size``;
-  different shapes are never batched, so no pass pays for padding;
+  different shapes are never batched, so no pass pays for padding. (detectron2 batches any three
+  augmented images, and the padding of the smaller ones changes their detections: its default
+  disagrees with its own ``batch_size=1`` as much as with this.)
 * with masks, the mask head reads the backbone features kept from the box pass; detectron2 runs
   the backbone a second time. This keeps the ``ROI_HEADS.IN_FEATURES`` maps of all augmented
   images of one image in memory (res4 of a 1200x1800 R50 input: ~35 MB in float32).
