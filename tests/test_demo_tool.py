@@ -242,3 +242,24 @@ def test_demo_draws_masks_and_writes_rle_for_a_mask_rcnn_config(tmp_path, capsys
     changed = np.abs(drawn - img.astype(int)).sum(axis=2) > 0
     assert changed[mask].mean() > 0.95  # filled where the mask is
     assert not changed[~mask].mean() > 0.5  # not an image-wide tint
+
+
+def test_demo_refuses_an_rpn_only_config_with_a_clear_error(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    code = demo.main(
+        [
+            "--config-file",
+            TINY,
+            "--input",
+            str(img),
+            "--opts",
+            "MODEL.META_ARCHITECTURE",
+            "ProposalNetwork",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ProposalNetwork returns ['proposals'] (no 'instances')" in err

@@ -370,7 +370,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tqdm.write(f"warning: cannot read '{path}' as an image; skipped", file=sys.stderr)
             failed += 1
             continue
-        instances = predictor(image)["instances"]
+        outputs = predictor(image)
+        if "instances" not in outputs:  # e.g. ProposalNetwork: {"proposals": ...}
+            print(
+                f"error: tools/demo.py draws detections, but {cfg.MODEL.META_ARCHITECTURE} "
+                f"returns {sorted(outputs)} (no 'instances'); use a Faster or Mask R-CNN config",
+                file=sys.stderr,
+            )
+            return 2
+        instances = outputs["instances"]
         boxes, scores, classes = instances_to_arrays(instances)
         masks = instances_masks(instances)
         records.append(
