@@ -15,7 +15,14 @@ from .fast_path import (
     optimize_keeping_state_dict,
 )
 from .fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
-from .meta_arch import META_ARCH_REGISTRY, PREPARE_MODES, build_model, prepare_model
+from .meta_arch import (
+    META_ARCH_REGISTRY,
+    PREPARE_MODES,
+    GeneralizedRCNN,
+    ProposalNetwork,
+    build_model,
+    prepare_model,
+)
 from .test_time_augmentation import DatasetMapperTTA, GeneralizedRCNNWithTTA
 
 __all__ = [
@@ -26,6 +33,8 @@ __all__ = [
     "list_models",
     "register_model",
     "META_ARCH_REGISTRY",
+    "GeneralizedRCNN",
+    "ProposalNetwork",
     "build_model",
     "prepare_model",
     "PREPARE_MODES",
