@@ -40,6 +40,7 @@ from resnet_backbones.integrations.detectron2 import (  # noqa: E402
     to_detectron2_config,
 )
 from resnet_backbones.modeling.backbone import ResNet  # noqa: E402
+from resnet_backbones.structures import PolygonMasks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NARROW = {  # ResNet-50 layout at 1/8 width (configs/shapes/faster_rcnn_tiny_C4.yaml): fast on a CPU
@@ -171,6 +172,51 @@ def test_exact_state_dict_round_trip_with_our_detector(tmp_path, rb_modules):
     report = load_checkpoint(fresh_ours, tmp_path / "d2_model.pth")
     assert report.ok and len(report.matched) == len(original)
     assert all(torch.equal(fresh_ours.state_dict()[k], original[k]) for k in original)
+
+
+def test_rb_res5_roi_heads_with_mask_on_equal_our_mask_rcnn():
+    """``RBRes5ROIHeads`` (our res5 blocks inside detectron2's C4 head) with ``MODEL.MASK_ON``:
+    detectron2 builds its mask branch on our res5, the state dict equals our Mask R-CNN's, and
+    the same weights give the same masks at inference and the same losses in training."""
+    from detectron2.structures import PolygonMasks as D2PolygonMasks
+    from detectron2.utils.events import EventStorage
+
+    from resnet_backbones.utils.testing import (
+        calibrate_random_detector_,
+        detector_inputs,
+        random_scene,
+    )
+
+    cfg = our_cfg(**{"MODEL.MASK_ON": True})
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    scenes = [random_scene(s, 128, 160) for s in (1, 2)]
+    calibrate_random_detector_(ours, detector_inputs(scenes), seed=0)
+    d2 = d2_build_model(to_detectron2_config(cfg, use_rb_modules=True))
+    assert type(d2.roi_heads).__name__ == "RBRes5ROIHeads" and d2.roi_heads.mask_on
+    d2.load_state_dict(ours.state_dict(), strict=True)
+    ours.eval(), d2.eval()
+    with torch.no_grad():
+        a = ours(detector_inputs(scenes))
+        b = d2(detector_inputs(scenes, d2=True))
+    for x, y in zip(a, b):
+        x, y = x["instances"], y["instances"]
+        assert len(x) == len(y) > 0 and x.pred_masks.shape == y.pred_masks.shape
+        assert torch.equal(x.pred_boxes.tensor, y.pred_boxes.tensor)
+        assert torch.equal(x.pred_masks, y.pred_masks)
+    losses = {}
+    for name, model, d2_inputs in (("ours", ours, False), ("d2", d2, True)):
+        batch = detector_inputs(scenes, with_gt=True, d2=d2_inputs)
+        for d in batch:
+            boxes = d["instances"].gt_boxes.tensor.tolist()
+            polygons = [[[x0, y0, x1, y0, x1, y1, x0, y1]] for x0, y0, x1, y1 in boxes]
+            d["instances"].gt_masks = (D2PolygonMasks if d2_inputs else PolygonMasks)(polygons)
+        model.train()
+        torch.manual_seed(5)
+        with EventStorage():
+            losses[name] = {k: float(v) for k, v in model(batch).items()}
+    assert "loss_mask" in losses["ours"]
+    assert losses["ours"] == pytest.approx(losses["d2"], rel=1e-4)
 
 
 def test_res5_head_with_our_blocks_preact():
