@@ -135,3 +135,16 @@ def test_detector_benchmark_ground_truth_masks():
     assert torch.allclose(areas, box_areas * 7 / 9, rtol=1e-4)
     (poly,) = octagon_in_box([0.0, 0.0, 9.0, 9.0])
     assert poly.shape == (16,) and poly.min() >= 0 and poly.max() <= 9
+
+
+def test_tta_benchmark_times_plain_and_tta_predictors(tmp_path):
+    """``tools/benchmark.py tta``: both predictors run on every image; two sizes with flip are
+    four augmented inputs; the numbers are reported, not checked."""
+    stdout, r = run_benchmark(
+        *("tta", "--config-file", str(REPO / "configs" / "shapes" / "faster_rcnn_tiny_C4.yaml")),
+        *("--num-images", "2", "--warmup", "1", "--min-sizes", "96", "128", "--max-size", "256"),
+        json_out=tmp_path / "tta.json",
+    )
+    assert r["images"] == 2 and r["augmented_inputs"] == 4
+    assert r["plain_median_s"] > 0 and r["tta_median_s"] > 0 and r["ratio_mean"] > 0
+    assert f"TTA / plain {r['ratio_mean']:.2f}x" in stdout and "CPU: " in stdout

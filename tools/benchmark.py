@@ -5,6 +5,7 @@
     python tools/benchmark.py detector   # ours vs detectron2 R50-C4/R101-C4 (when importable)
     python tools/benchmark.py eval       # our COCO evaluation backend vs pycocotools
     python tools/benchmark.py data       # COCO json loading vs pycocotools, shapes generation
+    python tools/benchmark.py tta        # test-time augmentation vs plain inference (predictor)
 
 Each subcommand lives in ``resnet_backbones/benchmarks/<name>.py`` and has its own ``--help``.
 """
@@ -12,7 +13,7 @@ Each subcommand lives in ``resnet_backbones/benchmarks/<name>.py`` and has its o
 import importlib
 import sys
 
-SUBCOMMANDS = ("backbone", "detector", "eval", "data")
+SUBCOMMANDS = ("backbone", "detector", "eval", "data", "tta")
 
 
 def main(argv: list[str]) -> int:
