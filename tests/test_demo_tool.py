@@ -57,11 +57,9 @@ def test_collect_inputs_and_output_names(tmp_path):
         demo.collect_inputs([str(tmp_path / "missing.jpg")])
 
 
-@pytest.fixture(scope="module")
-def forced_detector(tmp_path_factory):
-    """Weights of the tiny C4 detector whose box head calls every proposal a confident 'rectangle'
+def forced_model(cfg):
+    """The tiny C4 detector of ``cfg`` whose box head calls every proposal a confident 'rectangle'
     (class 1) without moving it: detections are guaranteed, wherever the RPN proposes."""
-    cfg = tiny_cfg()
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():
@@ -70,6 +68,13 @@ def forced_detector(tmp_path_factory):
         predictor.cls_score.bias.copy_(torch.tensor([0.0, 10.0, 0.0, 0.0]))
         predictor.bbox_pred.weight.zero_()
         predictor.bbox_pred.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def forced_detector(tmp_path_factory):
+    """Weights of :func:`forced_model` (the tiny C4 config)."""
+    model = forced_model(tiny_cfg())
     path = tmp_path_factory.mktemp("weights")
     DetectionCheckpointer(model, str(path)).save("forced")
     return str(path / "forced.pth")
@@ -197,15 +202,8 @@ def test_demo_draws_masks_and_writes_rle_for_a_mask_rcnn_config(tmp_path, capsys
     that decode to the drawn area."""
     from pycocotools import mask as mask_util
 
-    cfg = tiny_cfg(MODEL__MASK_ON=True)
-    torch.manual_seed(0)
-    model = build_model(cfg)
+    model = forced_model(tiny_cfg(MODEL__MASK_ON=True))
     with torch.no_grad():
-        predictor = model.roi_heads.box_predictor
-        predictor.cls_score.weight.zero_()
-        predictor.cls_score.bias.copy_(torch.tensor([0.0, 10.0, 0.0, 0.0]))
-        predictor.bbox_pred.weight.zero_()
-        predictor.bbox_pred.bias.zero_()
         model.roi_heads.mask_head.predictor.weight.zero_()
         model.roi_heads.mask_head.predictor.bias.fill_(10.0)  # every mask pixel on
     DetectionCheckpointer(model, str(tmp_path)).save("forced_mask")

@@ -104,6 +104,18 @@ def _register_pixel_stats(
     )
 
 
+def _config_or_parts(model: nn.Module, cfg: Any, parts: Dict[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments of ``model``'s ``_build``: ``from_config(cfg)``, or the parts given
+    instead of a config (both at once is an error)."""
+    if cfg is None:
+        return parts
+    if parts:
+        raise TypeError(
+            f"{type(model).__name__}: pass a config or the parts, not both (got {sorted(parts)})"
+        )
+    return model.from_config(cfg)
+
+
 def _normalize_and_pad(
     batched_inputs: List[Dict[str, Any]],
     pixel_mean: torch.Tensor,
@@ -139,13 +151,7 @@ class GeneralizedRCNN(nn.Module):
     """
 
     def __init__(self, cfg: Any = None, **kwargs: Any) -> None:
-        if cfg is not None:
-            if kwargs:
-                raise TypeError(
-                    f"GeneralizedRCNN: pass a config or the parts, not both (got {sorted(kwargs)})"
-                )
-            kwargs = self.from_config(cfg)
-        self._build(**kwargs)
+        self._build(**_config_or_parts(self, cfg, kwargs))
 
     def _build(
         self,
@@ -277,13 +283,7 @@ class ProposalNetwork(nn.Module):
     """
 
     def __init__(self, cfg: Any = None, **kwargs: Any) -> None:
-        if cfg is not None:
-            if kwargs:
-                raise TypeError(
-                    f"ProposalNetwork: pass a config or the parts, not both (got {sorted(kwargs)})"
-                )
-            kwargs = self.from_config(cfg)
-        self._build(**kwargs)
+        self._build(**_config_or_parts(self, cfg, kwargs))
 
     def _build(
         self,
