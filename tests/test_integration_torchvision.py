@@ -183,15 +183,16 @@ def test_fpn_backbone_matches_torchvision_interface():
     assert set(det) == {"boxes", "labels", "scores"}
 
 
-def test_weights_from_a_c4_detector_checkpoint(tmp_path):
-    """A detectron2-layout C4 detector file (ours or detectron2's) fills trunk and res5 head."""
+def _builder_from_detector_file(builder, tmp_path, **cfg_overrides):
+    """The tiny C4 detector (``tiny_cfg(**cfg_overrides)``) saved as a detectron2-layout file,
+    and ``builder``'s ResNet-50 of the same narrow widths loaded from it; both in eval mode."""
     from resnet_backbones import build_model
     from resnet_backbones.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    detector = build_model(tiny_cfg()).eval()
+    detector = build_model(tiny_cfg(**cfg_overrides)).eval()
     save_checkpoint(tmp_path / "c4.pkl", detector.state_dict())
-    model = fasterrcnn_resnet_c4(
+    model = builder(
         "resnet50",
         num_classes=4,
         weights=tmp_path / "c4.pkl",
@@ -199,6 +200,12 @@ def test_weights_from_a_c4_detector_checkpoint(tmp_path):
         res2_out_channels=32,
         width_per_group=8,
     ).eval()
+    return detector, model
+
+
+def test_weights_from_a_c4_detector_checkpoint(tmp_path):
+    """A detectron2-layout C4 detector file (ours or detectron2's) fills trunk and res5 head."""
+    detector, model = _builder_from_detector_file(fasterrcnn_resnet_c4, tmp_path)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         c4 = detector.backbone(x)["res4"]
@@ -377,20 +384,7 @@ def test_mask_rcnn_c4_trains_and_infers_masks():
 def test_mask_rcnn_c4_weights_from_our_mask_rcnn_checkpoint(tmp_path):
     """A MASK_ON C4 detector file fills trunk and the shared res5 (its mask head, whose names
     and class layout differ from torchvision's, is not loaded); with weights: FrozenBN."""
-    from resnet_backbones import build_model
-    from resnet_backbones.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    detector = build_model(tiny_cfg(MODEL__MASK_ON=True)).eval()
-    save_checkpoint(tmp_path / "mask_c4.pkl", detector.state_dict())
-    model = maskrcnn_resnet_c4(
-        "resnet50",
-        num_classes=4,
-        weights=tmp_path / "mask_c4.pkl",
-        stem_out_channels=16,
-        res2_out_channels=32,
-        width_per_group=8,
-    ).eval()
+    detector, model = _builder_from_detector_file(maskrcnn_resnet_c4, tmp_path, MODEL__MASK_ON=True)
     assert isinstance(model.backbone.res3[0].conv1.norm, FrozenBatchNorm2d)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
