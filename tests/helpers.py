@@ -177,3 +177,16 @@ def flat_config(node, prefix=""):
         else:
             out[prefix + k] = tuple(v) if isinstance(v, list) else v
     return out
+
+
+def evaluate_pairs(name, pairs, batch_size, **kwargs):
+    """``COCOEvaluator(name, **kwargs)`` fed ``(input, output)`` pairs ``batch_size`` at a time:
+    ``(evaluator, results)``."""
+    from resnet_backbones.evaluation import COCOEvaluator
+
+    ev = COCOEvaluator(name, distributed=False, **kwargs)
+    ev.reset()
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs[i : i + batch_size]
+        ev.process([p[0] for p in batch], [p[1] for p in batch])
+    return ev, ev.evaluate()

@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import evaluate_pairs
 from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
@@ -232,12 +233,7 @@ def _same(a, b):
 
 
 def _evaluate(name, pairs, **kwargs):
-    ev = COCOEvaluator(name, distributed=False, **kwargs)
-    ev.reset()
-    for i in range(0, len(pairs), 4):
-        batch = pairs[i : i + 4]
-        ev.process([p[0] for p in batch], [p[1] for p in batch])
-    return ev, ev.evaluate()
+    return evaluate_pairs(name, pairs, 4, **kwargs)
 
 
 def test_coco_evaluator_backends_agree_and_report_all_metrics(dataset, tmp_path, caplog):

@@ -15,11 +15,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import evaluate_pairs
 from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
 from resnet_backbones.data.catalog import DatasetCatalog, MetadataCatalog
-from resnet_backbones.evaluation import COCOEvaluator, instances_to_coco_json
+from resnet_backbones.evaluation import instances_to_coco_json
 from resnet_backbones.evaluation.coco_evaluation import SEGM_FALLBACK_MESSAGE, encode_masks
 from resnet_backbones.evaluation.fast_coco_eval import quiet_coco
 from resnet_backbones.structures import Boxes, BoxMode, Instances
@@ -195,12 +196,7 @@ def segm_dataset(tmp_path, request):
 
 
 def _evaluate(name, pairs, **kwargs):
-    ev = COCOEvaluator(name, distributed=False, **kwargs)
-    ev.reset()
-    for i in range(0, len(pairs), 3):
-        batch = pairs[i : i + 3]
-        ev.process([p[0] for p in batch], [p[1] for p in batch])
-    return ev, ev.evaluate()
+    return evaluate_pairs(name, pairs, 3, **kwargs)
 
 
 def reference_segm(gt, results):
