@@ -190,3 +190,16 @@ def evaluate_pairs(name, pairs, batch_size, **kwargs):
         batch = pairs[i : i + batch_size]
         ev.process([p[0] for p in batch], [p[1] for p in batch])
     return ev, ev.evaluate()
+
+
+def both_configs(config_file, overrides=()):
+    """``(detectron2's config, ours)``, each read from ``config_file`` with ``overrides``
+    (``[KEY, VALUE, ...]``, values as strings) merged: the two libraries' views of one setup.
+    Needs detectron2 (the parity tests)."""
+    from detectron2.config import get_cfg as d2_get_cfg
+
+    d2_cfg, cfg = d2_get_cfg(), get_cfg()
+    for c in (d2_cfg, cfg):
+        c.merge_from_file(str(config_file))
+        c.merge_from_list([v if isinstance(v, str) else str(v) for v in overrides])
+    return d2_cfg, cfg

@@ -38,7 +38,10 @@ from detectron2.engine import DefaultPredictor as D2DefaultPredictor  # noqa: E4
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from helpers import NARROW as NARROW_C4  # noqa: E402
-from helpers import flat_config  # noqa: E402
+from helpers import (  # noqa: E402
+    both_configs,
+    flat_config,
+)
 
 from resnet_backbones import DefaultPredictor, get_cfg  # noqa: E402
 from resnet_backbones.data.shapes import render_detection_image  # noqa: E402
@@ -59,11 +62,7 @@ IMAGE_SIZES = [(160, 224), (192, 144)]  # different sizes: padding in the batch
 
 
 def _both_configs(overrides, base=BASE):
-    d2_cfg, cfg = d2_get_cfg(), get_cfg()
-    for c in (d2_cfg, cfg):
-        c.merge_from_file(base)
-        c.merge_from_list([str(v) if not isinstance(v, str) else v for v in overrides])
-    return d2_cfg, cfg
+    return both_configs(base, overrides)
 
 
 def _images():

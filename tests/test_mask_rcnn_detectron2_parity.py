@@ -30,7 +30,11 @@ from detectron2.engine import DefaultPredictor as D2DefaultPredictor  # noqa: E4
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.structures import PolygonMasks as D2PolygonMasks  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
-from helpers import NARROW, flat_config  # noqa: E402
+from helpers import (  # noqa: E402
+    NARROW,
+    both_configs,
+    flat_config,
+)
 
 from resnet_backbones import DefaultPredictor, get_cfg  # noqa: E402
 from resnet_backbones.data.shapes import render_detection_image  # noqa: E402
@@ -48,11 +52,7 @@ CONFIGS = os.path.join(ROOT, "configs")
 
 
 def _both_configs(config_file, overrides):
-    d2_cfg, cfg = d2_get_cfg(), get_cfg()
-    for c in (d2_cfg, cfg):
-        c.merge_from_file(os.path.join(CONFIGS, config_file))
-        c.merge_from_list([v if isinstance(v, str) else str(v) for v in overrides])
-    return d2_cfg, cfg
+    return both_configs(os.path.join(CONFIGS, config_file), overrides)
 
 
 @pytest.mark.parametrize("config_file", ["mask_rcnn_R50_C4.yaml", "mask_rcnn_R101_C4.yaml"])

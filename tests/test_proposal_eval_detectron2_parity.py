@@ -36,7 +36,10 @@ from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.structures import Boxes as D2Boxes  # noqa: E402
 from detectron2.structures import Instances as D2Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
-from helpers import flat_config  # noqa: E402
+from helpers import (  # noqa: E402
+    both_configs,
+    flat_config,
+)
 from test_proposal_network import AR_KEYS, proposal_dataset, register_json  # noqa: E402
 
 from resnet_backbones import get_cfg  # noqa: E402
@@ -167,11 +170,7 @@ def test_config_equals_detectron2s():
 
 
 def _both_configs(overrides):
-    d2_cfg, cfg = d2_get_cfg(), get_cfg()
-    for c in (d2_cfg, cfg):
-        c.merge_from_file(RPN_CONFIG)
-        c.merge_from_list(list(overrides))
-    return d2_cfg, cfg
+    return both_configs(RPN_CONFIG, overrides)
 
 
 def test_state_dict_names_and_shapes_equal_detectron2s():

@@ -25,12 +25,13 @@ import torch
 detectron2 = pytest.importorskip("detectron2")
 pytest.importorskip("pycocotools")
 
-from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
 from detectron2.modeling import GeneralizedRCNNWithTTA as D2GeneralizedRCNNWithTTA  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
-from helpers import NARROW  # noqa: E402
+from helpers import (  # noqa: E402
+    NARROW,
+    both_configs,
+)
 
-from resnet_backbones import get_cfg  # noqa: E402
 from resnet_backbones.modeling import (  # noqa: E402
     GeneralizedRCNNWithTTA,
     build_model,
@@ -69,11 +70,7 @@ TTA = [
 
 
 def _both_configs(extra=()):
-    d2_cfg, cfg = d2_get_cfg(), get_cfg()
-    for c in (d2_cfg, cfg):
-        c.merge_from_file(BASE)
-        c.merge_from_list([v if isinstance(v, str) else str(v) for v in [*TTA, *extra]])
-    return d2_cfg, cfg
+    return both_configs(BASE, [*TTA, *extra])
 
 
 def _inputs(scenes):
