@@ -410,18 +410,19 @@ def annotation_masks(anns: List[Dict[str, Any]], image: Dict[str, Any]) -> Optio
     """``(N, H, W)`` bool masks of COCO annotations (polygons or RLE, pycocotools), or None when
     any has no ``segmentation`` (a box-only dataset)."""
     import numpy as np
-    from pycocotools import mask as mask_util
+
+    from resnet_backbones.data.detection_utils import rle_to_bitmask
+    from resnet_backbones.structures.masks import polygons_to_bitmask
 
     if not anns or any("segmentation" not in a for a in anns):
         return None
     h, w = int(image["height"]), int(image["width"])
-    masks = []
-    for a in anns:
-        seg = a["segmentation"]
-        rles = mask_util.frPyObjects(seg, h, w) if isinstance(seg, list) else [seg]
-        if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-            rles = [mask_util.frPyObjects(seg, h, w)]
-        masks.append(mask_util.decode(mask_util.merge(rles)).astype(bool))
+    masks = [
+        polygons_to_bitmask(a["segmentation"], h, w)
+        if isinstance(a["segmentation"], list)
+        else rle_to_bitmask(a["segmentation"]).astype(bool)
+        for a in anns
+    ]
     return np.stack(masks)
 
 
