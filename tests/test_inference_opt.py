@@ -27,10 +27,13 @@ from resnet_backbones.modeling.fast_path import (
     RES5_CHUNK_SIZE,
     FrozenBNConv2d,
     PooledRes5,
+    PreprojectedBottleneck,
+    ProjectingROIPooler,
     SubsampledROIPooler,
     fuse_frozen_bn_into_convs,
     optimize_detector_for_inference,
     optimize_detector_for_training,
+    project_res5_input_before_pooling,
     roi_align_subsampled,
     subsample_res5_roi_pooling,
 )
@@ -163,6 +166,39 @@ def test_subsampling_does_not_apply_with_the_stride_in_the_3x3():
     pooler = heads.pooler
     assert not subsample_res5_roi_pooling(heads)
     assert heads.pooler is pooler and heads.res5[0].conv2.stride == (2, 2)
+
+
+def test_res5_input_projected_before_pooling_equals_the_folded_head(model):
+    folded = optimize_detector_for_inference(model, project_res5_input=False, winograd=False)
+    assert type(folded.roi_heads.pooler) is SubsampledROIPooler
+    heads = copy.deepcopy(folded.roi_heads)
+    assert project_res5_input_before_pooling(heads)
+    assert type(heads.pooler) is ProjectingROIPooler
+    assert type(heads.res5[0]) is PreprojectedBottleneck
+    assert project_res5_input_before_pooling(heads)  # idempotent
+    reference = folded.roi_heads.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in heads.state_dict().items())
+    assert heads.state_dict().keys() == reference.keys()
+    in_channels = heads.res5[0].conv1.in_channels
+    torch.manual_seed(2)
+    feats = [torch.randn(2, in_channels, 6, 8).contiguous(memory_format=torch.channels_last)]
+    many = [  # 100 RoIs x 49 bins > 2 x 6 x 8 positions: the pooler projects
+        Boxes(_rois(k=60, n=1, h=6, w=8)[:, 1:]),
+        Boxes(_rois(k=40, n=1, h=6, w=8, seed=1)[:, 1:]),
+    ]
+    few = [Boxes(_rois(k=1, n=1, h=6, w=8, seed=2)[:, 1:] + 20), Boxes(torch.zeros(0, 4))]
+    with torch.no_grad():
+        for boxes, channels in ((many, heads.res5[0].projected_channels), (few, in_channels)):
+            assert heads.pooler(feats, boxes).shape[1] == channels
+            ref = folded.roi_heads._shared_roi_transform(feats, boxes)
+            out = heads._shared_roi_transform(feats, boxes)
+            assert out.shape == ref.shape and rel(out, ref) <= 1e-5
+    # the unprojected input still goes through the block as before
+    assert not project_res5_input_before_pooling(model.roi_heads)  # not subsampled, not folded
+    torchvision_style = build_model(_cfg(["MODEL.RESNETS.STRIDE_IN_1X1", "False"]))
+    assert not project_res5_input_before_pooling(
+        optimize_detector_for_inference(torchvision_style).roi_heads
+    )
 
 
 def test_frozen_bn_conv_equals_conv_then_frozen_bn():
