@@ -79,7 +79,10 @@ ALL_VARIANTS = ("d2", "ours", "ours-fast", "ours-fast-bf16")
 VARIANT_DESCRIPTIONS = {
     "d2": "detectron2, fp32 (reference)",
     "ours": "ours as built, fp32 (same operations as detectron2)",
-    "ours-fast": "ours, fast path (subsampled RoIAlign, FrozenBN in convs, channels_last), fp32",
+    "ours-fast": (
+        "ours, fast path (subsampled RoIAlign, FrozenBN in convs, channels_last; inference: res5's"
+        " 1x1 input convs before RoIAlign, Winograd 3x3 in fp32), fp32"
+    ),
     "ours-fast-bf16": "ours, fast path, bfloat16 autocast (decoding/NMS/losses/scores fp32)",
 }
 MODES = ("inference", "train", "predictor")
