@@ -412,8 +412,9 @@ class PreprojectedBottleneck(BottleneckBlock):
             out = out + self.conv1.bias.to(out.dtype).view(1, -1, 1, 1)
         out = F.relu(out)
         out = F.relu_(self.conv2(out))
-        biases = [b for b in (self.conv3.bias, self.shortcut.bias) if b is not None]
-        bias = sum(biases[1:], biases[0]) if biases else None
+        bias = self.conv3.bias  # the shortcut's bias joins conv3's: one pass less
+        if self.shortcut.bias is not None:
+            bias = self.shortcut.bias if bias is None else bias + self.shortcut.bias
         out = self.conv3._conv_forward(out, self.conv3.weight, bias)
         out += x[:, split:]
         return F.relu_(out)
