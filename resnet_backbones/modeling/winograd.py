@@ -110,8 +110,10 @@ def transform_weight(weight: torch.Tensor, height: int, width: int) -> torch.Ten
     computed in float64 and rounded once."""
     g_h = torch.from_numpy(_plan_1d(height)[1])
     g_w = torch.from_numpy(_plan_1d(width)[1])
-    u = torch.einsum("pi,kcij,qj->pqck", g_h, weight.detach().double().cpu(), g_w)
-    return u.reshape(g_h.shape[0] * g_w.shape[0], weight.shape[1], weight.shape[0]).float()
+    k, c = weight.shape[:2]
+    w = weight.detach().cpu().permute(2, 3, 1, 0).double()  # (i, j, C, K)
+    rows = torch.matmul(g_h, w.reshape(3, -1)).view(-1, 3, c * k)  # (p, j, C*K)
+    return torch.matmul(g_w, rows).reshape(-1, c, k).float()  # (p, q, C*K) -> (P, C, K)
 
 
 def winograd_conv3x3(
