@@ -45,6 +45,7 @@ from torch import nn
 
 from ..modeling.backbone import create_model
 from ..modeling.fuse import fold_batch_norm, freeze_for_inference, optimize_for_inference
+from . import docstring_parser
 
 DEFAULT_CASES: Tuple[Tuple[int, int, int], ...] = ((1, 224, 224), (8, 224, 224), (1, 600, 800))
 BASE_VARIANTS = ("eager", "fused", "fused+cl", "jit", "tv+cl")
@@ -294,12 +295,7 @@ def environment() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="benchmark.py backbone",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = docstring_parser("backbone", __doc__)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)"
     )

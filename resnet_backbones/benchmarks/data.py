@@ -33,6 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
+from . import docstring_parser
+
 PARTS = ("coco", "shapes")
 COCO_MAX_RATIO, COCO_SLACK_S = 1.5, 0.25
 SHAPES_MAX_S = 10.0
@@ -150,12 +152,7 @@ def bench_shapes() -> Dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="benchmark.py data",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = docstring_parser("data", __doc__)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--num-images", type=int, default=3_000, help="coco: images in the json")
     parser.add_argument("--num-anns", type=int, default=22_000, help="coco: annotations")

@@ -72,6 +72,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..utils.testing import coco_ap
+from . import docstring_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_CONFIG = os.path.join(ROOT, "configs", "Base-RCNN-C4.yaml")
@@ -621,12 +622,7 @@ def test_size_overrides(args: argparse.Namespace) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="benchmark.py detector",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = docstring_parser("detector", __doc__)
     parser.add_argument(
         "--amp",
         action="store_true",

@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from . import docstring_parser
+
 
 def _predictor(args: argparse.Namespace, tta: bool) -> Any:
     from ..config import get_cfg
@@ -79,12 +81,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="benchmark.py tta",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = docstring_parser("tta", __doc__)
     parser.add_argument("--config-file", default="configs/shapes/demo_C4.yaml")
     parser.add_argument("--weights", default="", help="MODEL.WEIGHTS (default: random)")
     parser.add_argument("--images", nargs="*", default=[], help="image files or folders")
